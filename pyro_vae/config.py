@@ -1,0 +1,210 @@
+"""Configuration: TOML files read with ``tomllib`` into dataclasses, ``--set section.key=value`` overrides.
+
+A config has one section per component chosen by name from a registry (``data``, ``network``,
+``prior``, ``likelihood``, ``objective``: ``name`` plus that component's options) and two plain
+sections (``model``, ``train``). Bundled configs live in ``pyro_vae/configs/*.toml``; the resolved
+config saved in a run folder is all that ``evaluate``, ``sample`` and ``--resume`` need.
+"""
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .datasets import DATASETS
+from .errors import PyroVAEError
+from .likelihoods import LIKELIHOODS
+from .networks import NETWORKS
+from .objectives import OBJECTIVES
+from .priors import PRIORS
+from .registry import check_type
+
+REGISTRIES = {"data": DATASETS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES}
+
+
+@dataclass
+class Component:
+    """A registry choice: the component's ``name`` and its ``options``."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    z_dim: int = 50  # latent dimension
+    conditional: bool = False  # CVAE: q(z|x,y), p(x|z,y), p(z|y) with y the label
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam learning rate
+    beta: float = 1.0  # KL weight β: loss = reconstruction + β·KL
+    warmup_epochs: float = 0.0  # β rises linearly from 0 over this many epochs
+    clip_norm: float = 0.0  # gradient clipping by norm (0: off)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at each epoch's end only)
+    eval_batch_size: int = 1000  # examples per batch when scoring the test set
+
+
+@dataclass
+class Config:
+    data: Component = field(default_factory=lambda: Component("mnist-5k"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    network: Component = field(default_factory=lambda: Component("mlp"))
+    prior: Component = field(default_factory=lambda: Component("standard_normal"))
+    likelihood: Component = field(default_factory=lambda: Component("bernoulli"))
+    objective: Component = field(default_factory=lambda: Component("trace_elbo"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self):
+        out = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            if isinstance(section, Component):
+                out[name] = {"name": section.name, **section.options}
+            else:
+                out[name] = dataclasses.asdict(section)
+        return out
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config)]
+POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size"}
+NON_NEGATIVE = {"train.epochs", "train.beta", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every"}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def bundled_configs():
+    """Names of the configs shipped inside the package."""
+    folder = resources.files("pyro_vae") / "configs"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(name_or_path):
+    """The TOML table of a bundled config name or a file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and name_or_path in bundled_configs():
+        text = (resources.files("pyro_vae") / "configs" / f"{name_or_path}.toml").read_text()
+    elif path.is_file():
+        text = path.read_text()
+    else:
+        raise PyroVAEError(
+            f"config {name_or_path!r} is neither a file nor a bundled config; bundled: {', '.join(bundled_configs())}"
+        )
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PyroVAEError(f"config {name_or_path!r} is not valid TOML: {e}") from None
+
+
+def parse_override(text):
+    """``"section.key=value"`` → (section, key, value); the value is read as TOML, else kept as a string."""
+    target, sep, raw = text.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key:
+        raise PyroVAEError(f"override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def load_config(name_or_path=None, overrides=()):
+    """The resolved ``Config``: defaults, updated by a TOML file, then by ``section.key=value`` overrides.
+
+    Every key, type, range and component name is checked; the component options are completed with
+    their defaults, so the result is the whole configuration of a run.
+    """
+    table = Config().to_dict()
+    updates = [read_toml(name_or_path)] if name_or_path is not None else []
+    for text in overrides:
+        section, key, value = parse_override(text)
+        updates.append({section: {key: value}})
+    for update in updates:
+        merge(table, update)
+    return config_from_dict(table)
+
+
+def merge(table, update):
+    """Update the config ``table`` in place; a component renamed keeps only the options its new class takes."""
+    for section, values in update.items():
+        if section not in table:
+            raise PyroVAEError(f"unknown config section [{section}]; valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise PyroVAEError(f"config section [{section}] must be a table of key = value")
+        current = table[section]
+        if section in REGISTRIES and "name" in values and values["name"] != current["name"]:
+            registry = REGISTRIES[section]
+            new_name = check_type(f"{section}.name", values["name"], str)
+            accepted = registry.options(new_name)
+            table[section] = current = {"name": new_name, **{k: v for k, v in current.items() if k in accepted}}
+        current.update(values)
+
+
+def config_from_dict(table):
+    """A checked ``Config`` from a nested dict such as ``Config.to_dict()`` or a parsed TOML file."""
+    for section in table:
+        if section not in SECTIONS:
+            raise PyroVAEError(f"unknown config section [{section}]; valid sections: {', '.join(SECTIONS)}")
+    kwargs = {}
+    hints = typing.get_type_hints(Config)
+    for section in SECTIONS:
+        values = dict(table.get(section, {}))
+        if section in REGISTRIES:
+            name = check_type(f"{section}.name", values.pop("name", getattr(Config(), section).name), str)
+            kwargs[section] = Component(name, REGISTRIES[section].resolve(name, values))
+        else:
+            kwargs[section] = section_from_dict(section, hints[section], values)
+    config = Config(**kwargs)
+    check_ranges(config)
+    return config
+
+
+def section_from_dict(section, cls, values):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            raise PyroVAEError(f"unknown key {key!r} in [{section}]; valid keys: {', '.join(fields)}")
+    return cls(**{k: check_type(f"{section}.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def check_ranges(config):
+    for path in POSITIVE | NON_NEGATIVE:
+        section, key = path.split(".")
+        value = getattr(getattr(config, section), key)
+        if value < 0 or (value == 0 and path in POSITIVE):
+            bound = "positive" if path in POSITIVE else "zero or more"
+            raise PyroVAEError(f"{path} must be {bound}, got {value}")
+    if config.train.device not in DEVICES:
+        raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
+
+
+def to_toml(config):
+    """The config as TOML text (scalars and lists only, as the dataclasses hold)."""
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)

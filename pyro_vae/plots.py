@@ -1,0 +1,146 @@
+"""Pictures of a run: loss curves, reconstructions, samples, interpolations, the latent space,
+the Kingma–Welling manifold (z of dimension 2), CVAE class grids, log p̂(x) against K, and the
+generative classifier's confusion matrix. Each function writes one PNG."""
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from .runs import atomic_write  # noqa: E402
+
+
+def save(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def image_grid(images, path, nrow, title, row_labels=None):
+    """Images [N, C, H, W] in [0, 1] tiled ``nrow`` per row."""
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(nrow * 0.6 + 1, grid.shape[1] / grid.shape[2] * nrow * 0.6 + 0.6))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title)
+    ax.set_xticks([])
+    if row_labels is None:
+        ax.set_yticks([])
+    else:
+        step = grid.shape[1] / len(row_labels)
+        ax.set_yticks([step * (i + 0.5) for i in range(len(row_labels))], [str(r) for r in row_labels])
+    save(fig, path)
+
+
+def loss_curves(metrics, path):
+    epochs = [m["epoch"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (−ELBO per example)")
+    ax.plot(epochs, [-m["test_elbo"] for m in metrics], label="test −ELBO per example")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def pca_2d(points):
+    """The first two principal coordinates of points [N, D] (the points themselves when D ≤ 2)."""
+    if points.shape[1] <= 2:
+        return points
+    centered = points - points.mean(0)
+    _, _, v = torch.linalg.svd(centered, full_matrices=False)
+    return centered @ v[:2].T
+
+
+def latent_scatter(loc, labels, path):
+    coords = pca_2d(loc.cpu())
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = ax.scatter(coords[:, 0], coords[:, 1], c=labels.cpu(), cmap="tab10", s=4, alpha=0.7)
+    fig.colorbar(points, ax=ax, label="label")
+    kind = "z" if loc.shape[1] <= 2 else "first two principal components of z"
+    ax.set_title(f"test-set means of q(z|x): {kind}")
+    save(fig, path)
+
+
+@torch.no_grad()
+def manifold(vae, path, steps=20):
+    """Decoded images on a grid of z = Φ⁻¹(u), u ∈ (0.05, 0.95)², for a 2-dimensional z (Kingma & Welling 2014)."""
+    u = torch.linspace(0.05, 0.95, steps)
+    z1, z2 = torch.meshgrid(torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u), indexing="ij")
+    z = torch.stack([z2.flatten(), -z1.flatten()], dim=-1).to(vae.device)
+    image_grid(vae.decode(z), path, steps, "learned manifold: decoded z on a grid of Gaussian quantiles")
+
+
+@torch.no_grad()
+def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
+    """Every picture of a trained run, written into ``run_dir``."""
+    run_dir = Path(run_dir)
+    vae.eval()
+    conditional = vae.spec.conditional
+    y = test_y if conditional else None
+    if metrics:
+        loss_curves(metrics, run_dir / "loss.png")
+    x, yb = test_x[:32], None if y is None else y[:32]
+    pairs = torch.stack([x, vae.reconstruct(x, yb)], dim=1).reshape(-1, *x.shape[1:])
+    image_grid(pairs, run_dir / "reconstructions.png", 16, "test images (left) and reconstructions (right)")
+    ends = torch.arange(16, device=x.device)
+    loc, _ = vae.encode(test_x[:16], None if y is None else y[:16])
+    t = torch.linspace(0, 1, 10, device=x.device)[:, None, None]
+    path = (1 - t) * loc[0::2] + t * loc[1::2]  # [10, 8, z]
+    labels = None if y is None else y[0::2][ends[:8]].expand(10, 8)
+    frames = vae.decode(path, labels).transpose(0, 1).reshape(-1, *x.shape[1:])
+    image_grid(frames, run_dir / "interpolations.png", 10, "interpolations in latent space between test digits")
+    loc, _ = vae.encode(test_x[:2000], None if y is None else y[:2000])
+    latent_scatter(loc, test_y[:2000], run_dir / "latent.png")
+    if conditional:
+        class_grids(vae, run_dir)
+    else:
+        image_grid(vae.sample(n), run_dir / "samples.png", 8, "samples: decoded z ~ p(z)")
+    if vae.spec.z_dim == 2 and not conditional:
+        manifold(vae, run_dir / "manifold.png")
+
+
+@torch.no_grad()
+def class_grids(vae, run_dir, columns=10, seed=0):
+    """CVAE pictures: class_grid.png (row y, the same prior noise in each column, so y fixes the class
+    and z the style) and class_samples.png (independent z ~ p(z|y) per image)."""
+    num_classes = vae.spec.num_classes
+    rows = []
+    for label in range(num_classes):
+        with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            rows.append(vae.sample(columns, torch.full((columns,), label, device=vae.device)))
+    image_grid(torch.cat(rows), Path(run_dir) / "class_grid.png", columns,
+               "one row per label y, the same z in each column", row_labels=range(num_classes))
+    labels = torch.arange(num_classes, device=vae.device).repeat_interleave(columns)
+    image_grid(vae.sample(len(labels), labels), Path(run_dir) / "class_samples.png", columns,
+               "samples x ~ p(x|z,y), z ~ p(z|y), one row per label", row_labels=range(num_classes))
+
+
+def bound_vs_k(ks, means, stderrs, path):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ks, means, yerr=stderrs, marker="o", capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples)")
+    ax.set_ylabel("mean log p̂(x) (nats)")
+    ax.set_title("importance-sampled bound tightens as K grows (K = 1 is the ELBO)")
+    ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def confusion_matrix(matrix, accuracy, path):
+    """matrix [C, C] of counts, rows true y, columns predicted y."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix.cpu(), cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    for (i, j), count in zip(torch.cartesian_prod(*[torch.arange(s) for s in matrix.shape]).tolist(), matrix.flatten().tolist()):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted y = argmax p(y|x)")
+    ax.set_ylabel("true y")
+    ax.set_title(f"generative classifier, accuracy {accuracy:.2%}")
+    save(fig, path)

@@ -1,0 +1,136 @@
+"""Priors p(z) (or p(z|y)) chosen by name.
+
+A prior is an ``nn.Module`` built from the ``ModelSpec`` and the encoder; calling it with the
+one-hot condition c ([B, num_classes], or None) gives a distribution with event shape (z_dim,)
+and batch shape [] (or [B] when it depends on c). Its parameters are learned with the VAE.
+"""
+import math
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import PyroVAEError
+from .registry import Registry
+
+PRIORS = Registry("prior")
+SOFTPLUS_INV_1 = math.log(math.e - 1)  # softplus⁻¹(1): raw value of a unit scale
+
+
+def positive(raw):
+    return F.softplus(raw) + 1e-4
+
+
+class Prior(nn.Module):
+    conditional = False  # True where the prior depends on the label y
+
+    def __init__(self, spec, encoder):
+        super().__init__()
+        self.z_dim = spec.z_dim
+
+
+@PRIORS.register("standard_normal")
+class StandardNormal(Prior):
+    """p(z) = N(0, I)."""
+
+    def __init__(self, spec, encoder):
+        super().__init__(spec, encoder)
+        self.register_buffer("loc", torch.zeros(spec.z_dim))
+
+    def forward(self, c=None):
+        return dist.Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
+
+
+@PRIORS.register("gaussian")
+class Gaussian(Prior):
+    """p(z) = N(loc, diag(scale²)) with learned loc and scale."""
+
+    def __init__(self, spec, encoder):
+        super().__init__(spec, encoder)
+        self.loc = nn.Parameter(torch.zeros(spec.z_dim))
+        self.raw_scale = nn.Parameter(torch.full((spec.z_dim,), SOFTPLUS_INV_1))
+
+    def forward(self, c=None):
+        return dist.Normal(self.loc, positive(self.raw_scale)).to_event(1)
+
+
+@PRIORS.register("mog")
+class MixtureOfGaussians(Prior):
+    """p(z) = Σₖ πₖ N(z; locₖ, diag(scaleₖ²)), K = num_components, with learned π, loc and scale."""
+
+    def __init__(self, spec, encoder, *, num_components: int = 10):
+        super().__init__(spec, encoder)
+        if num_components < 1:
+            raise PyroVAEError(f"prior.num_components must be positive, got {num_components}")
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.locs = nn.Parameter(torch.randn(num_components, spec.z_dim))
+        self.raw_scales = nn.Parameter(torch.full((num_components, spec.z_dim), SOFTPLUS_INV_1))
+
+    def forward(self, c=None):
+        components = dist.Normal(self.locs, positive(self.raw_scales)).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) Σₖ q(z | uₖ), the encoder's posteriors at K
+    learned pseudo-inputs uₖ (kept in [0, 1] through a sigmoid)."""
+
+    def __init__(self, spec, encoder, *, num_components: int = 500):
+        super().__init__(spec, encoder)
+        if spec.conditional:
+            raise PyroVAEError("the vamp prior is for unconditional models; use standard_normal or conditional_gaussian")
+        if num_components < 1:
+            raise PyroVAEError(f"prior.num_components must be positive, got {num_components}")
+        self.encoder = encoder
+        self.raw_pseudo_inputs = nn.Parameter(torch.randn(num_components, *spec.image_shape) * 0.1 - 2.0)
+
+    @property
+    def pseudo_inputs(self):
+        return torch.sigmoid(self.raw_pseudo_inputs)
+
+    def forward(self, c=None):
+        loc, scale = self.encoder(self.pseudo_inputs, None)
+        mixing = dist.Categorical(logits=torch.zeros(loc.shape[:1], device=loc.device))
+        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale).to_event(1))
+
+
+@PRIORS.register("flow")
+class FlowPrior(Prior):
+    """A normalizing flow: z = f⁻¹(ε), ε ~ N(0, I), with f a stack of ``num_flows`` masked
+    autoregressive affine layers (Pyro's ``affine_autoregressive``), so log p(z) = log N(f(z)) +
+    log |det ∂f/∂z| is one parallel pass and sampling inverts f one dimension at a time."""
+
+    def __init__(self, spec, encoder, *, num_flows: int = 4, hidden: int = 128):
+        super().__init__(spec, encoder)
+        if num_flows < 1 or hidden < 1:
+            raise PyroVAEError(f"prior.num_flows and prior.hidden must be positive, got {num_flows}, {hidden}")
+        if spec.z_dim < 2:
+            raise PyroVAEError("the flow prior needs z_dim of at least 2")
+        self.flows = nn.ModuleList(
+            T.affine_autoregressive(spec.z_dim, hidden_dims=[hidden, hidden]) for _ in range(num_flows)
+        )
+        self.register_buffer("loc", torch.zeros(spec.z_dim))
+
+    def forward(self, c=None):
+        base = dist.Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
+        return dist.TransformedDistribution(base, [flow.inv for flow in reversed(self.flows)])
+
+
+@PRIORS.register("conditional_gaussian")
+class ConditionalGaussian(Prior):
+    """p(z|y) = N(loc_y, diag(scale_y²)), a learned loc and scale for each class y (CVAE only)."""
+
+    conditional = True
+
+    def __init__(self, spec, encoder):
+        super().__init__(spec, encoder)
+        if not spec.conditional:
+            raise PyroVAEError("the conditional_gaussian prior needs a conditional model (model.conditional = true)")
+        self.locs = nn.Parameter(torch.zeros(spec.num_classes, spec.z_dim))
+        self.raw_scales = nn.Parameter(torch.full((spec.num_classes, spec.z_dim), SOFTPLUS_INV_1))
+
+    def forward(self, c=None):
+        return dist.Normal(c @ self.locs, positive(c @ self.raw_scales)).to_event(1)

@@ -1,0 +1,129 @@
+"""Run folders: where a run's files live, written atomically, and how a run is read back.
+
+    runs/<name>/config.toml     the resolved config
+    runs/<name>/checkpoint.pt   weights, optimizer, epoch/step, data order, RNG states, metrics
+    runs/<name>/metrics.jsonl   one line per epoch
+    runs/<name>/*.png           pictures
+    runs/<name>/eval.json       written by ``pyro-vae evaluate``
+"""
+import io
+import json
+import os
+import re
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from .config import load_config
+from .errors import PyroVAEError
+from .model import VAE
+
+CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
+RESUMABLE_KEYS = {("train", "epochs"), ("train", "device")}  # settings a resumed run may change
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def new_run_dir(runs_root, name=None, overwrite=False):
+    """``runs_root/name`` (a timestamp when no name), refusing names that leave the root or exist already."""
+    name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not NAME_PATTERN.fullmatch(name):
+        raise PyroVAEError(
+            f"run name {name!r} must be letters, digits, '.', '_' or '-' (no path separators), so it stays inside {runs_root}"
+        )
+    run_dir = Path(runs_root) / name
+    if run_dir.exists() and not overwrite:
+        raise PyroVAEError(f"run {run_dir} exists; pass --resume {run_dir} to continue it or --overwrite to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.iterdir() if overwrite else ():
+        if stale.is_file():
+            stale.unlink()
+    return run_dir
+
+
+def atomic_write(path, data):
+    """Write bytes or text to ``path`` through a temporary file, fsync and rename: never a half file."""
+    path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(run_dir, state):
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write(Path(run_dir) / "checkpoint.pt", buffer.getvalue())
+
+
+def write_metrics(run_dir, metrics):
+    atomic_write(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def run_config(run_dir, overrides=()):
+    """The resolved config saved in a run folder, with ``overrides`` applied."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PyroVAEError(f"run folder {run_dir} does not exist")
+    if not (run_dir / "config.toml").is_file():
+        raise PyroVAEError(f"{run_dir} is not a run folder: it has no config.toml")
+    return load_config(run_dir / "config.toml", overrides)
+
+
+def load_checkpoint(run_dir, config, device="cpu"):
+    """The checkpoint of a run, loaded with ``weights_only=True`` and checked against ``config``."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise PyroVAEError(f"{run_dir} has no checkpoint.pt yet; train it first")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, corrupt or foreign files fail in many ways
+        raise PyroVAEError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); retrain or restore it") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
+    saved, current = state["config"], config.to_dict()
+    for section in saved.keys() | current.keys():
+        for key in saved.get(section, {}).keys() | current.get(section, {}).keys():
+            if (section, key) in RESUMABLE_KEYS:
+                continue
+            if saved.get(section, {}).get(key) != current.get(section, {}).get(key):
+                raise PyroVAEError(
+                    f"checkpoint {path} was trained with {section}.{key} = {saved.get(section, {}).get(key)!r} "
+                    f"but config.toml says {current.get(section, {}).get(key)!r}"
+                )
+    return state
+
+
+def resolve_device(name):
+    """torch.device for ``auto`` (the GPU where there is one), ``cpu`` or ``cuda``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PyroVAEError("train.device is cuda but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_run(run_dir, device="auto"):
+    """(config, VAE with the checkpoint's weights in eval mode) rebuilt from the run folder alone."""
+    config = run_config(run_dir)
+    device = resolve_device(device)
+    state = load_checkpoint(run_dir, config, device)
+    vae = VAE.from_config(config, state["image_shape"], state["num_classes"]).to(device)
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise PyroVAEError(f"checkpoint of {run_dir} does not fit its config: {str(e).splitlines()[0]}") from None
+    return config, vae.eval()
