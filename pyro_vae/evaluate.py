@@ -55,7 +55,8 @@ def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, me
         raise PyroVAEError(f"chunk_size must be positive, got {chunk_size}")
     lse = lse2 = total = None
     for start in range(0, num_samples, chunk_size):
-        log_w = log_weights(model, guide, args, kwargs, min(chunk_size, num_samples - start), plate_nesting, data_dim)
+        with pyro.validation_enabled(False):  # inspect_model ran the model once with validation as set
+            log_w = log_weights(model, guide, args, kwargs, min(chunk_size, num_samples - start), plate_nesting, data_dim)
         log_w = log_w.double()
         chunk = (torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0), log_w.sum(0))
         if lse is None:

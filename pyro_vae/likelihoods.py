@@ -46,6 +46,16 @@ class Likelihood(nn.Module):
         return self(params).mean.clamp(0, 1)
 
 
+class LogitBernoulli(dist.Bernoulli):
+    """Bernoulli(logits) with log p(x) = log σ(logits·(2x − 1)) for x ∈ {0, 1}: exact and stable, one
+    multiply and one log-sigmoid pass over the [particles, B, pixels] tensors."""
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return F.logsigmoid(self.logits * (2 * value - 1))
+
+
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(Likelihood):
     """Bernoulli on binarized pixels, parameterized by logits.
@@ -65,7 +75,7 @@ class Bernoulli(Likelihood):
 
     def forward(self, params):
         (logits,) = self.outputs(params)
-        return dist.Bernoulli(logits=logits).to_event(len(self.image_shape))
+        return LogitBernoulli(logits=logits).to_event(len(self.image_shape))
 
     def observe(self, grey, generator=None):
         return torch.bernoulli(grey, generator=generator)

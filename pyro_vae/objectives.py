@@ -1,6 +1,7 @@
 """Training objectives chosen by name: each factory returns a Pyro ELBO (negated as the loss).
 
-All use vectorized particles over an outer plate, with ``max_plate_nesting=1`` for the data plate.
+Several particles are drawn at once under an outer vectorized plate (one particle needs no plate);
+``max_plate_nesting=1`` for the data plate.
 """
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -20,7 +21,7 @@ def trace_elbo(*, num_particles: int = 1, jit: bool = False):
     """E_q[log p(x, z) − log q(z|x)], a Monte Carlo estimate with reparameterized z ~ q(z|x)."""
     check_particles(num_particles)
     cls = JitTrace_ELBO if jit else Trace_ELBO
-    return cls(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
 
 
 @OBJECTIVES.register("mean_field")
@@ -29,7 +30,7 @@ def mean_field(*, num_particles: int = 1, jit: bool = False):
     (Gaussian prior) and sampled where not (mixture, VampPrior, flow)."""
     check_particles(num_particles)
     cls = JitTraceMeanField_ELBO if jit else TraceMeanField_ELBO
-    return cls(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
 
 
 @OBJECTIVES.register("iwae")
@@ -37,4 +38,4 @@ def iwae(*, num_particles: int = 5):
     """The importance-weighted bound E[log (1/K) Σₖ p(x, zₖ)/q(zₖ|x)] (Burda et al. 2016), K = num_particles,
     as Pyro's RenyiELBO with α = 0."""
     check_particles(num_particles)
-    return RenyiELBO(alpha=0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    return RenyiELBO(alpha=0, num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 from tqdm.auto import tqdm
@@ -24,9 +23,17 @@ from .datasets import load_data
 from .errors import Interrupted, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES
+from .optim import GroupedAdam
 from .runs import atomic_write, load_checkpoint, resolve_device, save_checkpoint, write_metrics
 
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
+
+
+def observed_split(data, likelihood, split, device):
+    """(x, y) of a split on ``device``, x observed once in the likelihood's data space with a fixed
+    seed (binarized once for a Bernoulli), so that figures are comparable across runs."""
+    images, labels = data.split(split).images.to(device), data.split(split).labels.to(device)
+    return likelihood.observe(images, torch.Generator(device).manual_seed(TEST_SEED)), labels
 
 
 class Trainer:
@@ -41,17 +48,13 @@ class Trainer:
         self.vae = VAE.from_config(config, data.image_shape, data.num_classes).to(self.device)
         self.likelihood = self.vae.likelihood
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)
-        fixed = torch.Generator(self.device).manual_seed(TEST_SEED)
-        self.test_x = self.likelihood.observe(data.test.images.to(self.device), fixed)
-        self.test_y = data.test.labels.to(self.device)
-        self.train_x = data.train.images.to(self.device)
-        if not self.likelihood.dynamic:
-            self.train_x = self.likelihood.observe(self.train_x, fixed)
-        self.train_y = data.train.labels.to(self.device)
+        self.test_x, self.test_y = observed_split(data, self.likelihood, "test", self.device)
+        if self.likelihood.dynamic:
+            self.train_x, self.train_y = data.train.images.to(self.device), data.train.labels.to(self.device)
+        else:
+            self.train_x, self.train_y = observed_split(data, self.likelihood, "train", self.device)
         self.label_counts = torch.bincount(data.train.labels, minlength=data.num_classes)
-        self.optim = pyro.optim.Adam(
-            {"lr": config.train.lr}, {"clip_norm": config.train.clip_norm} if config.train.clip_norm else {}
-        )
+        self.optim = GroupedAdam(config.train.lr, config.train.clip_norm)
         elbo = OBJECTIVES.build(config.objective.name, config.objective.options)
         self.svi = SVI(self.vae.model, self.vae.guide, self.optim, elbo)
         self.epoch = self.step = self.position = 0
@@ -88,6 +91,15 @@ class Trainer:
     def on_signal(self, signum, frame):
         self.stop_signal = signum
 
+    def train_step(self, index):
+        """One SVI step on the training examples ``index``; returns the batch's −ELBO (a float)."""
+        x = self.train_x[index]
+        if self.likelihood.dynamic:
+            x = self.likelihood.observe(x, self.generator)
+        args = (x, self.train_y[index]) if self.vae.spec.conditional else (x,)
+        with pyro.validation_enabled(False):  # the data were checked once when loaded
+            return self.svi.step(*args, beta=self.beta())
+
     def train_epoch(self):
         n, batch_size = len(self.train_x), self.config.train.batch_size
         if self.permutation is None:
@@ -99,10 +111,7 @@ class Trainer:
         started = time.perf_counter()
         while self.position < n:
             index = self.permutation[self.position : self.position + batch_size]
-            x = self.train_x[index]
-            if self.likelihood.dynamic:
-                x = self.likelihood.observe(x, self.generator)
-            loss = self.svi.step(x, self.labels(self.train_y[index]), beta=self.beta())
+            loss = self.train_step(index)
             if not math.isfinite(loss):
                 raise PyroVAEError(
                     f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; the last good checkpoint is kept. "

@@ -1,0 +1,214 @@
+"""``pyro-vae bench``: the project's trainer and evaluator against plain PyTorch, side by side.
+
+The reference is kept here: the same encoder/decoder modules trained by a hand-written loss
+−[log p(x|z) + log p(z) − log q(z|x)], z = loc + scale·ε (the objective Trace_ELBO estimates),
+with ``torch.optim.Adam``, and a hand-written vectorized IWAE estimate of log p(x). Repetitions
+are interleaved so that machine noise hits every variant alike; medians are reported.
+"""
+import copy
+import ctypes
+import json
+import math
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from .config import load_config
+from .evaluate import importance_sample
+from .runs import atomic_write, resolve_device
+from .train import Trainer
+
+
+def plain_loss(vae, x):
+    """−Σ_b [log p(x_b|z_b) + log p(z_b) − log q(z_b|x_b)], one reparameterized z_b ~ q(z|x_b)."""
+    loc, scale = vae.encoder(x)
+    z = loc + scale * torch.randn_like(loc)
+    logits = vae.decoder(z)[:, 0]
+    log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+    log_pz = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
+    log_qz = (-0.5 * ((z - loc) / scale).square() - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return -(log_px + log_pz - log_qz).sum()
+
+
+@torch.no_grad()
+def plain_log_likelihood(vae, x, num_samples, chunk_size):
+    """log (1/K) Σₖ p(x, zₖ)/q(zₖ|x) [B] with zₖ ~ q(z|x), K = num_samples, chunk_size samples at a time."""
+    loc, scale = vae.encoder(x)
+    parts = []
+    for start in range(0, num_samples, chunk_size):
+        eps = torch.randn((min(chunk_size, num_samples - start),) + loc.shape, device=x.device)
+        z = loc + scale * eps
+        logits = vae.decoder(z)[:, :, 0]
+        log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(2).sum(-1)
+        log_w = log_px - 0.5 * z.square().sum(-1) + 0.5 * eps.square().sum(-1) + scale.log().sum(-1)
+        parts.append(torch.logsumexp(log_w.double(), 0))
+    return torch.logsumexp(torch.stack(parts), 0) - math.log(num_samples)
+
+
+class PlainTrainer:
+    """The reference training loop: a copy of a trainer's networks, its data path, torch.optim.Adam."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.vae = copy.deepcopy(trainer.vae)
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=trainer.config.train.lr)
+
+    def train_step(self, index):
+        x = self.trainer.likelihood.observe(self.trainer.train_x[index], self.trainer.generator)
+        loss = plain_loss(self.vae, x)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA's allocator statistics, or resident size sampled every 1 ms."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        self.base = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    @staticmethod
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.extra = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.extra = self.peak - self.base
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def images_per_second(step, trainer, steps, batch_size):
+    n = len(trainer.train_x)
+    indices = [torch.randint(0, n, (batch_size,), device=trainer.device) for _ in range(steps)]
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    for index in indices:
+        step(index)
+    synchronize(trainer.device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def training_throughput(config_overrides, batch_sizes, repeats, steps, device):
+    """{batch size: {"pyro": img/s, "plain": img/s, "ratio": …}}, medians of interleaved repeats."""
+    results = {}
+    for batch_size in batch_sizes:
+        config = load_config(None, config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(config, tmp, progress=False)
+            plain = PlainTrainer(trainer)
+            variants = {"pyro": trainer.train_step, "plain": plain.train_step}
+            for step in variants.values():
+                images_per_second(step, trainer, 5, batch_size)
+            rates = {name: [] for name in variants}
+            for _ in range(repeats):
+                for name, step in variants.items():
+                    rates[name].append(images_per_second(step, trainer, steps, batch_size))
+        ratios = [p / q for p, q in zip(rates["pyro"], rates["plain"])]
+        results[batch_size] = {
+            "pyro_images_per_s": statistics.median(rates["pyro"]),
+            "plain_images_per_s": statistics.median(rates["plain"]),
+            "ratio": statistics.median(ratios),
+        }
+    return results
+
+
+def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device):
+    """Seconds and peak extra memory of importance_sample against plain_log_likelihood at K = num_samples."""
+    config = load_config(None, config_overrides + [f"train.device={device}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, tmp, progress=False)
+    vae, x = trainer.vae.eval(), trainer.test_x[:num_examples]
+    chosen = {}
+
+    def project():
+        estimate = importance_sample(vae.model, vae.guide, x, num_samples=num_samples)
+        return estimate.log_likelihood
+
+    def plain():
+        return plain_log_likelihood(vae, x, num_samples, chosen["chunk"])
+
+    from .evaluate import DEFAULT_MEMORY, inspect_model
+
+    chosen["chunk"] = max(1, min(num_samples, DEFAULT_MEMORY // inspect_model(vae.model, vae.guide, (x,), {})[2]))
+    times, memory, values = {"pyro": [], "plain": []}, {}, {}
+    for _ in range(repeats):
+        for name, fn in (("pyro", project), ("plain", plain)):
+            with PeakMemory(trainer.device) as peak:
+                synchronize(trainer.device)
+                started = time.perf_counter()
+                values[name] = fn()
+                synchronize(trainer.device)
+                times[name].append(time.perf_counter() - started)
+            memory[name] = max(memory.get(name, 0), peak.extra)
+    pyro_s, plain_s = statistics.median(times["pyro"]), statistics.median(times["plain"])
+    return {
+        "num_samples": num_samples, "num_examples": num_examples, "chunk_size": chosen["chunk"],
+        "pyro_seconds": pyro_s, "plain_seconds": plain_s, "speed_ratio": plain_s / pyro_s,
+        "pyro_peak_extra_mb": memory["pyro"] / 2**20, "plain_peak_extra_mb": memory["plain"] / 2**20,
+        "mean_log_likelihood": {k: v.mean().item() for k, v in values.items()},
+    }
+
+
+def main(quick=False, out="runs/bench.json", device="auto"):
+    """Run the benchmark, print a table and write JSON to ``out``."""
+    device = str(resolve_device(device))
+    torch.manual_seed(0)
+    tiny = ["network.hidden=[32]", "model.z_dim=4"] if quick else []
+    batch_sizes = [32] if quick else [128, 256]
+    report = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "training": training_throughput(tiny, batch_sizes, 2 if quick else 7, 3 if quick else 40, device),
+        "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 3, device),
+    }
+    print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
+    print(f"{'batch':>6} {'pyro img/s':>12} {'plain img/s':>12} {'ratio':>7}")
+    for batch_size, r in report["training"].items():
+        print(f"{batch_size:>6} {r['pyro_images_per_s']:>12.0f} {r['plain_images_per_s']:>12.0f} {r['ratio']:>7.3f}")
+    e = report["evaluation"]
+    print(f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "
+          f"pyro {e['pyro_seconds']:.2f} s, plain {e['plain_seconds']:.2f} s, speed ratio {e['speed_ratio']:.3f}; "
+          f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return report

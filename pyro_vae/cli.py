@@ -1,0 +1,178 @@
+"""The ``pyro-vae`` command: train, evaluate, sample, configs, bench.
+
+User mistakes (``PyroVAEError``) print one line and exit with status 2; ``--debug`` shows the traceback.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import bundled_configs, load_config
+from .errors import Interrupted, PyroVAEError
+
+# Flags that are shortcuts for --set section.key=value.
+SHORTCUTS = {
+    "dataset": "data.name", "data_root": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "train.lr", "device": "train.device", "seed": "train.seed", "prior": "prior.name",
+    "likelihood": "likelihood.name", "network": "network.name", "objective": "objective.name", "z_dim": "model.z_dim",
+}
+
+
+def parser():
+    top = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
+    top.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a VAE (or CVAE) by SVI into runs/<name>")
+    train.add_argument("--config", help=f"bundled config name or TOML path (bundled: {', '.join(bundled_configs())})")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    train.add_argument("--name", help="run name (default: a timestamp)")
+    train.add_argument("--runs-root", default="runs", help="folder that holds the runs (default: runs)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    train.add_argument("--conditional", action="store_true", help="train a CVAE conditioned on the labels")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    for flag, target in SHORTCUTS.items():
+        train.add_argument("--" + flag.replace("_", "-"), help=f"shortcut for --set {target}=...")
+
+    evaluate = commands.add_parser("evaluate", help="importance-sampled log p(x) of a trained run")
+    evaluate.add_argument("run", help="run folder, e.g. runs/<name>")
+    evaluate.add_argument("--num-samples", "-k", type=int, default=5000, help="importance samples K per example")
+    evaluate.add_argument("--split", default="test", choices=["test", "train"])
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    evaluate.add_argument("--batch-size", type=int, default=100, help="examples per batch")
+    evaluate.add_argument("--chunk-size", type=int, help="samples drawn at once (default: chosen from memory)")
+    evaluate.add_argument("--classify", action="store_true", help="also run the CVAE's generative classifier")
+    evaluate.add_argument("--classify-samples", type=int, default=100, help="K per class for --classify")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.add_argument("--quiet", action="store_true")
+
+    sample = commands.add_parser("sample", help="decode z ~ p(z) of a trained run into a grid of images")
+    sample.add_argument("run")
+    sample.add_argument("-n", type=int, default=64, help="number of images")
+    sample.add_argument("--label", type=int, help="class of every image (conditional runs; default: all classes in turn)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", help="PNG path (default: RUN/samples-N.png)")
+    sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    commands.add_parser("configs", help="list the bundled configs")
+
+    bench = commands.add_parser("bench", help="throughput of the trainer and evaluator against plain PyTorch")
+    bench.add_argument("--quick", action="store_true", help="a tiny setting that only checks the benchmark runs")
+    bench.add_argument("--out", default="runs/bench.json", help="JSON file for the results")
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return top
+
+
+def run_train(args):
+    from .runs import new_run_dir, run_config
+    from .train import train
+
+    overrides = list(args.set)
+    overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
+    if args.conditional:
+        overrides.append("model.conditional=true")
+    if args.resume:
+        if args.config or args.name or args.overwrite:
+            raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
+        config = run_config(args.resume, overrides)
+        before = run_config(args.resume).to_dict()
+        changed = [f"{s}.{k}" for s, v in config.to_dict().items() for k in v if v[k] != before[s][k]]
+        if set(changed) - {"train.epochs", "train.device"}:
+            raise PyroVAEError(f"a resumed run can change only train.epochs and train.device, not {', '.join(changed)}")
+        run_dir = Path(args.resume)
+    else:
+        config = load_config(args.config, overrides)
+        run_dir = new_run_dir(args.runs_root, args.name, args.overwrite)
+    print(f"run folder: {run_dir}")
+    train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    print(f"done: {run_dir} (evaluate with: pyro-vae evaluate {run_dir})")
+
+
+def run_evaluate(args):
+    from .report import classify_run, evaluate_run
+
+    if args.num_samples < 1:
+        raise PyroVAEError(f"--num-samples must be positive, got {args.num_samples}")
+    s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit,
+                     batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device, progress=not args.quiet)
+    what = "log p(x|y)" if s["conditional"] else "log p(x)"
+    bpd = "n/a (continuous likelihood)" if s["bits_per_dim"] is None else f"{s['bits_per_dim']:.4f}"
+    rows = [
+        ("examples", f"{s['num_examples']} ({s['split']})"),
+        ("K", s["num_samples"]),
+        ("mean ELBO", f"{s['elbo']:.3f}"),
+        (f"mean {what}", f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}"),
+        ("gap (log p − ELBO)", f"{s['log_likelihood'] - s['elbo']:.3f}"),
+        ("bits per dim", bpd),
+        ("mean ESS", f"{s['mean_ess']:.1f}"),
+        ("seconds", f"{s['seconds']:.1f}"),
+    ]
+    for name, value in rows:
+        print(f"{name:>20}  {value}")
+    print(f"wrote {Path(args.run) / 'eval.json'}, eval_examples.csv, eval_vs_k.png")
+    if args.classify:
+        c = classify_run(args.run, num_samples=args.classify_samples, split=args.split, limit=args.limit,
+                         batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+        print(f"{'accuracy':>20}  {c['accuracy']:.4f} ({c['num_examples']} examples, K={c['num_samples']} per class)")
+        print(f"wrote {Path(args.run) / 'classify.json'}, confusion.png")
+
+
+def run_sample(args):
+    from .plots import image_grid
+    from .runs import load_run
+
+    if args.n < 1:
+        raise PyroVAEError(f"-n must be positive, got {args.n}")
+    config, vae = load_run(args.run, args.device)
+    torch.manual_seed(args.seed)
+    labels = None
+    if vae.spec.conditional:
+        classes = vae.spec.num_classes
+        if args.label is not None and not 0 <= args.label < classes:
+            raise PyroVAEError(f"--label must lie in 0..{classes - 1}, got {args.label}")
+        labels = torch.arange(args.n) % classes if args.label is None else torch.full((args.n,), args.label)
+        labels = labels.to(vae.device)
+    elif args.label is not None:
+        raise PyroVAEError("--label was given for an unconditional run; labels need a run trained with --conditional")
+    out = Path(args.out or Path(args.run) / f"samples-{args.n}.png")
+    nrow = vae.spec.num_classes if labels is not None and args.label is None else 8
+    image_grid(vae.sample(args.n, labels), out, nrow, f"{args.n} samples from {args.run}")
+    print(f"wrote {out}")
+
+
+def run_configs(args):
+    from .config import read_toml
+
+    for name in bundled_configs():
+        table = read_toml(name)
+        parts = [f"{s}={table[s]['name']}" for s in ("network", "prior", "likelihood", "objective") if "name" in table.get(s, {})]
+        if table.get("model", {}).get("conditional"):
+            parts.insert(0, "conditional")
+        print(f"{name:<24} {' '.join(parts)}")
+
+
+def run_bench(args):
+    from .bench import main as bench_main
+
+    bench_main(quick=args.quick, out=args.out, device=args.device)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "configs": run_configs, "bench": run_bench}
+    try:
+        handler[args.command](args)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except PyroVAEError as e:
+        if args.debug:
+            raise
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
