@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .config import load_config
 from .evaluate import importance_sample
 from .runs import atomic_write, resolve_device
-from .train import Trainer
+from .train import Trainer, test_elbo
 
 
 def plain_loss(vae, x):
@@ -187,11 +187,54 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     }
 
 
-def main(quick=False, out="runs/bench.json", device="auto"):
+def parity(epochs, overrides, device):
+    """Train the project's VAE (its Trainer) and the plain-PyTorch loop from the same initial weights
+    for ``epochs`` epochs, interleaved epoch by epoch; both are scored by the same test ELBO."""
+    config = load_config(None, overrides + [f"train.epochs={epochs}", f"train.device={device}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, tmp, progress=False)
+        plain = PlainTrainer(trainer)
+        n, batch_size = len(trainer.train_x), config.train.batch_size
+        seconds = {"pyro": 0.0, "plain": 0.0}
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            trainer.train_epoch()
+            trainer.end_epoch()
+            seconds["pyro"] += trainer.epoch_seconds
+            order = torch.randperm(n, generator=trainer.generator, device=trainer.device)
+            synchronize(trainer.device)
+            started = time.perf_counter()
+            for start in range(0, n, batch_size):
+                plain.train_step(order[start : start + batch_size])
+            synchronize(trainer.device)
+            seconds["plain"] += time.perf_counter() - started
+            if (epoch + 1) % max(1, epochs // 10) == 0:
+                print(f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1]['test_elbo']:.3f}, "
+                      f"plain {test_elbo(plain.vae, trainer.test_x, trainer.test_y, 1000):.3f}", flush=True)
+        result = {
+            "epochs": epochs, "dataset": config.data.name, "train_examples": n, "test_examples": len(trainer.test_x),
+            "batch_size": batch_size, "lr": config.train.lr,
+            "pyro_test_elbo": trainer.metrics[-1]["test_elbo"],
+            "plain_test_elbo": test_elbo(plain.vae, trainer.test_x, trainer.test_y, 1000),
+            "pyro_images_per_s": epochs * n / seconds["pyro"],
+            "plain_images_per_s": epochs * n / seconds["plain"],
+        }
+    result["elbo_difference"] = result["pyro_test_elbo"] - result["plain_test_elbo"]
+    result["throughput_ratio"] = result["pyro_images_per_s"] / result["plain_images_per_s"]
+    return result
+
+
+def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=()):
     """Run the benchmark, print a table and write JSON to ``out``."""
     device = str(resolve_device(device))
     torch.manual_seed(0)
-    tiny = ["network.hidden=[32]", "model.z_dim=4"] if quick else []
+    if parity_epochs:
+        result = parity(parity_epochs, list(overrides), device)
+        print(json.dumps(result, indent=2))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, json.dumps(result, indent=2) + "\n")
+        return result
+    tiny = (["network.hidden=[32]", "model.z_dim=4"] if quick else []) + list(overrides)
     batch_sizes = [32] if quick else [128, 256]
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",

@@ -62,6 +62,9 @@ def parser():
     bench.add_argument("--quick", action="store_true", help="a tiny setting that only checks the benchmark runs")
     bench.add_argument("--out", default="runs/bench.json", help="JSON file for the results")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--parity", type=int, default=0, metavar="EPOCHS",
+                       help="instead: train project and plain PyTorch side by side for EPOCHS epochs, compare test ELBOs")
+    bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     return top
 
 
@@ -143,20 +146,21 @@ def run_sample(args):
 
 
 def run_configs(args):
-    from .config import read_toml
+    from importlib import resources
 
     for name in bundled_configs():
-        table = read_toml(name)
-        parts = [f"{s}={table[s]['name']}" for s in ("network", "prior", "likelihood", "objective") if "name" in table.get(s, {})]
-        if table.get("model", {}).get("conditional"):
-            parts.insert(0, "conditional")
-        print(f"{name:<24} {' '.join(parts)}")
+        c = load_config(name)
+        text = (resources.files("pyro_vae") / "configs" / f"{name}.toml").read_text()
+        about = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
+        kind = "CVAE" if c.model.conditional else "VAE"
+        print(f"{name:<27} {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
+              f"likelihood {c.likelihood.name}, {c.objective.name}\n{'':<27} {about}")
 
 
 def run_bench(args):
     from .bench import main as bench_main
 
-    bench_main(quick=args.quick, out=args.out, device=args.device)
+    bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set)
 
 
 def main(argv=None):

@@ -72,9 +72,6 @@ class Trainer:
         warmup_steps = self.config.train.warmup_epochs * self.steps_per_epoch
         return self.config.train.beta * min(1.0, (self.step + 1) / warmup_steps) if warmup_steps else self.config.train.beta
 
-    def labels(self, y):
-        return y if self.vae.spec.conditional else None
-
     def run(self):
         """Train until ``train.epochs``; returns the metrics, one dict per epoch."""
         handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -154,18 +151,8 @@ class Trainer:
                 f"test ELBO {record['test_elbo']:9.3f}  ({record['seconds']:.1f} s)"
             )
 
-    @torch.no_grad()
     def test_elbo(self):
-        """Mean test-set ELBO per example, E_q[log p(x|z)] − KL(q ‖ p) (analytic KL where registered),
-        with fixed noise so epochs compare; the training random stream is left untouched."""
-        elbo = TraceMeanField_ELBO(max_plate_nesting=1)
-        batch_size, total = self.config.train.eval_batch_size, 0.0
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(TEST_SEED)
-            for start in range(0, len(self.test_x), batch_size):
-                x, y = self.test_x[start : start + batch_size], self.test_y[start : start + batch_size]
-                total -= elbo.loss(self.vae.model, self.vae.guide, x, self.labels(y))
-        return total / len(self.test_x)
+        return test_elbo(self.vae, self.test_x, self.test_y, self.config.train.eval_batch_size)
 
     def checkpoint(self):
         if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
@@ -202,6 +189,23 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         write_metrics(self.run_dir, self.metrics)
+
+
+@torch.no_grad()
+def test_elbo(vae, x, y, batch_size):
+    """Mean ELBO per example over x [N, …] (labels y [N] used by a conditional VAE),
+    E_q[log p(x|z)] − KL(q ‖ p) with the KL analytic where registered, drawn with fixed noise so that
+    epochs and runs compare; the caller's random stream is left untouched."""
+    elbo = TraceMeanField_ELBO(max_plate_nesting=1)
+    total = 0.0
+    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
+        torch.manual_seed(TEST_SEED)
+        for start in range(0, len(x), batch_size):
+            args = (x[start : start + batch_size],)
+            if vae.spec.conditional:
+                args += (y[start : start + batch_size],)
+            total -= elbo.loss(vae.model, vae.guide, *args)
+    return total / len(x)
 
 
 def train(config, run_dir, resume=False, progress=True):

@@ -1,0 +1,101 @@
+"""The command line end to end on tiny runs: train, resume, evaluate, sample, CVAE, every component."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_args
+
+from pyro_vae.cli import main
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.priors import PRIORS
+
+RUN_FILES = {"config.toml", "checkpoint.pt", "metrics.jsonl", "loss.png", "reconstructions.png", "samples.png",
+             "interpolations.png", "latent.png", "manifold.png"}
+
+
+def run_dir(tiny, name):
+    return Path(tiny["runs_root"]) / name
+
+
+def test_train_writes_a_complete_run_and_resume_continues(tiny):
+    main(cli_args("train", tiny, "--name", "a", "--set", "train.epochs=2"))
+    folder = run_dir(tiny, "a")
+    assert RUN_FILES <= {p.name for p in folder.iterdir()}
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) == {"epoch", "step", "train_loss", "test_elbo", "seconds"}
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 4
+    main(["train", "--resume", str(folder), "--epochs", "3", "--quiet"])
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and metrics[-1]["step"] == 6
+    assert "epochs = 3" in (folder / "config.toml").read_text()
+
+
+def test_evaluate_and_sample(tiny, capsys):
+    main(cli_args("train", tiny, "--name", "e"))
+    folder = run_dir(tiny, "e")
+    main(["evaluate", str(folder), "-k", "50", "--limit", "30", "--batch-size", "16", "--quiet"])
+    summary = json.loads((folder / "eval.json").read_text())
+    assert {"num_examples", "num_samples", "elbo", "log_likelihood", "log_likelihood_stderr", "bits_per_dim",
+            "seconds"} <= set(summary)
+    assert summary["num_examples"] == 30 and summary["num_samples"] == 50
+    assert summary["log_likelihood"] >= summary["elbo"] - 3 * summary["log_likelihood_stderr"]
+    rows = (folder / "eval_examples.csv").read_text().splitlines()
+    assert rows[0] == "index,label,log_likelihood,elbo,ess,stderr" and len(rows) == 31
+    assert (folder / "eval_vs_k.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "mean log p(x)" in out and "bits per dim" in out
+    main(["sample", str(folder), "-n", "9", "--out", str(folder / "nine.png")])
+    assert (folder / "nine.png").stat().st_size > 0
+
+
+def test_conditional_run_class_grid_log_p_x_given_y_and_classifier(tiny, capsys):
+    main(cli_args("train", tiny, "--name", "c", "--config", "mnist-cvae", "--set", "data.name=synthetic"))
+    folder = run_dir(tiny, "c")
+    assert {"class_grid.png", "class_samples.png"} <= {p.name for p in folder.iterdir()}
+    main(["evaluate", str(folder), "-k", "20", "--limit", "20", "--classify", "--classify-samples", "10", "--quiet"])
+    assert json.loads((folder / "eval.json").read_text())["conditional"] is True
+    classified = json.loads((folder / "classify.json").read_text())
+    assert classified["num_examples"] == 20 and 0 <= classified["accuracy"] <= 1
+    assert (folder / "confusion.png").stat().st_size > 0
+    assert "log p(x|y)" in capsys.readouterr().out
+    main(["sample", str(folder), "-n", "8", "--label", "2"])
+    assert (folder / "samples-8.png").exists()
+
+
+@pytest.mark.parametrize("prior", [p for p in PRIORS.names() if p != "conditional_gaussian"])
+def test_every_prior_trains_and_evaluates(tiny, prior):
+    main(cli_args("train", tiny, "--name", prior, "--prior", prior, "--set", "prior.name=" + prior))
+    main(["evaluate", str(run_dir(tiny, prior)), "-k", "10", "--limit", "10", "--quiet"])
+    assert json.loads((run_dir(tiny, prior) / "eval.json").read_text())["prior"] == prior
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
+def test_every_likelihood_trains_and_evaluates(tiny, likelihood):
+    main(cli_args("train", tiny, "--name", likelihood, "--likelihood", likelihood))
+    main(["evaluate", str(run_dir(tiny, likelihood)), "-k", "10", "--limit", "10", "--quiet"])
+    summary = json.loads((run_dir(tiny, likelihood) / "eval.json").read_text())
+    assert (summary["bits_per_dim"] is None) == (not LIKELIHOODS.get(likelihood).discrete)
+
+
+@pytest.mark.parametrize("config, network", [("mnist-conv", ["network.hidden=16", "network.channels=4"]),
+                                             ("mnist-iwae", [])])
+def test_conv_network_and_iwae_objective(tiny, config, network):
+    extra = [arg for override in ["data.name=synthetic", "data.size=28", "data.train_per_class=20", *network]
+             for arg in ("--set", override)]
+    main(cli_args("train", tiny, "--name", config, "--config", config, *extra))
+    main(["evaluate", str(run_dir(tiny, config)), "-k", "5", "--limit", "5", "--quiet"])
+
+
+def test_offline_default_dataset_trains(tiny):
+    main(["train", "--runs-root", tiny["runs_root"], "--name", "d", "--quiet", "--set", "network.hidden=[8]",
+          "--set", "train.batch_size=2000", "--epochs", "1"])
+    assert run_dir(tiny, "d").joinpath("checkpoint.pt").exists()
+
+
+def test_configs_lists_bundled_configs(capsys):
+    main(["configs"])
+    out = capsys.readouterr().out
+    assert "mnist-vae" in out and "mnist-vamp" in out and "mnist-cvae" in out

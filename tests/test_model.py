@@ -1,0 +1,108 @@
+"""The VAE's model/guide contract, its checks, and training by SVI."""
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_vae import VAE, PyroVAEError, load_config
+from pyro_vae.optim import GroupedAdam
+
+
+def make_vae(*overrides, image_shape=(1, 6, 6), num_classes=3):
+    config = load_config(None, ["network.hidden=[12]", "model.z_dim=3", *overrides])
+    return VAE.from_config(config, image_shape, num_classes)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_sites_keep_the_contract(conditional):
+    vae = make_vae(f"model.conditional={str(conditional).lower()}")
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.4))
+    args = (x, torch.tensor([0, 1, 2, 1, 0])) if conditional else (x,)
+    guide_trace = poutine.trace(vae.guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(*args)
+    for trace in (guide_trace, model_trace):
+        trace.compute_log_prob()
+        assert [f.name for f in trace.nodes["z"]["cond_indep_stack"]] == ["data"]
+        assert trace.nodes["z"]["value"].shape == (5, 3)
+        assert trace.nodes["z"]["log_prob"].shape == (5,)
+    assert model_trace.nodes["x"]["is_observed"] and model_trace.nodes["x"]["log_prob"].shape == (5,)
+    assert guide_trace.nodes["z"]["fn"].has_rsample
+    assert any(name.startswith("vae$$$encoder") for name in pyro.get_param_store().keys())
+
+
+def test_vectorized_particles_broadcast_through_the_networks():
+    vae = make_vae()
+    x = torch.bernoulli(torch.full((4, 1, 6, 6), 0.5))
+    elbo = Trace_ELBO(num_particles=7, vectorize_particles=True, max_plate_nesting=1)
+    assert torch.isfinite(torch.tensor(elbo.loss(vae.model, vae.guide, x)))
+
+
+@pytest.mark.parametrize(
+    "conditional, images, labels, message",
+    [
+        (False, torch.zeros(2, 1, 5, 5), None, "images of shape \\(1, 5, 5\\) given to a model built for \\(1, 6, 6\\)"),
+        (False, torch.zeros(2, 1, 6, 6), torch.tensor([0, 1]), "label y was given to an unconditional model"),
+        (True, torch.zeros(2, 1, 6, 6), None, "needs the label y of every image"),
+        (True, torch.zeros(2, 1, 6, 6), torch.tensor([0, 3]), "labels must lie in 0..2"),
+        (True, torch.zeros(2, 1, 6, 6), torch.tensor([0]), "1 labels for 2 images"),
+    ],
+)
+def test_bad_inputs_name_the_problem(conditional, images, labels, message):
+    vae = make_vae(f"model.conditional={str(conditional).lower()}")
+    with pytest.raises(PyroVAEError, match=message):
+        vae.guide(images, labels)
+
+
+def test_kl_weight_scales_only_the_latent_sites():
+    vae = make_vae()
+    x = torch.bernoulli(torch.full((4, 1, 6, 6), 0.5))
+    traces = {}
+    for beta in (1.0, 0.25):
+        pyro.set_rng_seed(3)
+        guide = poutine.trace(vae.guide).get_trace(x, beta=beta)
+        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x, beta=beta)
+        traces[beta] = (guide, model)
+    (g1, m1), (g2, m2) = traces[1.0], traces[0.25]
+    for t in (g1, m1, g2, m2):
+        t.compute_log_prob()
+    kl = (g1.nodes["z"]["log_prob_sum"] - m1.nodes["z"]["log_prob_sum"]).item()
+    kl_scaled = (g2.nodes["z"]["log_prob_sum"] - m2.nodes["z"]["log_prob_sum"]).item()
+    assert kl_scaled == pytest.approx(0.25 * kl, rel=1e-5)
+    assert m2.nodes["x"]["log_prob_sum"].item() == pytest.approx(m1.nodes["x"]["log_prob_sum"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["trace_elbo", "mean_field", "iwae"])
+def test_a_few_svi_steps_lower_the_loss(objective):
+    vae = make_vae(f"objective.name={objective}")
+    torch.manual_seed(0)
+    prototypes = (torch.rand(3, 1, 6, 6) > 0.5).float()
+    x = torch.bernoulli(prototypes[torch.arange(60) % 3] * 0.9 + 0.05)
+    from pyro_vae.objectives import OBJECTIVES
+
+    svi = SVI(vae.model, vae.guide, GroupedAdam(0.02), OBJECTIVES.build(objective, {}))
+    losses = [svi.step(x) for _ in range(60)]
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_grouped_adam_matches_torch_adam():
+    vae = make_vae()
+    twin = VAE.from_config(load_config(None, ["network.hidden=[12]", "model.z_dim=3"]), (1, 6, 6), 3)
+    twin.load_state_dict(vae.state_dict())
+    x = torch.bernoulli(torch.full((8, 1, 6, 6), 0.5))
+    optim = GroupedAdam(0.01)
+    reference = torch.optim.Adam(twin.parameters(), lr=0.01)
+    for step in range(3):
+        pyro.set_rng_seed(step)
+        loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        optim([p for p in vae.parameters()])
+        pyro.set_rng_seed(step)
+        pyro.clear_param_store()
+        twin_loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(twin.model, twin.guide, x)
+        reference.zero_grad()
+        twin_loss.backward()
+        reference.step()
+        pyro.clear_param_store()
+    for a, b in zip(vae.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
