@@ -65,11 +65,15 @@ def parser():
     bench.add_argument("--parity", type=int, default=0, metavar="EPOCHS",
                        help="instead: train project and plain PyTorch side by side for EPOCHS epochs, compare test ELBOs")
     bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    bench.add_argument("--compare-run", metavar="RUN",
+                       help="instead: evaluate RUN's test log p(x) and a plain-PyTorch IWAE estimate of the same networks")
+    bench.add_argument("--num-samples", "-k", type=int, default=5000, help="K for --compare-run")
     return top
 
 
 def run_train(args):
-    from .runs import new_run_dir, run_config
+    from .config import config_differences
+    from .runs import RESUMABLE_KEYS, new_run_dir, run_config
     from .train import train
 
     overrides = list(args.set)
@@ -80,10 +84,9 @@ def run_train(args):
         if args.config or args.name or args.overwrite:
             raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
         config = run_config(args.resume, overrides)
-        before = run_config(args.resume).to_dict()
-        changed = [f"{s}.{k}" for s, v in config.to_dict().items() for k in v if v[k] != before[s][k]]
-        if set(changed) - {"train.epochs", "train.device"}:
-            raise PyroVAEError(f"a resumed run can change only train.epochs and train.device, not {', '.join(changed)}")
+        changed = set(config_differences(run_config(args.resume).to_dict(), config.to_dict())) - RESUMABLE_KEYS
+        if changed:
+            raise PyroVAEError(f"a resumed run can change only train.epochs and train.device, not {', '.join(sorted(changed))}")
         run_dir = Path(args.resume)
     else:
         config = load_config(args.config, overrides)
@@ -160,7 +163,8 @@ def run_configs(args):
 def run_bench(args):
     from .bench import main as bench_main
 
-    bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set)
+    bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set,
+               compare=args.compare_run, num_samples=args.num_samples)
 
 
 def main(argv=None):

@@ -136,7 +136,8 @@ def load_config(name_or_path=None, overrides=()):
 
 
 def merge(table, update):
-    """Update the config ``table`` in place; a component renamed keeps only the options its new class takes."""
+    """Update the config ``table`` in place; a renamed component keeps only the options its new class
+    takes with a value of the right type."""
     for section, values in update.items():
         if section not in table:
             raise PyroVAEError(f"unknown config section [{section}]; valid sections: {', '.join(SECTIONS)}")
@@ -147,8 +148,17 @@ def merge(table, update):
             registry = REGISTRIES[section]
             new_name = check_type(f"{section}.name", values["name"], str)
             accepted = registry.options(new_name)
-            table[section] = current = {"name": new_name, **{k: v for k, v in current.items() if k in accepted}}
+            kept = {k: v for k, v in current.items() if k in accepted and fits(v, accepted[k][0])}
+            table[section] = current = {"name": new_name, **kept}
         current.update(values)
+
+
+def fits(value, tp):
+    try:
+        check_type("", value, tp)
+        return True
+    except PyroVAEError:
+        return False
 
 
 def config_from_dict(table):
@@ -188,6 +198,13 @@ def check_ranges(config):
             raise PyroVAEError(f"{path} must be {bound}, got {value}")
     if config.train.device not in DEVICES:
         raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
+
+
+def config_differences(a, b):
+    """{"section.key": (value in a, value in b)} for every setting where two ``Config.to_dict()`` differ."""
+    flat_a, flat_b = ({f"{s}.{k}": v for s, values in d.items() for k, v in values.items()} for d in (a, b))
+    return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(flat_a.keys() | flat_b.keys())
+            if flat_a.get(key) != flat_b.get(key)}
 
 
 def to_toml(config):

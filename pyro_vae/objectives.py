@@ -20,8 +20,21 @@ def check_particles(num_particles):
 def trace_elbo(*, num_particles: int = 1, jit: bool = False):
     """E_q[log p(x, z) − log q(z|x)], a Monte Carlo estimate with reparameterized z ~ q(z|x)."""
     check_particles(num_particles)
-    cls = JitTrace_ELBO if jit else Trace_ELBO
-    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    if jit:
+        return JitTrace_ELBO(
+            num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, ignore_jit_warnings=True
+        )
+    return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+
+
+class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """``JitTraceMeanField_ELBO`` compiled once. In Pyro 1.9 its ``differentiable_loss`` looks for the
+    compiled loss under ``_loss_and_surrogate_loss`` but stores it as ``_differentiable_loss``, so it
+    builds and traces a new one at every step; pointing the first name at the second keeps the first."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        self._loss_and_surrogate_loss = getattr(self, "_differentiable_loss", None)
+        return super().differentiable_loss(model, guide, *args, **kwargs)
 
 
 @OBJECTIVES.register("mean_field")
@@ -29,8 +42,11 @@ def mean_field(*, num_particles: int = 1, jit: bool = False):
     """E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), with the KL in closed form where one is registered
     (Gaussian prior) and sampled where not (mixture, VampPrior, flow)."""
     check_particles(num_particles)
-    cls = JitTraceMeanField_ELBO if jit else TraceMeanField_ELBO
-    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    if jit:
+        return CachedJitTraceMeanField_ELBO(
+            num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, ignore_jit_warnings=True
+        )
+    return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
 
 
 @OBJECTIVES.register("iwae")

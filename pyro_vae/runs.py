@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
+from .config import config_differences, load_config
 from .errors import PyroVAEError
 from .model import VAE
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
-RESUMABLE_KEYS = {("train", "epochs"), ("train", "device")}  # settings a resumed run may change
+RESUMABLE_KEYS = {"train.epochs", "train.device"}  # settings a resumed run may change
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -94,16 +94,9 @@ def load_checkpoint(run_dir, config, device="cpu"):
         raise PyroVAEError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); retrain or restore it") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
-    saved, current = state["config"], config.to_dict()
-    for section in saved.keys() | current.keys():
-        for key in saved.get(section, {}).keys() | current.get(section, {}).keys():
-            if (section, key) in RESUMABLE_KEYS:
-                continue
-            if saved.get(section, {}).get(key) != current.get(section, {}).get(key):
-                raise PyroVAEError(
-                    f"checkpoint {path} was trained with {section}.{key} = {saved.get(section, {}).get(key)!r} "
-                    f"but config.toml says {current.get(section, {}).get(key)!r}"
-                )
+    for key, (saved, current) in config_differences(state["config"], config.to_dict()).items():
+        if key not in RESUMABLE_KEYS:
+            raise PyroVAEError(f"checkpoint {path} was trained with {key} = {saved!r} but config.toml says {current!r}")
     return state
 
 

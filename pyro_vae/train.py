@@ -55,11 +55,15 @@ class Trainer:
             self.train_x, self.train_y = observed_split(data, self.likelihood, "train", self.device)
         self.label_counts = torch.bincount(data.train.labels, minlength=data.num_classes)
         self.optim = GroupedAdam(config.train.lr, config.train.clip_norm)
+        if config.objective.options.get("jit") and config.train.warmup_epochs:
+            raise PyroVAEError("objective.jit compiles one β; it cannot be combined with train.warmup_epochs (β changes each step)")
         elbo = OBJECTIVES.build(config.objective.name, config.objective.options)
         self.svi = SVI(self.vae.model, self.vae.guide, self.optim, elbo)
         self.epoch = self.step = self.position = 0
         self.loss_sum, self.permutation, self.metrics, self.stop_signal = 0.0, None, [], None
         if resume:
+            for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
+                torn.unlink()
             self.restore(load_checkpoint(self.run_dir, config, self.device))
         atomic_write(self.run_dir / "config.toml", to_toml(config))
 
@@ -86,6 +90,10 @@ class Trainer:
         return self.metrics
 
     def on_signal(self, signum, frame):
+        """First SIGINT/SIGTERM: finish the step, checkpoint, stop. A second one stops at once
+        (the last checkpoint on disk stays whole: it is written atomically)."""
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
         self.stop_signal = signum
 
     def train_step(self, index):
