@@ -127,26 +127,25 @@ def images_per_second(step, trainer, steps, batch_size):
 
 
 def training_throughput(config_overrides, batch_sizes, repeats, steps, device):
-    """{batch size: {"pyro": img/s, "plain": img/s, "ratio": …}}, medians of interleaved repeats."""
+    """{batch size: images/s of the trainer's step (``pyro``; ``pyro_jit`` with objective.jit) and of
+    the plain reference, and their ratios}, medians of interleaved repeats."""
     results = {}
     for batch_size in batch_sizes:
-        config = load_config(None, config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"])
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(config, tmp, progress=False)
+        common = config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"]
+        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_jit:
+            trainer = Trainer(load_config(None, common), tmp, progress=False)
+            jit_trainer = Trainer(load_config(None, common + ["objective.jit=true"]), tmp_jit, progress=False)
             plain = PlainTrainer(trainer)
-            variants = {"pyro": trainer.train_step, "plain": plain.train_step}
+            variants = {"pyro": trainer.train_step, "pyro_jit": jit_trainer.train_step, "plain": plain.train_step}
             for step in variants.values():
                 images_per_second(step, trainer, 5, batch_size)
             rates = {name: [] for name in variants}
             for _ in range(repeats):
                 for name, step in variants.items():
                     rates[name].append(images_per_second(step, trainer, steps, batch_size))
-        ratios = [p / q for p, q in zip(rates["pyro"], rates["plain"])]
-        results[batch_size] = {
-            "pyro_images_per_s": statistics.median(rates["pyro"]),
-            "plain_images_per_s": statistics.median(rates["plain"]),
-            "ratio": statistics.median(ratios),
-        }
+        results[batch_size] = {f"{name}_images_per_s": statistics.median(r) for name, r in rates.items()}
+        for name in ("pyro", "pyro_jit"):
+            results[batch_size][f"{name}_ratio"] = statistics.median(p / q for p, q in zip(rates[name], rates["plain"]))
     return results
 
 
@@ -268,9 +267,10 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 3, device),
     }
     print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
-    print(f"{'batch':>6} {'pyro img/s':>12} {'plain img/s':>12} {'ratio':>7}")
+    print(f"{'batch':>6} {'pyro img/s':>11} {'(jit)':>8} {'plain img/s':>12} {'ratio':>7} {'(jit)':>7}")
     for batch_size, r in report["training"].items():
-        print(f"{batch_size:>6} {r['pyro_images_per_s']:>12.0f} {r['plain_images_per_s']:>12.0f} {r['ratio']:>7.3f}")
+        print(f"{batch_size:>6} {r['pyro_images_per_s']:>11.0f} {r['pyro_jit_images_per_s']:>8.0f} "
+              f"{r['plain_images_per_s']:>12.0f} {r['pyro_ratio']:>7.3f} {r['pyro_jit_ratio']:>7.3f}")
     e = report["evaluation"]
     print(f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "
           f"pyro {e['pyro_seconds']:.2f} s, plain {e['plain_seconds']:.2f} s, speed ratio {e['speed_ratio']:.3f}; "

@@ -78,8 +78,8 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
-POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size"}
-NON_NEGATIVE = {"train.epochs", "train.beta", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every"}
+POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta"}
+NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every"}
 DEVICES = ("auto", "cpu", "cuda")
 
 

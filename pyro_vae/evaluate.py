@@ -30,8 +30,12 @@ class ImportanceEstimate:
     log_likelihood: torch.Tensor  # log (1/K) Σₖ wₖ
     elbo: torch.Tensor  # (1/K) Σₖ log wₖ
     ess: torch.Tensor  # (Σₖ wₖ)² / Σₖ wₖ²
-    stderr: torch.Tensor  # √(1/ESS − 1/K), standard error of log p̂(x)
+    stderr: torch.Tensor  # √(1/ESS − 1/K), delta-method standard error of log p̂(x)
     num_samples: int
+
+    # The standard error rests on the sample variance of the weights. When the weights are heavy-tailed
+    # (ESS of a few percent of K), that variance misses rare large weights and the error is understated:
+    # on a trained MNIST VAE with median ESS 9 of 5000, repeat runs differed ~2× more than it said.
 
 
 def log_likelihood(model, guide, *args, num_samples=5000, chunk_size=None, **kwargs):

@@ -5,6 +5,8 @@ around the per-example sites; the latent site ``"z"`` and the observed site ``"x
 ``.to_event(...)`` so that its log-prob has shape [B]. The unconditional VAE ignores ``y``
 (and refuses one); the CVAE needs it.
 """
+import itertools
+
 import pyro
 import torch
 import torch.nn.functional as F
@@ -19,10 +21,15 @@ from .spec import ModelSpec
 
 
 class VAE(nn.Module):
-    """Encoder, decoder, prior and likelihood, registered with Pyro as one module named ``"vae"``."""
+    """Encoder, decoder, prior and likelihood, registered with Pyro as one module under a name of its
+    own (``vae0``, ``vae1``, …), so that several VAEs can live in one process without sharing
+    entries in Pyro's global param store."""
+
+    _names = itertools.count()
 
     def __init__(self, spec, network, prior, likelihood):
         super().__init__()
+        self.pyro_name = f"vae{next(self._names)}"
         if prior.conditional and not spec.conditional:
             raise PyroVAEError(f"the {prior.registered_name} prior needs a conditional model (model.conditional = true)")
         self.spec = spec
@@ -61,7 +68,7 @@ class VAE(nn.Module):
 
     def model(self, x, y=None, beta=1.0):
         """p(z|y) p(x|z,y): z ~ prior, x ~ likelihood(decoder(z, y)); ``beta`` scales log p(z) (the KL weight β)."""
-        pyro.module("vae", self)
+        pyro.module(self.pyro_name, self)
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=beta):
@@ -70,7 +77,7 @@ class VAE(nn.Module):
 
     def guide(self, x, y=None, beta=1.0):
         """q(z|x,y) = N(loc, diag(scale²)) from the encoder, sampled by reparameterization."""
-        pyro.module("vae", self)
+        pyro.module(self.pyro_name, self)
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x, c)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
@@ -42,6 +43,7 @@ def loss_curves(metrics, path):
     ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (−ELBO per example)")
     ax.plot(epochs, [-m["test_elbo"] for m in metrics], label="test −ELBO per example")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("nats")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -121,12 +123,12 @@ def class_grids(vae, run_dir, columns=10, seed=0):
                "samples x ~ p(x|z,y), z ~ p(z|y), one row per label", row_labels=range(num_classes))
 
 
-def bound_vs_k(ks, means, stderrs, path):
+def bound_vs_k(ks, means, stderrs, num_examples, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(ks, means, yerr=stderrs, marker="o", capsize=3)
     ax.set_xscale("log")
     ax.set_xlabel("K (importance samples)")
-    ax.set_ylabel("mean log p̂(x) (nats)")
+    ax.set_ylabel(f"mean log p̂(x) over {num_examples} examples (nats)")
     ax.set_title("importance-sampled bound tightens as K grows (K = 1 is the ELBO)")
     ax.grid(alpha=0.3)
     save(fig, path)

@@ -83,7 +83,7 @@ def curve(vae, x, labels, num_samples, path):
         estimate = importance_sample(vae.model, vae.guide, *args, num_samples=k)
         means.append(estimate.log_likelihood.mean().item())
         stderrs.append((estimate.stderr.square().sum().sqrt() / len(x)).item())
-    plots.bound_vs_k(ks, means, stderrs, path)
+    plots.bound_vs_k(ks, means, stderrs, len(x), path)
 
 
 def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_size=100, device="auto", progress=True):

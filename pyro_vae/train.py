@@ -42,6 +42,8 @@ class Trainer:
     def __init__(self, config, run_dir, resume=False, progress=True):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.device = resolve_device(config.train.device)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
         pyro.clear_param_store()
         torch.manual_seed(config.train.seed)
         data = load_data(config.data)

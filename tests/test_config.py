@@ -49,6 +49,8 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["train.lr=0"], "train.lr must be positive, got 0.0"),
         (["train.batch_size=-4"], "train.batch_size must be positive"),
         (["model.z_dim=0"], "model.z_dim must be positive"),
+        (["train.beta=0"], "train.beta must be positive"),
+        (["train.warmup_epochs=-1"], "train.warmup_epochs must be zero or more"),
         (["train.device=tpu"], "train.device must be one of auto, cpu, cuda"),
         (["train.lr"], "must look like section.key=value"),
     ],

@@ -28,7 +28,7 @@ def test_sites_keep_the_contract(conditional):
         assert trace.nodes["z"]["log_prob"].shape == (5,)
     assert model_trace.nodes["x"]["is_observed"] and model_trace.nodes["x"]["log_prob"].shape == (5,)
     assert guide_trace.nodes["z"]["fn"].has_rsample
-    assert any(name.startswith("vae$$$encoder") for name in pyro.get_param_store().keys())
+    assert any(name == f"{vae.pyro_name}$$$encoder.body.0.weight" for name in pyro.get_param_store().keys())
 
 
 def test_vectorized_particles_broadcast_through_the_networks():

@@ -14,26 +14,28 @@ from pyro_vae.cli import main
 from pyro_vae.datasets import DATASETS, ImageData, Split
 
 
+def same_train_and_test(images, labels, num_classes):
+    return ImageData(Split(images, labels), Split(images, labels), num_classes)
+
+
 @DATASETS.register("test-nan-pixels")
 class NaNPixels:
     def load(self):
         images = torch.rand(8, 1, 4, 4)
         images[3, 0, 1, 1] = float("nan")
-        return ImageData(Split(images, torch.zeros(8, dtype=torch.long)), Split(images, torch.zeros(8, dtype=torch.long)), 2)
+        return same_train_and_test(images, torch.zeros(8, dtype=torch.long), 2)
 
 
 @DATASETS.register("test-out-of-range")
 class OutOfRange:
     def load(self):
-        images = torch.rand(8, 1, 4, 4) * 255
-        return ImageData(Split(images, torch.zeros(8, dtype=torch.long)), Split(images, torch.zeros(8, dtype=torch.long)), 2)
+        return same_train_and_test(torch.rand(8, 1, 4, 4) * 255, torch.zeros(8, dtype=torch.long), 2)
 
 
 @DATASETS.register("test-bad-labels")
 class BadLabels:
     def load(self):
-        images, labels = torch.rand(8, 1, 4, 4), torch.arange(8)
-        return ImageData(Split(images, labels), Split(images, labels), 3)
+        return same_train_and_test(torch.rand(8, 1, 4, 4), torch.arange(8), 3)
 
 
 def trained(tiny, name, *extra):
