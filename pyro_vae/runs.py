@@ -26,7 +26,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def new_run_dir(runs_root, name=None, overwrite=False):
-    """``runs_root/name`` (a timestamp when no name), refusing names that leave the root or exist already."""
+    """``runs_root/name`` (a timestamp when no name), refusing names that leave the root or exist
+    already. Nothing is created yet: the trainer makes the folder once data and model are built."""
     name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
     if not NAME_PATTERN.fullmatch(name):
         raise PyroVAEError(
@@ -35,11 +36,18 @@ def new_run_dir(runs_root, name=None, overwrite=False):
     run_dir = Path(runs_root) / name
     if run_dir.exists() and not overwrite:
         raise PyroVAEError(f"run {run_dir} exists; pass --resume {run_dir} to continue it or --overwrite to replace it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.iterdir() if overwrite else ():
-        if stale.is_file():
-            stale.unlink()
     return run_dir
+
+
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval.json", "eval_examples.csv", "classify.json", "*.png")
+
+
+def start_run_dir(run_dir):
+    """Create ``run_dir``, or remove the files of the run it replaces (only a run's own files)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in RUN_FILES:
+        for stale in run_dir.glob(pattern):
+            stale.unlink()
 
 
 def atomic_write(path, data):

@@ -24,7 +24,7 @@ from .errors import Interrupted, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES
 from .optim import GroupedAdam
-from .runs import atomic_write, load_checkpoint, resolve_device, save_checkpoint, write_metrics
+from .runs import atomic_write, load_checkpoint, resolve_device, save_checkpoint, start_run_dir, write_metrics
 
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
 
@@ -67,6 +67,8 @@ class Trainer:
             for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
                 torn.unlink()
             self.restore(load_checkpoint(self.run_dir, config, self.device))
+        else:
+            start_run_dir(self.run_dir)
         atomic_write(self.run_dir / "config.toml", to_toml(config))
 
     @property

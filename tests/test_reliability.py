@@ -207,3 +207,17 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     assert not list(victim_dir.glob(".*.tmp"))  # torn temporaries of killed writes are removed on resume
     assert reference.communicate(timeout=300) and reference.returncode == 0
     assert_same_parameters(final_parameters(victim_dir), final_parameters(tmp_path / "reference"))
+
+
+def test_a_run_that_cannot_start_creates_nothing_and_overwrite_keeps_the_old_run_until_then(tiny, capsys):
+    folder = trained(tiny, "keep")
+    before = (folder / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        main(cli_args("train", tiny, "--name", "keep", "--overwrite", "--dataset", "test-nan-pixels"))
+    assert (folder / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(SystemExit):
+        main(cli_args("train", tiny, "--name", "never", "--dataset", "test-nan-pixels"))
+    assert not (Path(tiny["runs_root"]) / "never").exists()
+    (folder / "notes.txt").write_text("mine")
+    main(cli_args("train", tiny, "--name", "keep", "--overwrite"))
+    assert (folder / "notes.txt").read_text() == "mine"
