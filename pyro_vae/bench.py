@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import load_config
-from .evaluate import importance_sample
+from .evaluate import auto_chunk_size, importance_sample, inspect_model
 from .runs import atomic_write, resolve_device
 from .train import Trainer, test_elbo
 
@@ -155,18 +155,14 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, tmp, progress=False)
     vae, x = trainer.vae.eval(), trainer.test_x[:num_examples]
-    chosen = {}
+    chunk_size = auto_chunk_size(inspect_model(vae.model, vae.guide, (x,), {})[2], num_samples)
 
     def project():
-        estimate = importance_sample(vae.model, vae.guide, x, num_samples=num_samples)
-        return estimate.log_likelihood
+        return importance_sample(vae.model, vae.guide, x, num_samples=num_samples).log_likelihood
 
     def plain():
-        return plain_log_likelihood(vae, x, num_samples, chosen["chunk"])
+        return plain_log_likelihood(vae, x, num_samples, chunk_size)
 
-    from .evaluate import DEFAULT_MEMORY, inspect_model
-
-    chosen["chunk"] = max(1, min(num_samples, DEFAULT_MEMORY // inspect_model(vae.model, vae.guide, (x,), {})[2]))
     times, memory, values = {"pyro": [], "plain": []}, {}, {}
     for _ in range(repeats):
         for name, fn in (("pyro", project), ("plain", plain)):
@@ -179,7 +175,7 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
             memory[name] = max(memory.get(name, 0), peak.extra)
     pyro_s, plain_s = statistics.median(times["pyro"]), statistics.median(times["plain"])
     return {
-        "num_samples": num_samples, "num_examples": num_examples, "chunk_size": chosen["chunk"],
+        "num_samples": num_samples, "num_examples": num_examples, "chunk_size": chunk_size,
         "pyro_seconds": pyro_s, "plain_seconds": plain_s, "speed_ratio": plain_s / pyro_s,
         "pyro_peak_extra_mb": memory["pyro"] / 2**20, "plain_peak_extra_mb": memory["plain"] / 2**20,
         "mean_log_likelihood": {k: v.mean().item() for k, v in values.items()},

@@ -54,7 +54,7 @@ def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, me
         raise PyroVAEError(f"the number of importance samples must be positive, got {num_samples}")
     plate_nesting, data_dim, per_particle = inspect_model(model, guide, args, kwargs)
     if chunk_size is None:
-        chunk_size = max(1, min(num_samples, memory // per_particle))
+        chunk_size = auto_chunk_size(per_particle, num_samples, memory)
     if chunk_size < 1:
         raise PyroVAEError(f"chunk_size must be positive, got {chunk_size}")
     lse = lse2 = total = None
@@ -95,6 +95,11 @@ def inspect_model(model, guide, args, kwargs):
     if len(data_dims) != 1:
         raise PyroVAEError('the model and guide must put their per-example sites inside one pyro.plate("data", B)')
     return -min(dims), data_dims.pop(), max(1, elements * 4 * BYTES_PER_ELEMENT_FACTOR)
+
+
+def auto_chunk_size(per_particle, num_samples, memory=DEFAULT_MEMORY):
+    """How many samples fit in ``memory`` bytes at ``per_particle`` bytes each (1 ≤ size ≤ num_samples)."""
+    return max(1, min(num_samples, memory // per_particle))
 
 
 def log_weights(model, guide, args, kwargs, num_particles, plate_nesting, data_dim):
