@@ -192,7 +192,6 @@ def parity(epochs, overrides, device):
         n, batch_size = len(trainer.train_x), config.train.batch_size
         seconds = {"pyro": 0.0, "plain": 0.0}
         for epoch in range(epochs):
-            started = time.perf_counter()
             trainer.train_epoch()
             trainer.end_epoch()
             seconds["pyro"] += trainer.epoch_seconds
@@ -222,14 +221,10 @@ def parity(epochs, overrides, device):
 def compare_run(run_dir, num_samples, device):
     """``pyro-vae evaluate`` of a trained run against plain_log_likelihood of the same networks on
     the same test images: both means, their difference and its standard error."""
-    from .datasets import load_data
-    from .report import evaluate_run
-    from .runs import load_run
-    from .train import observed_split
+    from .report import evaluate_run, run_examples
 
     summary = evaluate_run(run_dir, num_samples=num_samples, device=device)
-    config, vae = load_run(run_dir, device)
-    x, _ = observed_split(load_data(config.data), vae.likelihood, "test", vae.device)
+    _, vae, x, _ = run_examples(run_dir, device=device)
     started = time.perf_counter()
     plain = torch.cat([plain_log_likelihood(vae, x[i : i + 100], num_samples, 50) for i in range(0, len(x), 100)])
     plain_seconds = time.perf_counter() - started

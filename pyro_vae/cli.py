@@ -131,7 +131,7 @@ def run_sample(args):
 
     if args.n < 1:
         raise PyroVAEError(f"-n must be positive, got {args.n}")
-    config, vae = load_run(args.run, args.device)
+    _, vae = load_run(args.run, args.device)
     torch.manual_seed(args.seed)
     labels = None
     if vae.spec.conditional:

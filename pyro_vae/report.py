@@ -22,6 +22,13 @@ CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100
 
 
+def run_examples(run_dir, split="test", limit=None, device="auto"):
+    """(config, VAE, x, y) of a run: its first ``limit`` examples of ``split``, observed as in training."""
+    config, vae = load_run(run_dir, device)
+    x, y = observed_split(load_data(config.data), vae.likelihood, split, vae.device)
+    return config, vae, x[:limit], y[:limit]
+
+
 def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, batch_size=100, chunk_size=None,
                  device="auto", progress=True):
     """Estimate log p(x) of every example of ``split``; writes eval.json, eval_examples.csv and
@@ -31,9 +38,7 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, batch_s
     if batch_size < 1:
         raise PyroVAEError(f"--batch-size must be positive, got {batch_size}")
     run_dir = Path(run_dir)
-    config, vae = load_run(run_dir, device)
-    x, y = observed_split(load_data(config.data), vae.likelihood, split, vae.device)
-    x, y = x[:limit], y[:limit]
+    config, vae, x, y = run_examples(run_dir, split, limit, device)
     labels = y if vae.spec.conditional else None
     started = time.perf_counter()
     results = []
@@ -90,13 +95,11 @@ def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_si
     """Accuracy of the generative classifier argmax_y p(y|x) of a conditional run, with p(y) the
     training label frequencies; writes classify.json and confusion.png into the run folder."""
     run_dir = Path(run_dir)
-    config, vae = load_run(run_dir, device)
+    config, vae, x, y = run_examples(run_dir, split, limit, device)
     if not vae.spec.conditional:
         raise PyroVAEError(f"{run_dir} is an unconditional model; --classify needs a run trained with --conditional")
     counts = load_checkpoint(run_dir, config, vae.device)["label_counts"].double()
     log_prior = (counts / counts.sum()).log()
-    x, y = observed_split(load_data(config.data), vae.likelihood, split, vae.device)
-    x, y = x[:limit], y[:limit]
     num_classes = vae.spec.num_classes
     started = time.perf_counter()
     predictions = []
