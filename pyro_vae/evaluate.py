@@ -86,7 +86,7 @@ def inspect_model(model, guide, args, kwargs):
         for site in trace.nodes.values():
             if site["type"] != "sample":
                 continue
-            elements += site["fn"].batch_shape.numel() * site["fn"].event_shape.numel()
+            elements += math.prod(site["fn"].batch_shape) * math.prod(site["fn"].event_shape)
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized:
                     dims.append(frame.dim)

@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
 from torch import nn
 
 from .errors import PyroVAEError
@@ -29,6 +30,42 @@ class Prior(nn.Module):
     def __init__(self, spec, encoder):
         super().__init__()
         self.z_dim = spec.z_dim
+
+
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """p(z) = Σₖ πₖ N(z; locₖ, diag(scaleₖ²)), z ∈ ℝᴰ: mixing logits [K], loc and scale [K, D].
+
+    log_prob expands −½‖(z − locₖ)/scaleₖ‖² = −½ z²·scaleₖ⁻² + z·(locₖ scaleₖ⁻²) − ½ locₖ²·scaleₖ⁻² into
+    two matmuls, so z [..., D] costs [..., K] memory, not the [..., K, D] of ``MixtureSameFamily``.
+    The matmuls run in float64: with small scales the three terms are large and nearly cancel.
+    """
+
+    arg_constraints = {"logits": constraints.real_vector, "loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+
+    def __init__(self, logits, loc, scale, validate_args=None):
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        loc, precision = self.loc.double(), self.scale.double() ** -2
+        log_norm = (
+            torch.log_softmax(self.logits.double(), -1)
+            - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+            - self.scale.double().log().sum(-1)
+            - 0.5 * (loc**2 * precision).sum(-1)
+        )
+        z = value.double()
+        quadratic = (z**2) @ (-0.5 * precision).T + z @ (loc * precision).T  # [..., K]
+        return torch.logsumexp(quadratic + log_norm, -1).to(value.dtype)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            k = dist.Categorical(logits=self.logits).sample(shape[:-1])
+            return self.loc[k] + self.scale[k] * torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
 
 
 @PRIORS.register("standard_normal")
@@ -69,8 +106,7 @@ class MixtureOfGaussians(Prior):
         self.raw_scales = nn.Parameter(torch.full((num_components, spec.z_dim), SOFTPLUS_INV_1))
 
     def forward(self, c=None):
-        components = dist.Normal(self.locs, positive(self.raw_scales)).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.locs, positive(self.raw_scales))
 
 
 @PRIORS.register("vamp")
@@ -93,8 +129,7 @@ class VampPrior(Prior):
 
     def forward(self, c=None):
         loc, scale = self.encoder(self.pseudo_inputs, None)
-        mixing = dist.Categorical(logits=torch.zeros(loc.shape[:1], device=loc.device))
-        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale).to_event(1))
+        return DiagonalNormalMixture(torch.zeros(loc.shape[:1], device=loc.device), loc, scale)
 
 
 @PRIORS.register("flow")

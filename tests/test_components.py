@@ -7,7 +7,7 @@ import torch
 
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
-from pyro_vae.priors import PRIORS
+from pyro_vae.priors import PRIORS, DiagonalNormalMixture
 from pyro_vae.spec import ModelSpec
 
 UNCONDITIONAL_PRIORS = [n for n in PRIORS.names() if not PRIORS.get(n).conditional]
@@ -100,6 +100,17 @@ def test_vamp_log_prob_is_the_mixture_of_encoder_posteriors():
     per_component = torch.distributions.Normal(loc, scale).log_prob(z[:, None, :]).sum(-1)
     by_hand = torch.logsumexp(per_component, -1) - math.log(5)
     torch.testing.assert_close(prior().log_prob(z), by_hand)
+
+
+def test_mixture_log_prob_is_exact_for_narrow_components_far_from_zero():
+    torch.manual_seed(0)
+    logits, loc, scale = torch.randn(7), 5 + torch.randn(7, 50), torch.full((7, 50), 0.01)
+    z = loc[torch.tensor([[0, 3], [6, 6]])] + 0.02 * torch.randn(2, 2, 50)  # [2, 2, 50] near components
+    exact = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.double()),
+        torch.distributions.Independent(torch.distributions.Normal(loc.double(), scale.double()), 1),
+    ).log_prob(z.double())
+    torch.testing.assert_close(DiagonalNormalMixture(logits, loc, scale).log_prob(z).double(), exact, atol=1e-3, rtol=1e-6)
 
 
 def likelihood(name, image_shape, **options):
