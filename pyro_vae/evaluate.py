@@ -19,7 +19,7 @@ from pyro.poutine.util import prune_subsample_sites
 from .errors import PyroVAEError
 
 PARTICLES = "_importance_particles"
-BYTES_PER_ELEMENT_FACTOR = 24  # working memory per element of a site's sample: activations, temporaries, float64
+BYTES_PER_ELEMENT_FACTOR = 12  # working memory per element of a site's sample: activations, temporaries, float64
 DEFAULT_MEMORY = 256 * 2**20  # bytes a chunk may use when chunk_size is chosen automatically
 
 

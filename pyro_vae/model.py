@@ -21,9 +21,9 @@ from .spec import ModelSpec
 
 
 class VAE(nn.Module):
-    """Encoder, decoder, prior and likelihood, registered with Pyro as one module under a name of its
-    own (``vae0``, ``vae1``, …), so that several VAEs can live in one process without sharing
-    entries in Pyro's global param store."""
+    """Encoder, decoder, prior and likelihood. The model registers the decoder, prior and likelihood
+    with Pyro and the guide the encoder, under a name of the VAE's own (``vae0.decoder``, …), so that
+    several VAEs can live in one process without sharing entries in Pyro's global param store."""
 
     _names = itertools.count()
 
@@ -68,7 +68,8 @@ class VAE(nn.Module):
 
     def model(self, x, y=None, beta=1.0):
         """p(z|y) p(x|z,y): z ~ prior, x ~ likelihood(decoder(z, y)); ``beta`` scales log p(z) (the KL weight β)."""
-        pyro.module(self.pyro_name, self)
+        for part in ("decoder", "prior", "likelihood"):
+            pyro.module(f"{self.pyro_name}.{part}", getattr(self, part))
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=beta):
@@ -77,7 +78,7 @@ class VAE(nn.Module):
 
     def guide(self, x, y=None, beta=1.0):
         """q(z|x,y) = N(loc, diag(scale²)) from the encoder, sampled by reparameterization."""
-        pyro.module(self.pyro_name, self)
+        pyro.module(f"{self.pyro_name}.encoder", self.encoder)
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x, c)

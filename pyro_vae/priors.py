@@ -75,9 +75,10 @@ class StandardNormal(Prior):
     def __init__(self, spec, encoder):
         super().__init__(spec, encoder)
         self.register_buffer("loc", torch.zeros(spec.z_dim))
+        self.register_buffer("scale", torch.ones(spec.z_dim))
 
     def forward(self, c=None):
-        return dist.Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
+        return dist.Normal(self.loc, self.scale).to_event(1)
 
 
 @PRIORS.register("gaussian")

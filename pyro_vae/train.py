@@ -102,10 +102,10 @@ class Trainer:
 
     def train_step(self, index):
         """One SVI step on the training examples ``index``; returns the batch's −ELBO (a float)."""
-        x = self.train_x[index]
+        x = self.train_x.index_select(0, index)
         if self.likelihood.dynamic:
             x = self.likelihood.observe(x, self.generator)
-        args = (x, self.train_y[index]) if self.vae.spec.conditional else (x,)
+        args = (x, self.train_y.index_select(0, index)) if self.vae.spec.conditional else (x,)
         with pyro.validation_enabled(False):  # the data were checked once when loaded
             return self.svi.step(*args, beta=self.beta())
 

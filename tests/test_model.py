@@ -28,7 +28,10 @@ def test_sites_keep_the_contract(conditional):
         assert trace.nodes["z"]["log_prob"].shape == (5,)
     assert model_trace.nodes["x"]["is_observed"] and model_trace.nodes["x"]["log_prob"].shape == (5,)
     assert guide_trace.nodes["z"]["fn"].has_rsample
-    assert any(name == f"{vae.pyro_name}$$$encoder.body.0.weight" for name in pyro.get_param_store().keys())
+    # the guide registers the encoder with Pyro and the model the decoder, each under the VAE's own name
+    assert f"{vae.pyro_name}.encoder$$$body.0.weight" in guide_trace.nodes
+    assert f"{vae.pyro_name}.decoder$$$net.0.weight" in model_trace.nodes
+    assert not any("decoder" in name for name in guide_trace.nodes)
 
 
 def test_vectorized_particles_broadcast_through_the_networks():
