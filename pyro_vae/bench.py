@@ -157,9 +157,10 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device):
                 for name, step in variants.items():
                     rates[name].append(images_per_second(step, trainer, steps, batch_size))
         results[batch_size] = {f"{name}_images_per_s": statistics.median(r) for name, r in rates.items()}
-        for name, reference in (("pyro", "plain"), ("pyro_jit", "plain"), ("pyro", "plain_same_data")):
-            ratio = statistics.median(p / q for p, q in zip(rates[name], rates[reference]))
-            results[batch_size][f"{name}_ratio" + ("_same_data" if reference == "plain_same_data" else "")] = ratio
+        ratios = {"pyro_ratio": ("pyro", "plain"), "pyro_jit_ratio": ("pyro_jit", "plain"),
+                  "pyro_ratio_same_data": ("pyro", "plain_same_data")}
+        for key, (name, reference) in ratios.items():
+            results[batch_size][key] = statistics.median(p / q for p, q in zip(rates[name], rates[reference]))
     return results
 
 

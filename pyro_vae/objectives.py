@@ -11,20 +11,19 @@ from .registry import Registry
 OBJECTIVES = Registry("objective")
 
 
-def check_particles(num_particles):
+def build_elbo(cls, num_particles, jit=False, **options):
+    """``cls`` with ``num_particles`` particles (vectorized when more than one) and one data plate."""
     if num_particles < 1:
         raise PyroVAEError(f"objective.num_particles must be positive, got {num_particles}")
+    if jit:
+        options["ignore_jit_warnings"] = True
+    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, **options)
 
 
 @OBJECTIVES.register("trace_elbo")
 def trace_elbo(*, num_particles: int = 1, jit: bool = False):
     """E_q[log p(x, z) − log q(z|x)], a Monte Carlo estimate with reparameterized z ~ q(z|x)."""
-    check_particles(num_particles)
-    if jit:
-        return JitTrace_ELBO(
-            num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, ignore_jit_warnings=True
-        )
-    return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    return build_elbo(JitTrace_ELBO if jit else Trace_ELBO, num_particles, jit)
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
@@ -41,17 +40,11 @@ class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
 def mean_field(*, num_particles: int = 1, jit: bool = False):
     """E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), with the KL in closed form where one is registered
     (Gaussian prior) and sampled where not (mixture, VampPrior, flow)."""
-    check_particles(num_particles)
-    if jit:
-        return CachedJitTraceMeanField_ELBO(
-            num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, ignore_jit_warnings=True
-        )
-    return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    return build_elbo(CachedJitTraceMeanField_ELBO if jit else TraceMeanField_ELBO, num_particles, jit)
 
 
 @OBJECTIVES.register("iwae")
 def iwae(*, num_particles: int = 5):
     """The importance-weighted bound E[log (1/K) Σₖ p(x, zₖ)/q(zₖ|x)] (Burda et al. 2016), K = num_particles,
     as Pyro's RenyiELBO with α = 0."""
-    check_particles(num_particles)
-    return RenyiELBO(alpha=0, num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    return build_elbo(RenyiELBO, num_particles, alpha=0)

@@ -50,11 +50,12 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        loc, precision = self.loc.double(), self.scale.double() ** -2
+        loc, scale = self.loc.double(), self.scale.double()
+        precision = scale**-2
         log_norm = (
             torch.log_softmax(self.logits.double(), -1)
             - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
-            - self.scale.double().log().sum(-1)
+            - scale.log().sum(-1)
             - 0.5 * (loc**2 * precision).sum(-1)
         )
         z = value.double()
