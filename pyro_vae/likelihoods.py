@@ -47,13 +47,15 @@ class Likelihood(nn.Module):
 
 
 class LogitBernoulli(dist.Bernoulli):
-    """Bernoulli(logits) with log p(x) = log σ(logits·(2x − 1)) for x ∈ {0, 1}: exact and stable, one
-    multiply and one log-sigmoid pass over the [particles, B, pixels] tensors."""
+    """Bernoulli(logits) with log p(x) = log σ(t) = −log(1 + e⁻ᵗ), t = logits·(2x − 1), for x ∈ {0, 1}:
+    exact and stable, one multiply and one pass over the [particles, B, pixels] tensors. The pass is
+    softplus with β = −1, which equals log σ (and switches to t itself below t = −20); on the CPU
+    ``F.logsigmoid`` also writes a second tensor of that size for its backward."""
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return F.logsigmoid(self.logits * (2 * value - 1))
+        return F.softplus(self.logits * (2 * value - 1), beta=-1)
 
 
 @LIKELIHOODS.register("bernoulli")

@@ -122,8 +122,15 @@ class VampPrior(Prior):
             raise PyroVAEError("the vamp prior is for unconditional models; use standard_normal or conditional_gaussian")
         if num_components < 1:
             raise PyroVAEError(f"prior.num_components must be positive, got {num_components}")
-        self.encoder = encoder
+        # the VAE's encoder, held outside this module's submodules: the guide registers its parameters
+        # with Pyro, and a second registration under the prior's name would alias them in the param store
+        self.__dict__["encoder"] = encoder
         self.raw_pseudo_inputs = nn.Parameter(torch.randn(num_components, *spec.image_shape) * 0.1 - 2.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        for key in [key for key in state_dict if key.startswith(prefix + "encoder.")]:
+            del state_dict[key]  # the encoder's copy in checkpoints written while it was a submodule here
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def pseudo_inputs(self):

@@ -123,8 +123,14 @@ def load_run(run_dir, device="auto"):
     device = resolve_device(device)
     state = load_checkpoint(run_dir, config, device)
     vae = VAE.from_config(config, state["image_shape"], state["num_classes"]).to(device)
+    load_weights(vae, state, run_dir)
+    return config, vae.eval()
+
+
+def load_weights(vae, state, run_dir):
+    """The checkpoint's weights into ``vae``, or one line that names the keys or shapes that differ."""
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise PyroVAEError(f"checkpoint of {run_dir} does not fit its config: {str(e).splitlines()[0]}") from None
-    return config, vae.eval()
+        reason = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        raise PyroVAEError(f"checkpoint of {run_dir} does not fit its config: {reason}") from None

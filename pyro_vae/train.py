@@ -3,13 +3,16 @@
 Each step minimizes −ELBO(x) = −E_q[log p(x|z)] + β·KL(q(z|x) ‖ p(z)) (summed over the batch),
 β rising linearly over ``warmup_epochs`` (``poutine.scale`` on the latent site). The whole dataset
 sits on the training device as one tensor and is batched by index; Bernoulli likelihoods redraw
-binary images from the grey ones at each use (dynamic binarization). After every epoch the test
+binary images from the grey ones at each use (dynamic binarization). Where ``objective.jit`` is on
+(the default) steps run Pyro's JIT-compiled ELBO once it has been traced and checked against the
+eager one, and eager steps cover a β warm-up. After every epoch the test
 ELBO per example is logged and a checkpoint is written atomically; SIGINT/SIGTERM finish the
 current step, checkpoint and stop; ``--resume`` continues bit-identically on the CPU.
 """
 import math
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pyro
@@ -24,7 +27,9 @@ from .errors import Interrupted, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES
 from .optim import GroupedAdam
-from .runs import atomic_write, load_checkpoint, resolve_device, save_checkpoint, start_run_dir, write_metrics
+from .runs import (
+    atomic_write, load_checkpoint, load_weights, resolve_device, save_checkpoint, start_run_dir, write_metrics,
+)
 
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
 
@@ -44,8 +49,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
-        pyro.clear_param_store()
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(config.train.seed)  # the param store is left alone: each VAE has names of its own
         data = load_data(config.data)
         self.vae = VAE.from_config(config, data.image_shape, data.num_classes).to(self.device)
         self.likelihood = self.vae.likelihood
@@ -57,10 +61,12 @@ class Trainer:
             self.train_x, self.train_y = observed_split(data, self.likelihood, "train", self.device)
         self.label_counts = torch.bincount(data.train.labels, minlength=data.num_classes)
         self.optim = GroupedAdam(config.train.lr, config.train.clip_norm)
-        if config.objective.options.get("jit") and config.train.warmup_epochs:
-            raise PyroVAEError("objective.jit compiles one β; it cannot be combined with train.warmup_epochs (β changes each step)")
-        elbo = OBJECTIVES.build(config.objective.name, config.objective.options)
-        self.svi = SVI(self.vae.model, self.vae.guide, self.optim, elbo)
+        options = config.objective.options
+        self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
+        # one bound-method object each: Pyro's JIT keys its compiled loss by id(model) and id(guide)
+        self.model, self.guide = self.vae.model, self.vae.guide
+        self.svi = SVI(self.model, self.guide, self.optim, self.eager_elbo)
+        self.jit_svi = self.compiled_svi(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
         self.epoch = self.step = self.position = 0
         self.loss_sum, self.permutation, self.metrics, self.stop_signal = 0.0, None, [], None
         if resume:
@@ -100,14 +106,55 @@ class Trainer:
             raise KeyboardInterrupt
         self.stop_signal = signum
 
-    def train_step(self, index):
-        """One SVI step on the training examples ``index``; returns the batch's −ELBO (a float)."""
+    def batch(self, index, generator):
+        """The model's arguments for training examples ``index``: (x,) or (x, y), x redrawn with
+        ``generator`` where the likelihood binarizes dynamically."""
         x = self.train_x.index_select(0, index)
         if self.likelihood.dynamic:
-            x = self.likelihood.observe(x, self.generator)
-        args = (x, self.train_y.index_select(0, index)) if self.vae.spec.conditional else (x,)
+            x = self.likelihood.observe(x, generator)
+        return (x, self.train_y.index_select(0, index)) if self.vae.spec.conditional else (x,)
+
+    def compiled_svi(self, elbo):
+        """SVI with the JIT objective ``elbo``, traced here at the final β on the first training batch,
+        then checked on a batch of other examples and another size: from the same random draws, the
+        traced and the eager objective must give the same loss. None, with a warning, where tracing
+        fails or the losses differ (say, a component whose Python control flow or Python numbers
+        depend on tensor values), and training stays eager. Runs under a forked RNG and leaves no
+        gradients behind, so a resumed run stays bit-identical to an uninterrupted one."""
+        n = len(self.train_x)
+        size = min(self.config.train.batch_size, n)
+        generator = torch.Generator(self.device).manual_seed(TEST_SEED)
+        traced = self.batch(torch.arange(size, device=self.device), generator)
+        checked = self.batch(torch.arange(n - max(1, size // 2), n, device=self.device), generator)
+        beta, losses, problem = self.config.train.beta, [], None
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=FutureWarning)
+            try:
+                with pyro.validation_enabled(False):
+                    elbo.loss_and_grads(self.model, self.guide, *traced, beta=beta)
+                    for objective in (elbo, self.eager_elbo):
+                        torch.manual_seed(TEST_SEED)
+                        losses.append(objective.loss_and_grads(self.model, self.guide, *checked, beta=beta))
+            except Exception as error:  # tracing fails in many ways: unsupported ops, Python values, new params
+                first_line = str(error).partition("\n")[0]  # Pyro appends whole trace-shape tables
+                problem = f"tracing failed ({type(error).__name__}: {first_line})"
+            finally:
+                for parameter in self.vae.parameters():
+                    parameter.grad = None
+        if problem is None and not math.isclose(*losses, rel_tol=1e-4, abs_tol=1e-2):
+            problem = f"the traced loss {losses[0]:.6g} differs from the eager loss {losses[1]:.6g} on the same draws"
+        if problem is not None:
+            warnings.warn(f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)", stacklevel=3)
+            return None
+        return SVI(self.model, self.guide, self.optim, elbo)
+
+    def train_step(self, index):
+        """One SVI step on the training examples ``index``; returns the batch's −ELBO (a float).
+        The JIT objective runs once β has reached its final value (it was traced at that β)."""
+        beta = self.beta()
+        svi = self.jit_svi if self.jit_svi is not None and beta == self.config.train.beta else self.svi
         with pyro.validation_enabled(False):  # the data were checked once when loaded
-            return self.svi.step(*args, beta=self.beta())
+            return svi.step(*self.batch(index, self.generator), beta=beta)
 
     def train_epoch(self):
         n, batch_size = len(self.train_x), self.config.train.batch_size
@@ -192,7 +239,7 @@ class Trainer:
         })
 
     def restore(self, state):
-        self.vae.load_state_dict(state["model"])
+        load_weights(self.vae, state, self.run_dir)
         self.optim.set_state(state["optimizer"])
         self.epoch, self.step, self.position = state["epoch"], state["step"], state["position"]
         self.loss_sum, self.permutation, self.metrics = state["loss_sum"], state["permutation"], state["metrics"]

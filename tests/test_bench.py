@@ -13,9 +13,10 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     main(["bench", "--quick", "--out", str(out), "--device", "cpu"])
     report = json.loads(out.read_text())
     assert set(report["training"]["32"]) == {
-        "pyro_images_per_s", "pyro_jit_images_per_s", "plain_images_per_s", "plain_same_data_images_per_s",
-        "pyro_ratio", "pyro_jit_ratio", "pyro_ratio_same_data",
+        "pyro_images_per_s", "pyro_eager_images_per_s", "plain_images_per_s", "plain_same_data_images_per_s",
+        "pyro_ratio", "pyro_eager_ratio", "pyro_ratio_same_data", "pyro_uses_jit",
     }
+    assert report["training"]["32"]["pyro_uses_jit"] is True
     assert {"pyro_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(report["evaluation"])
     assert "ratio" in capsys.readouterr().out
 

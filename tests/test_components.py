@@ -102,6 +102,13 @@ def test_vamp_log_prob_is_the_mixture_of_encoder_posteriors():
     torch.testing.assert_close(prior().log_prob(z), by_hand)
 
 
+def test_vamp_shares_the_encoder_without_holding_a_copy_and_loads_checkpoints_that_did():
+    prior, _ = build_prior("vamp", 2, num_components=5)
+    assert list(prior.state_dict()) == ["raw_pseudo_inputs"]  # the guide registers the encoder's parameters
+    old = {**prior.state_dict(), **{f"encoder.{k}": v for k, v in prior.encoder.state_dict().items()}}
+    prior.load_state_dict(old)
+
+
 def test_mixture_log_prob_is_exact_for_narrow_components_far_from_zero():
     torch.manual_seed(0)
     logits, loc, scale = torch.randn(7), 5 + torch.randn(7, 50), torch.full((7, 50), 0.01)
@@ -143,6 +150,17 @@ def test_discrete_likelihood_sums_to_one_and_matches_its_samples(name):
     samples = d.sample((20000,))
     matches = (samples[:, None] == support[None]).flatten(2).all(-1).double().mean(0)
     assert (matches - probs).abs().max() < 4 * (probs * (1 - probs) / 20000).sqrt().max() + 1e-3
+
+
+def test_bernoulli_log_mass_and_its_gradient_match_torch_at_extreme_logits():
+    logits = torch.tensor([-100.0, -30.0, -20.0, -19.9, -3.0, 0.0, 3.0, 19.9, 20.0, 30.0, 100.0]).repeat(2, 1)
+    x = torch.stack([torch.zeros(11), torch.ones(11)])
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours_lp = likelihood("bernoulli", (11,))(ours[:, None]).base_dist.log_prob(x)
+    theirs_lp = -torch.nn.functional.binary_cross_entropy_with_logits(theirs, x, reduction="none")
+    torch.testing.assert_close(ours_lp, theirs_lp, rtol=1e-6, atol=1e-6)
+    ours_lp.sum().backward(), theirs_lp.sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", [n for n in LIKELIHOODS.names() if not LIKELIHOODS.get(n).discrete])
