@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from .runs import atomic_write  # noqa: E402
+from .runs import atomic_write, forked_rng  # noqa: E402
 
 
 def save(fig, path):
@@ -113,7 +113,7 @@ def class_grids(vae, run_dir, columns=10, seed=0):
     num_classes = vae.spec.num_classes
     rows = []
     for label in range(num_classes):
-        with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
+        with forked_rng(vae.device):
             torch.manual_seed(seed)
             rows.append(vae.sample(columns, torch.full((columns,), label, device=vae.device)))
     image_grid(torch.cat(rows), Path(run_dir) / "class_grid.png", columns,

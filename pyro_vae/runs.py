@@ -117,6 +117,12 @@ def resolve_device(name):
     return torch.device(name)
 
 
+def forked_rng(device):
+    """``torch.random.fork_rng`` over the CPU's random stream and, on a GPU, ``device``'s: the caller's
+    streams are as they were once the block ends."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def load_run(run_dir, device="auto"):
     """(config, VAE with the checkpoint's weights in eval mode) rebuilt from the run folder alone."""
     config = run_config(run_dir)

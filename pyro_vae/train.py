@@ -28,7 +28,8 @@ from .model import VAE
 from .objectives import OBJECTIVES
 from .optim import GroupedAdam
 from .runs import (
-    atomic_write, load_checkpoint, load_weights, resolve_device, save_checkpoint, start_run_dir, write_metrics,
+    atomic_write, forked_rng, load_checkpoint, load_weights, resolve_device, save_checkpoint, start_run_dir,
+    write_metrics,
 )
 
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
@@ -127,7 +128,7 @@ class Trainer:
         traced = self.batch(torch.arange(size, device=self.device), generator)
         checked = self.batch(torch.arange(n - max(1, size // 2), n, device=self.device), generator)
         beta, losses, problem = self.config.train.beta, [], None
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), warnings.catch_warnings():
+        with forked_rng(self.device), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=FutureWarning)
             try:
                 with pyro.validation_enabled(False):
@@ -257,7 +258,7 @@ def test_elbo(vae, x, y, batch_size):
     epochs and runs compare; the caller's random stream is left untouched."""
     elbo = TraceMeanField_ELBO(max_plate_nesting=1)
     total = 0.0
-    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
+    with forked_rng(vae.device):
         torch.manual_seed(TEST_SEED)
         for start in range(0, len(x), batch_size):
             args = (x[start : start + batch_size],)
