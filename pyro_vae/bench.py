@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .config import load_config
 from .evaluate import auto_chunk_size, importance_sample, inspect_model
-from .runs import atomic_write, resolve_device
+from .devices import resolve_device
+from .files import atomic_write
 from .train import Trainer, test_elbo
 
 

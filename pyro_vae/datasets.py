@@ -16,6 +16,7 @@ from .errors import PyroVAEError
 from .registry import Registry
 
 DATASETS = Registry("dataset")
+TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
 
 
 @dataclass
@@ -173,3 +174,10 @@ def load_data(component):
         split = data.split(name)
         check_images(split.images, split.labels, data.num_classes, f"{component.name} {name} split")
     return data
+
+
+def observed_split(data, likelihood, split, device):
+    """(x, y) of a split on ``device``, x observed once in the likelihood's data space with a fixed
+    seed (binarized once for a Bernoulli), so that figures are comparable across runs."""
+    images, labels = data.split(split).images.to(device), data.split(split).labels.to(device)
+    return likelihood.observe(images, torch.Generator(device).manual_seed(TEST_SEED)), labels

@@ -4,23 +4,47 @@
 
 The K samples are drawn in chunks under an outer vectorized plate; each chunk's log-weights
 [chunk, B] are merged exactly in float64 (running logsumexp), so memory is bounded by the chunk
-size and not by K. Beside the estimate come, per example, the ELBO of the same samples
-(1/K) Σₖ log wₖ, the effective sample size (Σ wₖ)² / Σ wₖ², and the delta-method standard error
-of log p̂(x), √(1/ESS − 1/K).
+size and not by K. Model sites marked for parallel enumeration that the guide does not sample are
+summed out exactly inside each weight, p(x, z) = Σ_c p(x, z, c), as ``TraceEnum_ELBO`` does.
+
+The contract, checked once per call before any sample is drawn (each breach is a one-line
+``PyroVAEError`` naming the site):
+- every sample site of model and guide lies inside one vectorized ``pyro.plate("data", B)`` and has
+  log-prob shape [B] once the plates inside "data" are summed (``.to_event(...)`` elsewhere);
+- every model latent is sampled by the guide, or marked ``infer={"enumerate": "parallel"}``;
+  every guide site is a model site, or an auxiliary one (``infer={"is_auxiliary": True}``);
+- no log-density is scaled (``poutine.scale``, a β weight, a subsampled plate);
+- no guide site is a point mass (``Delta``) unless an auxiliary random site stands behind it;
+- with Pyro's validation on, observed values lie in their distribution's support.
+
+Beside the estimate come, per example, the ELBO of the same samples (1/K) Σₖ log wₖ, the
+effective sample size (Σ wₖ)² / Σ wₖ², the delta-method standard error √(1/ESS − 1/K), and the
+Pareto shape k̂ of the weights' upper tail (Vehtari et al., "Pareto Smoothed Importance Sampling").
 """
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
+from pyro.ops.stats import fit_generalized_pareto
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from .devices import forked_rng
 from .errors import PyroVAEError
 
 PARTICLES = "_importance_particles"
-BYTES_PER_ELEMENT_FACTOR = 12  # working memory per element of a site's sample: activations, temporaries, float64
+DATA = "data"
 DEFAULT_MEMORY = 256 * 2**20  # bytes a chunk may use when chunk_size is chosen automatically
+PARETO_K_WARNING = 0.7  # above it the estimate is unreliable (Vehtari et al.)
 
 
 @dataclass
@@ -31,11 +55,17 @@ class ImportanceEstimate:
     elbo: torch.Tensor  # (1/K) Σₖ log wₖ
     ess: torch.Tensor  # (Σₖ wₖ)² / Σₖ wₖ²
     stderr: torch.Tensor  # √(1/ESS − 1/K), delta-method standard error of log p̂(x)
+    pareto_k: torch.Tensor  # k̂ of the weights' tail; NaN where K is too small to fit it
     num_samples: int
 
-    # The standard error rests on the sample variance of the weights. When the weights are heavy-tailed
-    # (ESS of a few percent of K), that variance misses rare large weights and the error is understated:
-    # on a trained MNIST VAE with median ESS 9 of 5000, repeat runs differed ~2× more than it said.
+
+@dataclass(frozen=True)
+class Layout:
+    """What one plain run of guide and model showed: plate nesting and the data plate's dim."""
+
+    plate_nesting: int
+    data_dim: int
+    data_size: int  # B
 
 
 def log_likelihood(model, guide, *args, num_samples=5000, chunk_size=None, **kwargs):
@@ -47,83 +77,243 @@ def log_likelihood(model, guide, *args, num_samples=5000, chunk_size=None, **kwa
 
 
 @torch.no_grad()
-def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, memory=DEFAULT_MEMORY, **kwargs):
+def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, memory=DEFAULT_MEMORY, progress=None,
+                      **kwargs):
     """``ImportanceEstimate`` of log p(x) with K = ``num_samples`` draws from the guide, ``chunk_size``
-    at a time (chosen from ``memory`` bytes and the model's site sizes when None)."""
+    at a time (when None, as many as fit in ``memory`` bytes by a measured trial). ``progress``, if
+    given, is called with the number of samples × examples after each chunk."""
     if num_samples < 1:
         raise PyroVAEError(f"the number of importance samples must be positive, got {num_samples}")
-    plate_nesting, data_dim, per_particle = inspect_model(model, guide, args, kwargs)
+    layout = inspect_model(model, guide, args, kwargs)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(per_particle, num_samples, memory)
+        chunk_size = measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory)
     if chunk_size < 1:
         raise PyroVAEError(f"chunk_size must be positive, got {chunk_size}")
-    lse = lse2 = total = None
+    tail_size = pareto_tail_size(num_samples) + 1
+    lse = lse2 = total = tail = None
     for start in range(0, num_samples, chunk_size):
-        with pyro.validation_enabled(False):  # inspect_model ran the model once with validation as set
-            log_w = log_weights(model, guide, args, kwargs, min(chunk_size, num_samples - start), plate_nesting, data_dim)
-        log_w = log_w.double()
+        with pyro.validation_enabled(False):  # inspect_model checked the model once with validation as set
+            log_w = log_weights(model, guide, args, kwargs, min(chunk_size, num_samples - start), layout).double()
         chunk = (torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0), log_w.sum(0))
         if lse is None:
-            lse, lse2, total = chunk
+            lse, lse2, total, tail = *chunk, log_w
         else:
             lse, lse2, total = torch.logaddexp(lse, chunk[0]), torch.logaddexp(lse2, chunk[1]), total + chunk[2]
+            tail = torch.cat([tail, log_w])
+        tail = tail.topk(min(tail_size, len(tail)), dim=0).values
+        if progress is not None:
+            progress(log_w.numel())
     ess = torch.exp(2 * lse - lse2)
     return ImportanceEstimate(
         log_likelihood=lse - math.log(num_samples),
         elbo=total / num_samples,
         ess=ess,
         stderr=(1 / ess - 1 / num_samples).clamp(min=0).sqrt(),
+        pareto_k=pareto_k(tail, num_samples),
         num_samples=num_samples,
     )
 
 
-def inspect_model(model, guide, args, kwargs):
-    """(plate nesting, dim of the "data" plate, bytes one particle needs) from one plain run of guide and model."""
+def pareto_tail_size(num_samples):
+    """M = ⌈min(0.2 K, 3 √K)⌉, the number of largest weights PSIS fits a generalized Pareto to."""
+    return math.ceil(min(0.2 * num_samples, 3 * math.sqrt(num_samples)))
+
+
+def pareto_k(tail, num_samples):
+    """k̂ [B] from the M + 1 largest log-weights of each example [M + 1, B], as Pyro's
+    ``psis_diagnostic`` computes it for one joint weight: Pyro's ``fit_generalized_pareto`` fitted to
+    the M largest weights in excess of the (M+1)-th. NaN where fewer than 10 weights form the tail."""
+    result = torch.full(tail.shape[1:], math.nan, dtype=torch.float64)
+    tail = (tail - tail[0]).cpu()  # sorted descending by topk; scaled so the largest weight is 1
+    cutoff = tail[-1].clamp(min=math.log(1e-15))
+    for i in range(tail.shape[1]):
+        excess = tail[:, i][tail[:, i] > cutoff[i]]
+        if num_samples >= 10 and len(excess) >= 10:
+            result[i] = fit_generalized_pareto(excess.exp() - cutoff[i].exp())[0]
+    return result
+
+
+def traces(model, guide, args, kwargs, enumerate_from=None):
+    """(guide trace, model trace replayed on the guide's values), subsample sites pruned. With
+    ``enumerate_from`` (a dim), model sites marked for parallel enumeration are enumerated from it."""
     guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
-    model_trace = prune_subsample_sites(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs))
-    dims, data_dims, elements = [-0], set(), 0
-    for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            elements += math.prod(site["fn"].batch_shape) * math.prod(site["fn"].event_shape)
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized:
-                    dims.append(frame.dim)
-                    if frame.name == "data":
-                        data_dims.add(frame.dim)
-    if len(data_dims) != 1:
-        raise PyroVAEError('the model and guide must put their per-example sites inside one pyro.plate("data", B)')
-    return -min(dims), data_dims.pop(), max(1, elements * 4 * BYTES_PER_ELEMENT_FACTOR)
+    if enumerate_from is not None:  # inside replay, so that enumeration sees every site (as TraceEnum_ELBO)
+        model = EnumMessenger(first_available_dim=enumerate_from)(model)
+    replayed = poutine.replay(model, trace=guide_trace)
+    return guide_trace, prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
 
 
-def auto_chunk_size(per_particle, num_samples, memory=DEFAULT_MEMORY):
-    """How many samples fit in ``memory`` bytes at ``per_particle`` bytes each (1 ≤ size ≤ num_samples)."""
-    return max(1, min(num_samples, memory // per_particle))
+def sample_sites(trace):
+    return [site for site in trace.nodes.values() if site["type"] == "sample"]
 
 
-def log_weights(model, guide, args, kwargs, num_particles, plate_nesting, data_dim):
-    """log wₖ = log p(x, zₖ) − log q(zₖ|x) [num_particles, B], zₖ drawn by the guide under an outer plate."""
-    particles = pyro.plate(PARTICLES, num_particles, dim=-plate_nesting - 1)
-    with particles:
-        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
-    with particles:
-        model_trace = prune_subsample_sites(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs))
-    return per_example(model_trace, plate_nesting, data_dim) - per_example(guide_trace, plate_nesting, data_dim)
+def is_auxiliary(site):
+    return bool(site["infer"].get("is_auxiliary"))
 
 
-def per_example(trace, plate_nesting, data_dim):
-    """Σ over sample sites of log-prob, each summed over every dimension but particles and data: [K, B]."""
-    total = 0.0
-    trace.compute_log_prob()
-    keep = (0, plate_nesting + 1 + data_dim)  # positions of the particle and data dims in [K, plates…]
-    for site in trace.nodes.values():
-        if site["type"] != "sample":
+def point_mass(fn):
+    """Whether ``fn`` is a Delta, through Independent, masked and expanded wrappers."""
+    while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
+
+
+def inspect_model(model, guide, args, kwargs):
+    """The ``Layout`` of one plain run of guide and model, after checking the contract (module docstring)."""
+    guide_trace, model_trace = traces(model, guide, args, kwargs)
+    dims, data_frames = [1], set()
+    for role, trace in (("guide", guide_trace), ("model", model_trace)):
+        for site in sample_sites(trace):
+            name, frames = site["name"], site["cond_indep_stack"]
+            data = [f for f in frames if f.name == DATA]
+            if data and not data[0].vectorized:
+                raise PyroVAEError(
+                    f'{role} site {name!r} is in a sequential pyro.plate("data"); use it as a context manager, '
+                    f'with pyro.plate("data", B): …, so that all examples are scored at once'
+                )
+            if not data:
+                plates = sorted({f.name for f in frames}) or "none"
+                hint = (" (an AutoContinuous guide draws all latents jointly; AutoNormal keeps them per example)"
+                        if role == "guide" and is_auxiliary(site) else "")
+                raise PyroVAEError(
+                    f'{role} site {name!r} lies outside pyro.plate("data", B) (its plates: {plates}): a site '
+                    f"shared by all examples has no per-example weight{hint}; put every sample site inside the data plate"
+                )
+            if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1):
+                raise PyroVAEError(
+                    f"{role} site {name!r} has a scaled log-density ({scale_text(site['scale'])}: poutine.scale, a β "
+                    f"weight or a subsampled plate); log p(x) needs the unscaled model: call it with β = 1 and the full plate"
+                )
+            plate_dims = {f.dim for f in frames if f.vectorized}
+            for dim, size in zip(range(-1, -len(site["fn"].batch_shape) - 1, -1), reversed(site["fn"].batch_shape)):
+                if size != 1 and dim not in plate_dims:
+                    raise PyroVAEError(
+                        f"{role} site {name!r} has batch dimensions outside its plates (batch shape "
+                        f"{tuple(site['fn'].batch_shape)}); declare them with .to_event(...)"
+                    )
+            dims += [-d for d in plate_dims]
+            data_frames.add((data[0].dim, data[0].size))
+    if len(data_frames) != 1:
+        raise PyroVAEError('the model and guide must put their per-example sites inside one pyro.plate("data", B) at one dim')
+    check_sites_match(guide_trace, model_trace)
+    if is_validation_enabled():
+        check_support(model_trace)
+    (data_dim, data_size), = data_frames
+    return Layout(plate_nesting=max(dims), data_dim=data_dim, data_size=data_size)
+
+
+def scale_text(scale):
+    return f"scale {scale:g}" if isinstance(scale, (int, float)) else f"scale tensor of shape {tuple(scale.shape)}"
+
+
+def check_sites_match(guide_trace, model_trace):
+    """Every model latent sampled by the guide or marked for parallel enumeration; every guide site in
+    the model or auxiliary; no point-mass guide without an auxiliary site behind it."""
+    guide_sites = {site["name"]: site for site in sample_sites(guide_trace)}
+    model_sites = {site["name"]: site for site in sample_sites(model_trace)}
+    for name, site in model_sites.items():
+        if site["is_observed"] or name in guide_sites:
             continue
-        log_prob = site["log_prob"]
-        if log_prob.dim() > plate_nesting + 1:
-            raise PyroVAEError(f"site {site['name']!r} has batch dimensions outside its plates; use .to_event(...)")
-        log_prob = log_prob.reshape((1,) * (plate_nesting + 1 - log_prob.dim()) + log_prob.shape)
-        other = [d for d in range(plate_nesting + 1) if d not in keep]
-        total = total + (log_prob.sum(other) if other else log_prob)
-    return total
+        how = site["infer"].get("enumerate")
+        if how == "parallel" and site["fn"].has_enumerate_support:
+            continue
+        reason = ("is marked for sequential enumeration, which is not supported; mark it 'parallel'" if how == "sequential"
+                  else "has no finite support to enumerate" if how == "parallel"
+                  else "would be drawn from the prior by replay, a biased estimate; sample it in the guide, or mark a "
+                       "discrete site for enumeration with infer={'enumerate': 'parallel'}")
+        raise PyroVAEError(f"model latent {name!r} is not sampled by the guide and {reason}")
+    for name, site in guide_sites.items():
+        if name not in model_sites and not is_auxiliary(site):
+            raise PyroVAEError(f"guide site {name!r} has no site of that name in the model; mark it infer={{'is_auxiliary': True}} or rename it")
+        if name in model_sites and model_sites[name]["is_observed"]:
+            raise PyroVAEError(f"guide site {name!r} is observed in the model; the guide samples latents only")
+    if not any(is_auxiliary(site) for site in guide_sites.values()):
+        for name, site in guide_sites.items():
+            if point_mass(site["fn"]):
+                raise PyroVAEError(
+                    f"guide site {name!r} is a point mass (Delta) with no random site behind it (an AutoDelta or MAP "
+                    "guide): p(x, ẑ)/q(ẑ) is no importance weight; use a guide with a density, such as AutoNormal"
+                )
+
+
+def check_support(model_trace):
+    """Refuse observed values outside their distribution's support (e.g. grey levels for a Bernoulli)."""
+    for site in sample_sites(model_trace):
+        if not site["is_observed"]:
+            continue
+        support = site["fn"].support
+        while hasattr(support, "base_constraint"):  # independent(...) → its elementwise constraint
+            support = support.base_constraint
+        outside = site["value"][~support.check(site["value"])]
+        if outside.numel():
+            raise PyroVAEError(
+                f"observed site {site['name']!r} has {outside.numel()} values outside the support of its "
+                f"{type(site['fn']).__name__} ({support}), e.g. {outside.flatten()[0].item():.4g}; "
+                "observe the data in the likelihood's own space (a Bernoulli needs 0/1 values)"
+            )
+
+
+def log_weights(model, guide, args, kwargs, num_particles, layout):
+    """log wₖ = log p(x, zₖ) − log q(zₖ|x) [num_particles, B], zₖ drawn by the guide under an outer plate;
+    enumerated model sites are summed out of log p(x, zₖ)."""
+    particles = pyro.plate(PARTICLES, num_particles, dim=-layout.plate_nesting - 1)
+    with particles:
+        guide_trace, model_trace = traces(model, guide, args, kwargs, enumerate_from=-layout.plate_nesting - 2)
+    return per_example(model_trace, layout, num_particles) - per_example(guide_trace, layout, num_particles)
+
+
+def per_example(trace, layout, num_particles):
+    """Σ of the trace's log-densities [K, B]: plates inside "data" summed (a product of densities),
+    enumerated sites summed out (``pyro.ops.contract``, the message passing of TraceEnum_ELBO)."""
+    if not sample_sites(trace):  # a guide with nothing to sample (every model latent enumerated)
+        return torch.zeros(num_particles, layout.data_size)
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    tree, sum_dims = OrderedDict(), set()
+    for site in sample_sites(trace):
+        ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+        tree.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+        if "_enumerate_symbol" in site["infer"]:
+            sum_dims.add(site["infer"]["_enumerate_symbol"])
+    sizes = {trace.plate_to_symbol[PARTICLES]: num_particles, trace.plate_to_symbol[DATA]: layout.data_size}
+    ring = LogRing(dim_to_size=sizes)
+    total = contract_to_tensor(tree, sum_dims, target_ordinal=frozenset(sizes), ring=ring)
+    total = packed.unpack(total, trace.symbol_to_dim)
+    total = total.reshape((1,) * (layout.plate_nesting + 1 - total.dim()) + total.shape)
+    keep = (0, layout.plate_nesting + 1 + layout.data_dim)  # positions of the particle and data dims
+    other = [d for d in range(total.dim()) if d not in keep]
+    return total.sum(other) if other else total
+
+
+class AllocatedBytes(TorchDispatchMode):
+    """Counts the bytes of every new tensor storage that the operations inside the block create
+    (views and in-place results share their input's storage and are not counted): an upper bound on
+    the peak memory those operations held at once."""
+
+    def __enter__(self):
+        self.total = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.total += t.untyped_storage().nbytes()
+        return out
+
+
+def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=DEFAULT_MEMORY):
+    """How many samples fit in ``memory`` bytes (1 ≤ size ≤ num_samples), from the bytes that trial
+    chunks of 1 and 2 samples allocate: memory(n) = fixed + n · per_sample, whatever the networks.
+    The trial draws from a forked random stream, so the estimate's draws do not depend on it."""
+    device = next((t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    counts = []
+    with forked_rng(device), pyro.validation_enabled(False):
+        for n in (1, 2):
+            with AllocatedBytes() as counter:
+                log_weights(model, guide, args, kwargs, n, layout)
+            counts.append(counter.total)
+    per_sample = max(1, counts[1] - counts[0])
+    fixed = max(0, counts[0] - per_sample)
+    return max(1, min(num_samples, (memory - fixed) // per_sample))

@@ -12,7 +12,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from .runs import atomic_write, forked_rng  # noqa: E402
+from .devices import forked_rng  # noqa: E402
+from .files import atomic_write  # noqa: E402
 
 
 def save(fig, path):

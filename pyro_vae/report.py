@@ -12,11 +12,11 @@ from tqdm.auto import tqdm
 
 from . import plots
 from .classifier import class_log_posterior
-from .datasets import load_data
+from .datasets import load_data, observed_split
 from .errors import PyroVAEError
 from .evaluate import importance_sample
-from .runs import atomic_write, load_checkpoint, load_run
-from .train import observed_split
+from .files import atomic_write
+from .runs import load_checkpoint, load_run
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100

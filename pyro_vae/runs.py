@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from .config import config_differences, load_config
+from .devices import resolve_device
 from .errors import PyroVAEError
+from .files import atomic_write
 from .model import VAE
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
@@ -48,27 +50,6 @@ def start_run_dir(run_dir):
     for pattern in RUN_FILES:
         for stale in run_dir.glob(pattern):
             stale.unlink()
-
-
-def atomic_write(path, data):
-    """Write bytes or text to ``path`` through a temporary file, fsync and rename: never a half file."""
-    path = Path(path)
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(run_dir, state):
@@ -106,21 +87,6 @@ def load_checkpoint(run_dir, config, device="cpu"):
         if key not in RESUMABLE_KEYS:
             raise PyroVAEError(f"checkpoint {path} was trained with {key} = {saved!r} but config.toml says {current!r}")
     return state
-
-
-def resolve_device(name):
-    """torch.device for ``auto`` (the GPU where there is one), ``cpu`` or ``cuda``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PyroVAEError("train.device is cuda but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def forked_rng(device):
-    """``torch.random.fork_rng`` over the CPU's random stream and, on a GPU, ``device``'s: the caller's
-    streams are as they were once the block ends."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def load_run(run_dir, device="auto"):

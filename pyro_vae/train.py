@@ -22,24 +22,14 @@ from tqdm.auto import tqdm
 
 from . import plots
 from .config import to_toml
-from .datasets import load_data
+from .datasets import TEST_SEED, load_data, observed_split
 from .errors import Interrupted, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES
 from .optim import GroupedAdam
-from .runs import (
-    atomic_write, forked_rng, load_checkpoint, load_weights, resolve_device, save_checkpoint, start_run_dir,
-    write_metrics,
-)
-
-TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
-
-
-def observed_split(data, likelihood, split, device):
-    """(x, y) of a split on ``device``, x observed once in the likelihood's data space with a fixed
-    seed (binarized once for a Bernoulli), so that figures are comparable across runs."""
-    images, labels = data.split(split).images.to(device), data.split(split).labels.to(device)
-    return likelihood.observe(images, torch.Generator(device).manual_seed(TEST_SEED)), labels
+from .devices import forked_rng, resolve_device
+from .files import atomic_write
+from .runs import load_checkpoint, load_weights, save_checkpoint, start_run_dir, write_metrics
 
 
 class Trainer:

@@ -2,6 +2,7 @@
 import math
 
 import pyro
+from pyro import poutine
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
@@ -118,3 +119,239 @@ def test_model_without_data_plate_is_refused(linear_gaussian):
 def test_nonpositive_k_is_refused(linear_gaussian):
     with pytest.raises(PyroVAEError, match="positive"):
         log_likelihood(linear_gaussian.model, linear_gaussian.guide, torch.zeros(2, 3), num_samples=0)
+
+
+# --- model/guide styles: exact where they can be, refused where they cannot -------------------------------
+
+class Mixture:
+    """c ~ Categorical(π), z | c ~ N(μ_c, 1), x | z ~ N(z, s²), one scalar each per example:
+    p(x) = Σ_c π_c N(x; μ_c, 1 + s²) and p(z | x) = Σ_c p(c|x) N(z; m_c, v), v = s²/(1 + s²), m_c = v (μ_c + x/s²)."""
+
+    pi = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    mu = torch.tensor([-3.0, 0.0, 4.0], dtype=torch.float64)
+    s = 0.7
+
+    def model(self, x, enumerate=True):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", pyro.distributions.Categorical(self.pi), infer={"enumerate": "parallel"} if enumerate else {})
+            z = pyro.sample("z", pyro.distributions.Normal(self.mu[c], 1.0))
+            pyro.sample("x", pyro.distributions.Normal(z, self.s), obs=x)
+
+    def plain_model(self, x):
+        return self.model(x, enumerate=False)
+
+    def posterior(self, x):
+        v = self.s**2 / (1 + self.s**2)
+        log_c = self.pi.log() + pyro.distributions.Normal(self.mu, math.sqrt(1 + self.s**2)).log_prob(x[:, None])
+        return log_c.softmax(-1), v * (self.mu + x[:, None] / self.s**2), math.sqrt(v)
+
+    def exact_guide(self, x, enumerate=True):
+        probs, means, sd = self.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.MixtureSameFamily(
+                pyro.distributions.Categorical(probs), pyro.distributions.Normal(means, sd)))
+
+    def rough_guide(self, x, enumerate=True):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(x / 2, 3.0))
+
+    def log_marginal(self, x):
+        log_terms = self.pi.log() + pyro.distributions.Normal(self.mu, math.sqrt(1 + self.s**2)).log_prob(x[:, None])
+        return log_terms.logsumexp(-1)
+
+    def data(self, n):
+        return torch.linspace(-5, 6, n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("num_samples", [1, 3, 50])
+def test_enumerated_discrete_latent_is_summed_out_exactly_for_any_k(num_samples):
+    m = Mixture()
+    x = m.data(7)
+    result = importance_sample(m.model, m.exact_guide, x, num_samples=num_samples)
+    torch.testing.assert_close(result.log_likelihood, m.log_marginal(x), rtol=0, atol=1e-9)
+
+
+def test_enumerated_model_with_a_rough_guide_converges_within_standard_errors():
+    m = Mixture()
+    x = m.data(6)
+    result = importance_sample(m.model, m.rough_guide, x, num_samples=20000)
+    assert ((result.log_likelihood - m.log_marginal(x)).abs() < 4 * result.stderr + 2e-3).all()
+
+
+def test_all_latents_enumerated_with_an_empty_guide():
+    pi, mu = Mixture.pi, Mixture.mu
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", pyro.distributions.Categorical(pi), infer={"enumerate": "parallel"})
+            pyro.sample("x", pyro.distributions.Normal(mu[c], 1.0), obs=x)
+
+    x = Mixture().data(5)
+    truth = (pi.log() + pyro.distributions.Normal(mu, 1.0).log_prob(x[:, None])).logsumexp(-1)
+    torch.testing.assert_close(log_likelihood(model, lambda x: None, x, num_samples=4), truth, rtol=0, atol=1e-9)
+
+
+def test_autonormal_keeps_sites_per_example_and_is_accepted(linear_gaussian):
+    from pyro.infer.autoguide import AutoNormal
+
+    lg = linear_gaussian
+    x, _ = lg.data(5)
+    mean, _ = lg.posterior(x)
+    guide = AutoNormal(lg.model, init_loc_fn=lambda site: mean, init_scale=0.8)
+    result = importance_sample(lg.model, guide, x, num_samples=20000)
+    assert (result.ess < 20000).all()
+    assert ((result.log_likelihood - lg.log_marginal(x)).abs() < 4 * result.stderr + 2e-3).all()
+
+
+def global_model(x):
+    shift = pyro.sample("shift", pyro.distributions.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", pyro.distributions.Normal(shift, 1.0), obs=x)
+
+
+def per_example_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", pyro.distributions.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+
+def refusal_cases(lg):
+    """(model, guide, args, expected message) for each style that cannot give a per-example log p(x)."""
+    from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoMultivariateNormal
+
+    x, _ = lg.data(4)
+    m = Mixture()
+
+    def subsampled_model(x):
+        with pyro.plate("data", 40, subsample_size=x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(z @ lg.W.T + lg.b, lg.s).to_event(1), obs=x)
+
+    def subsampled_guide(x):
+        mean, cov = lg.posterior(x)
+        with pyro.plate("data", 40, subsample_size=x.shape[0]):
+            pyro.sample("z", pyro.distributions.MultivariateNormal(mean, cov))
+
+    def sequential_model(x):
+        for i in pyro.plate("data", x.shape[0]):
+            pyro.sample(f"x_{i}", pyro.distributions.Normal(0.0, 1.0), obs=x[i, 0])
+
+    def other_plate_model(x):
+        with pyro.plate("batch", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Normal(0.0, 1.0).expand([3]).to_event(1), obs=x)
+
+    def no_to_event_model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("x", pyro.distributions.Normal(torch.zeros_like(x), 1.0), obs=x)
+
+    def extra_guide(x):
+        mean, cov = lg.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.MultivariateNormal(mean, cov))
+            pyro.sample("u", pyro.distributions.Normal(0.0, 1.0))
+
+    def grey_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Bernoulli(logits=torch.zeros(3, dtype=torch.float64)).to_event(1), obs=x)
+
+    return {
+        "AutoDiagonalNormal": (lg.model, AutoDiagonalNormal(lg.model), (x,), "guide site '_AutoDiagonalNormal_latent' lies outside"),
+        "AutoMultivariateNormal": (lg.model, AutoMultivariateNormal(lg.model), (x,), "AutoNormal keeps them per example"),
+        "global model latent": (global_model, lambda x: None, (x,), "model site 'shift' lies outside pyro.plate(\"data\", B)"),
+        "latent the guide leaves out": (lg.model, lambda x: None, (x,), "model latent 'z' is not sampled by the guide"),
+        "discrete latent not marked": (m.plain_model, m.exact_guide, (m.data(3),), "model latent 'c' is not sampled by the guide"),
+        "annealing scale": (poutine.scale(lg.model, scale=0.5), lg.guide, (x,), "has a scaled log-density (scale 0.5"),
+        "subsampled plate": (subsampled_model, subsampled_guide, (x,), "has a scaled log-density (scale 10"),
+        "sequential plate": (sequential_model, lambda x: None, (x,), "sequential pyro.plate(\"data\")"),
+        "differently named plate": (other_plate_model, lambda x: None, (x,), "(its plates: ['batch'])"),
+        "batch dims outside plates": (no_to_event_model, lambda x: None, (x,), "batch dimensions outside its plates"),
+        "guide site not in the model": (lg.model, extra_guide, (x,), "guide site 'u' has no site of that name in the model"),
+        "AutoDelta": (lg.model, AutoDelta(lg.model), (x,), "is a point mass (Delta)"),
+        "grey levels for a Bernoulli": (grey_model, lambda x: None, (torch.full((4, 3), 0.3, dtype=torch.float64),),
+                                        "has 12 values outside the support of its Independent (Boolean()), e.g. 0.3"),
+    }
+
+
+REFUSALS = ["AutoDiagonalNormal", "AutoMultivariateNormal", "global model latent", "latent the guide leaves out",
+            "discrete latent not marked", "annealing scale", "subsampled plate", "sequential plate", "differently named plate",
+            "batch dims outside plates", "guide site not in the model", "AutoDelta", "grey levels for a Bernoulli"]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_styles_that_cannot_be_estimated_per_example_are_refused_in_one_line(case, linear_gaussian):
+    model, guide, args, message = refusal_cases(linear_gaussian)[case]
+    with pytest.raises(PyroVAEError) as error:
+        importance_sample(model, guide, *args, num_samples=10)
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_support_is_checked_only_with_validation_on():
+    def grey_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Bernoulli(logits=torch.zeros(3)).to_event(1), obs=x)
+
+    with pyro.validation_enabled(False):
+        importance_sample(grey_model, lambda x: None, torch.full((2, 3), 0.3), num_samples=2)
+
+
+def test_pareto_k_matches_a_known_tail():
+    """q(z) = U(0, 1), p(z) = Beta(α, 1): w = α z^(α−1) is exactly Pareto with shape k = 1 − α, and
+    p(x) = N(x; 0, 1) whatever z."""
+
+    def model(x, alpha):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Beta(torch.tensor(alpha, dtype=torch.float64), 1.0))
+            pyro.sample("x", pyro.distributions.Normal(0.0, 1.0), obs=x)
+
+    def guide(x, alpha):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Uniform(torch.tensor(0.0, dtype=torch.float64), 1.0))
+
+    x = torch.linspace(-1, 1, 40, dtype=torch.float64)
+    for alpha in (0.8, 0.5, 0.2):
+        result = importance_sample(model, guide, x, alpha, num_samples=5000)
+        k = result.pareto_k
+        assert abs(k.mean().item() - (1 - alpha)) < 0.08, (alpha, k.mean(), k.std())
+        if alpha > 0.5:  # finite variance of the weights (k < 1/2): the standard error holds
+            error = result.log_likelihood - pyro.distributions.Normal(0.0, 1.0).log_prob(x)
+            assert (error.abs() < 4 * result.stderr + 0.02).all()
+    assert importance_sample(model, guide, x, 0.5, num_samples=5).pareto_k.isnan().all()  # too few weights to fit
+
+
+def test_measured_chunk_size_keeps_the_peak_within_the_budget():
+    """With two hidden layers of 512, a 2-dimensional z and 16 pixels the networks, not the sites, use the memory
+    (all 400 samples at once took 101 MB); the peak of the heap (glibc's in-use bytes, read after every tensor operation) stays under the budget."""
+    import ctypes
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pyro_vae import VAE, load_config
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Mallinfo2
+
+    def in_use():
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    class PeakHeap(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use())
+            return out
+
+    config = load_config(None, ["network.hidden=[512, 512]", "model.z_dim=2"])
+    vae = VAE.from_config(config, (1, 4, 4), 10).eval()
+    x = (torch.rand(64, 1, 4, 4) < 0.3).float()
+    budget = 24 * 2**20
+    with pyro.validation_enabled(False):
+        importance_sample(vae.model, vae.guide, x, num_samples=8)  # warm up allocator and caches
+        base = in_use()
+        with PeakHeap() as heap:
+            heap.peak = base
+            result = importance_sample(vae.model, vae.guide, x, num_samples=400, memory=budget)
+    assert result.log_likelihood.isfinite().all()
+    assert heap.peak - base <= budget, (heap.peak - base) / 2**20

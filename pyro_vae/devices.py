@@ -1,0 +1,20 @@
+"""Devices: which one a setting names, and random streams forked so the caller's stay untouched."""
+import torch
+
+from .errors import PyroVAEError
+
+
+def resolve_device(name):
+    """torch.device for ``auto`` (the GPU where there is one), ``cpu`` or ``cuda``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PyroVAEError("train.device is cuda but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def forked_rng(device):
+    """``torch.random.fork_rng`` over the CPU's random stream and, on a GPU, ``device``'s: the caller's
+    streams are as they were once the block ends."""
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

@@ -1,0 +1,107 @@
+"""The project's own files: atomic writes that respect the umask, early write checks, and the lock
+that keeps two processes from training one run folder. Every operating-system error on these files
+becomes a one-line ``PyroVAEError`` naming the path and the cause."""
+import fcntl
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from .errors import PyroVAEError
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
+def os_error(action, path, error):
+    """A one-line ``PyroVAEError`` for an ``OSError`` met while doing ``action`` on ``path``."""
+    return PyroVAEError(f"cannot {action} {path}: {error.strerror or error}")
+
+
+def atomic_write(path, data):
+    """Write bytes or text to ``path`` through a temporary file, fsync and rename: never a half file.
+    The file gets the mode a plain ``open`` would give it (0666 less the umask)."""
+    path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~UMASK)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise os_error("write", path, e) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_writable(folder):
+    """Refuse, before any work, a folder that files cannot be written into (missing, not a folder,
+    read-only, or out of space for a new file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PyroVAEError(f"cannot write into {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise os_error("write into", folder, e) from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a process trains or resumes it.
+
+    It is ``flock`` on ``RUN/.lock``: the kernel releases it when the holder exits, however it
+    exits, so a lock left by a killed process is free to take. The file names the holder (PID and
+    host) for the error message of a second process.
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / ".lock"
+        self.fd = None
+
+    def acquire(self):
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise os_error("lock", self.path.parent, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise PyroVAEError(
+                f"run {self.path.parent} is in use by {holder}, which trains or resumes it; "
+                "wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
