@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import load_config
-from .evaluate import auto_chunk_size, importance_sample, inspect_model
+from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .devices import resolve_device
 from .files import atomic_write
 from .train import Trainer, test_elbo
@@ -173,7 +173,7 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, tmp, progress=False)
     vae, x = trainer.vae.eval(), trainer.test_x[:num_examples]
-    chunk_size = auto_chunk_size(inspect_model(vae.model, vae.guide, (x,), {})[2], num_samples)
+    chunk_size = measured_chunk_size(vae.model, vae.guide, (x,), {}, inspect_model(vae.model, vae.guide, (x,), {}), num_samples)
 
     def project():
         return importance_sample(vae.model, vae.guide, x, num_samples=num_samples).log_likelihood

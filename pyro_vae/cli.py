@@ -3,6 +3,7 @@
 User mistakes (``PyroVAEError``) print one line and exit with status 2; ``--debug`` shows the traceback.
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from .config import bundled_configs, load_config
 from .errors import Interrupted, PyroVAEError
 
 # Flags that are shortcuts for --set section.key=value.
+MAX_GRID = 1024  # samples in one picture; more go to a .npy array, written in batches
+
 SHORTCUTS = {
     "dataset": "data.name", "data_root": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "train.lr", "device": "train.device", "seed": "train.seed", "prior": "prior.name",
@@ -40,6 +43,8 @@ def parser():
     evaluate.add_argument("run", help="run folder, e.g. runs/<name>")
     evaluate.add_argument("--num-samples", "-k", type=int, default=5000, help="importance samples K per example")
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
+    evaluate.add_argument("--dataset", help="score another dataset of the same image shape (default: the run's own)")
+    evaluate.add_argument("--data-root", help="folder that holds the dataset's files (torchvision datasets)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples")
     evaluate.add_argument("--batch-size", type=int, default=100, help="examples per batch")
     evaluate.add_argument("--chunk-size", type=int, help="samples drawn at once (default: chosen from memory)")
@@ -86,13 +91,13 @@ def run_train(args):
         config = run_config(args.resume, overrides)
         changed = set(config_differences(run_config(args.resume).to_dict(), config.to_dict())) - RESUMABLE_KEYS
         if changed:
-            raise PyroVAEError(f"a resumed run can change only train.epochs and train.device, not {', '.join(sorted(changed))}")
+            raise PyroVAEError(f"a resumed run can change only {', '.join(sorted(RESUMABLE_KEYS))}, not {', '.join(sorted(changed))}")
         run_dir = Path(args.resume)
     else:
         config = load_config(args.config, overrides)
         run_dir = new_run_dir(args.runs_root, args.name, args.overwrite)
     print(f"run folder: {run_dir}")
-    train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
     print(f"done: {run_dir} (evaluate with: pyro-vae evaluate {run_dir})")
 
 
@@ -102,22 +107,24 @@ def run_evaluate(args):
     if args.num_samples < 1:
         raise PyroVAEError(f"--num-samples must be positive, got {args.num_samples}")
     s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit,
-                     batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device, progress=not args.quiet)
+                     batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device, progress=not args.quiet,
+                     dataset=args.dataset, data_root=args.data_root)
     what = "log p(x|y)" if s["conditional"] else "log p(x)"
     bpd = "n/a (continuous likelihood)" if s["bits_per_dim"] is None else f"{s['bits_per_dim']:.4f}"
     rows = [
-        ("examples", f"{s['num_examples']} ({s['split']})"),
+        ("examples", f"{s['num_examples']} ({s['dataset']}, {s['split']})"),
         ("K", s["num_samples"]),
         ("mean ELBO", f"{s['elbo']:.3f}"),
         (f"mean {what}", f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}"),
         ("gap (log p − ELBO)", f"{s['log_likelihood'] - s['elbo']:.3f}"),
         ("bits per dim", bpd),
-        ("mean ESS", f"{s['mean_ess']:.1f}"),
+        ("ESS mean / median", f"{s['mean_ess']:.1f} / {s['median_ess']:.1f} of {s['num_samples']}"),
+        ("Pareto k̂ > 0.7", pareto_line(s)),
         ("seconds", f"{s['seconds']:.1f}"),
     ]
     for name, value in rows:
         print(f"{name:>20}  {value}")
-    print(f"wrote {Path(args.run) / 'eval.json'}, eval_examples.csv, eval_vs_k.png")
+    print(f"wrote {Path(args.run) / s['files'][0]}, {', '.join(s['files'][1:])}")
     if args.classify:
         c = classify_run(args.run, num_samples=args.classify_samples, split=args.split, limit=args.limit,
                          batch_size=args.batch_size, device=args.device, progress=not args.quiet)
@@ -125,12 +132,29 @@ def run_evaluate(args):
         print(f"wrote {Path(args.run) / 'classify.json'}, confusion.png")
 
 
+def pareto_line(summary):
+    """The share of examples whose weights have a heavy tail, and what it means."""
+    share = summary["share_pareto_k_above_0.7"]
+    if share is None:
+        return "not fitted (K < 50 leaves fewer than 10 tail weights)"
+    verdict = ("none: ESS and standard error can be read as they are" if share == 0 else
+               "their log p(x) estimates are unreliable and the standard error understates the error")
+    return f"{share:.1%} of examples (median k̂ {summary['median_pareto_k']:.2f}); {verdict}"
+
+
 def run_sample(args):
-    from .plots import image_grid
+    from .files import check_writable
+    from .plots import image_grid, sample_file
     from .runs import load_run
 
     if args.n < 1:
         raise PyroVAEError(f"-n must be positive, got {args.n}")
+    out = Path(args.out or Path(args.run) / f"samples-{args.n}.{'png' if args.n <= MAX_GRID else 'npy'}")
+    if out.suffix not in (".png", ".npy"):
+        raise PyroVAEError(f"--out must end in .png (a picture) or .npy (an array of images), got {out.name}")
+    if out.suffix == ".png" and args.n > MAX_GRID:
+        raise PyroVAEError(f"a picture holds at most {MAX_GRID} samples; write {args.n} to an array with --out FILE.npy")
+    check_writable(out.parent)
     _, vae = load_run(args.run, args.device)
     torch.manual_seed(args.seed)
     labels = None
@@ -142,9 +166,11 @@ def run_sample(args):
         labels = labels.to(vae.device)
     elif args.label is not None:
         raise PyroVAEError("--label was given for an unconditional run; labels need a run trained with --conditional")
-    out = Path(args.out or Path(args.run) / f"samples-{args.n}.png")
-    nrow = vae.spec.num_classes if labels is not None and args.label is None else 8
-    image_grid(vae.sample(args.n, labels), out, nrow, f"{args.n} samples from {args.run}")
+    if out.suffix == ".png":
+        nrow = vae.spec.num_classes if labels is not None and args.label is None else 8
+        image_grid(vae.sample(args.n, labels), out, nrow, f"{args.n} samples from {args.run}")
+    else:
+        sample_file(vae, args.n, labels, out)
     print(f"wrote {out}")
 
 
@@ -167,19 +193,52 @@ def run_bench(args):
                compare=args.compare_run, num_samples=args.num_samples)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM outside training (which handles it itself): stop like Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__()
+        self.signum = signum
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "configs": run_configs, "bench": run_bench}
+    previous = signal.signal(signal.SIGTERM, raise_stopped)
     try:
         handler[args.command](args)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
-    except PyroVAEError as e:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"pyro-vae: stopped by {signal.Signals(signum).name}; files are written whole or not at all, "
+              "so nothing written before is damaged", file=sys.stderr)
+        sys.exit(128 + signum)
+    except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, torch.OutOfMemoryError) as e:
+        if args.debug:
+            raise
+        print(f"pyro-vae: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def one_line(error):
+    """The message of a user-facing error on one line: an OSError names its cause and path."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    elif isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        text = f"out of memory ({str(error).splitlines()[0] if str(error) else 'MemoryError'}); use smaller sizes or batches"
+    else:
+        text = str(error)
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

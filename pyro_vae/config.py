@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .datasets import DATASETS
 from .errors import PyroVAEError
+from .files import os_error
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
 from .objectives import OBJECTIVES
@@ -80,6 +81,7 @@ class Config:
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
 POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta"}
 NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every"}
+INT64 = {"model.z_dim", "train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size"}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -95,7 +97,12 @@ def read_toml(name_or_path):
     if path.suffix != ".toml" and name_or_path in bundled_configs():
         text = (resources.files("pyro_vae") / "configs" / f"{name_or_path}.toml").read_text()
     elif path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise os_error("read", path, e) from None
+        except UnicodeDecodeError as e:
+            raise PyroVAEError(f"config {path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); TOML files are UTF-8") from None
     else:
         raise PyroVAEError(
             f"config {name_or_path!r} is neither a file nor a bundled config; bundled: {', '.join(bundled_configs())}"
@@ -196,6 +203,12 @@ def check_ranges(config):
         if value < 0 or (value == 0 and path in POSITIVE):
             bound = "positive" if path in POSITIVE else "zero or more"
             raise PyroVAEError(f"{path} must be {bound}, got {value}")
+    if not 0 <= config.train.seed < 2**64:
+        raise PyroVAEError(f"train.seed must lie in 0 … 2^64 − 1, got {config.train.seed}")
+    for path in INT64:
+        section, key = path.split(".")
+        if getattr(getattr(config, section), key) >= 2**63:
+            raise PyroVAEError(f"{path} must be below 2^63, got {getattr(getattr(config, section), key)}")
     if config.train.device not in DEVICES:
         raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
 

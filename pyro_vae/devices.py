@@ -18,3 +18,16 @@ def forked_rng(device):
     streams are as they were once the block ends."""
     device = torch.device(device)
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def free_memory(device):
+    """Bytes free on ``device``: the GPU's free memory, or the CPU's MemAvailable (inf where unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return float("inf")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
+from .devices import free_memory
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
@@ -54,17 +55,26 @@ class VAE(nn.Module):
             raise PyroVAEError(
                 f"images of shape {tuple(x.shape[1:])} given to a model built for {self.spec.image_shape}"
             )
+        return self.label_condition(y, len(x), x.dtype)
+
+    def label_condition(self, y, n, dtype):
+        """The one-hot condition [n, num_classes] of labels y [n] (None for an unconditional VAE),
+        after checking that a conditional VAE has n integer labels in range and an unconditional one none."""
         if not self.spec.conditional:
             if y is not None:
                 raise PyroVAEError("a label y was given to an unconditional model; train with --conditional to use labels")
             return None
         if y is None:
             raise PyroVAEError("this conditional model needs the label y of every image")
-        if y.shape != x.shape[:1]:
-            raise PyroVAEError(f"{len(y)} labels for {len(x)} images")
-        if y.min() < 0 or y.max() >= self.spec.num_classes:
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise PyroVAEError(f"labels must be an integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')}".rstrip())
+        if y.dim() != 1:
+            raise PyroVAEError(f"labels must be a vector [n], got shape {tuple(y.shape)}")
+        if len(y) != n:
+            raise PyroVAEError(f"{len(y)} labels for {n} images")
+        if n and (y.min() < 0 or y.max() >= self.spec.num_classes):
             raise PyroVAEError(f"labels must lie in 0..{self.spec.num_classes - 1}, got {y.min()}..{y.max()}")
-        return F.one_hot(y, self.spec.num_classes).to(x.dtype)
+        return F.one_hot(y.long(), self.spec.num_classes).to(dtype)
 
     def model(self, x, y=None, beta=1.0):
         """p(z|y) p(x|z,y): z ~ prior, x ~ likelihood(decoder(z, y)); ``beta`` scales log p(z) (the KL weight β)."""
@@ -92,15 +102,17 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z, y=None):
-        """E[x|z,y] [..., B, *image_shape] for latents z [..., B, z_dim]."""
+        """E[x|z,y] [..., B, *image_shape] for latents z [..., B, z_dim] (labels y broadcast over the leading dims)."""
         c = None if y is None else F.one_hot(y, self.spec.num_classes).to(z.dtype)
         return self.likelihood.mean(self.decoder(z, c))
 
     @torch.no_grad()
     def sample_prior(self, n, y=None):
-        """z [n, z_dim] drawn from p(z) (or p(z|y) with labels y [n])."""
-        c = None if y is None else F.one_hot(y, self.spec.num_classes).float().to(self.device)
-        return self.prior(c).expand([n]).sample()
+        """z [n, z_dim] drawn from p(z) (or p(z|y) with labels y [n], checked as the model checks them)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise PyroVAEError(f"the number of samples must be a positive integer, got {n!r}")
+        c = self.label_condition(y, n, torch.float32)
+        return self.prior(None if c is None else c.to(self.device)).expand([n]).sample()
 
     @torch.no_grad()
     def sample(self, n, y=None):
@@ -115,3 +127,26 @@ class VAE(nn.Module):
     @property
     def device(self):
         return next(self.parameters()).device
+
+
+def build_vae(config, image_shape, num_classes, device):
+    """The VAE a config describes, on ``device``. Built first on the meta device (no memory), so that a
+    model whose weights, gradients and Adam's two moments (4 × the weights) exceed the device's free
+    memory is refused in one line instead of failing inside the allocator."""
+    try:
+        with torch.device("meta"):
+            weights = sum(p.numel() * p.element_size() for p in VAE.from_config(config, image_shape, num_classes).parameters())
+    except (RuntimeError, NotImplementedError):  # a component that reads tensor values while it is built
+        weights = 0
+    free = free_memory(device)
+    if 4 * weights > free:
+        raise PyroVAEError(
+            f"the model needs {4 * weights / 2**30:.1f} GiB for its weights, gradients and optimizer state, more than the "
+            f"{free / 2**30:.1f} GiB free on {torch.device(device).type}; lower model.z_dim or the network sizes"
+        )
+    try:
+        return VAE.from_config(config, image_shape, num_classes).to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
+            raise
+        raise PyroVAEError(f"the model does not fit in memory on {torch.device(device).type}; lower model.z_dim or the network sizes") from None

@@ -36,8 +36,14 @@ class GroupedAdam(PyroOptim):
         fused = device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float64) for p in self.params)
         optimizer = torch.optim.Adam(self.params, lr=self.lr, fused=fused or None)
         if self.waiting_state is not None:
-            optimizer.load_state_dict(self.waiting_state)
+            self.load(optimizer, self.waiting_state)
         return optimizer
+
+    def load(self, optimizer, state):
+        """Adam's saved moments and step counts, with this optimizer's learning rate (a resume may change it)."""
+        optimizer.load_state_dict(state)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
 
     def get_state(self):
         return self.optimizer.state_dict() if self.optimizer is not None else self.waiting_state
@@ -46,4 +52,4 @@ class GroupedAdam(PyroOptim):
         if self.optimizer is None:
             self.waiting_state = state
         else:
-            self.optimizer.load_state_dict(state)
+            self.load(self.optimizer, state)

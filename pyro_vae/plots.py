@@ -2,6 +2,7 @@
 the Kingma–Welling manifold (z of dimension 2), CVAE class grids, log p̂(x) against K, and the
 generative classifier's confusion matrix. Each function writes one PNG."""
 import io
+import os
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +14,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from .devices import forked_rng  # noqa: E402
-from .files import atomic_write  # noqa: E402
+from .files import atomic_write, os_error  # noqa: E402
 
 
 def save(fig, path):
@@ -38,7 +39,30 @@ def image_grid(images, path, nrow, title, row_labels=None):
     save(fig, path)
 
 
+@torch.no_grad()
+def sample_file(vae, n, labels, path, batch_size=1000):
+    """n samples E[x|z,y], z ~ p(z|y), as a float32 .npy array [n, *image_shape], drawn ``batch_size`` at a
+    time into a memory-mapped file (memory does not grow with n), then renamed into place whole."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *vae.spec.image_shape))
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            array[start:stop] = vae.sample(stop - start, None if labels is None else labels[start:stop]).float().cpu().numpy()
+        array.flush()
+        del array
+        os.replace(tmp, path)
+    except OSError as e:
+        raise os_error("write", path, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def loss_curves(metrics, path):
+    metrics = [m for m in metrics if "train_loss" in m]  # epochs, not events such as a resume
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (−ELBO per example)")

@@ -5,6 +5,7 @@ its ``__init__`` (with defaults and type annotations); a config section ``[prior
 ``name = "mog"`` and ``num_components = 20`` builds ``MixtureOfGaussians(..., num_components=20)``.
 """
 import inspect
+import math
 import typing
 
 from .errors import PyroVAEError
@@ -84,7 +85,11 @@ def check_type(what, value, tp):
             raise PyroVAEError(f"{what} must be a list of {type_name(item_type)}, got {value!r}")
         return [check_type(what, item, item_type) for item in value]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < 2**1023 else math.inf
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise PyroVAEError(f"{what} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is float and not math.isfinite(value):
+        raise PyroVAEError(f"{what} must be a finite number, got {value!r}")
+    if tp is int and not -(2**63) <= value < 2**64:
+        raise PyroVAEError(f"{what} must fit in 64 bits, got {value}")
     return value

@@ -14,42 +14,71 @@ from . import plots
 from .classifier import class_log_posterior
 from .datasets import load_data, observed_split
 from .errors import PyroVAEError
-from .evaluate import importance_sample
-from .files import atomic_write
+from .config import Component
+from .evaluate import PARETO_K_WARNING, importance_sample
+from .files import atomic_write, check_writable
 from .runs import load_checkpoint, load_run
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100
 
 
-def run_examples(run_dir, split="test", limit=None, device="auto"):
-    """(config, VAE, x, y) of a run: its first ``limit`` examples of ``split``, observed as in training."""
+def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None, data_root=None):
+    """(config, VAE, x, y) of a run: the first ``limit`` examples of ``split`` of its own data, or of
+    ``dataset`` (read from ``data_root``), observed as in training."""
     config, vae = load_run(run_dir, device)
-    x, y = observed_split(load_data(config.data), vae.likelihood, split, vae.device)
+    name = dataset or config.data.name
+    options = dict(config.data.options) if name == config.data.name else {}
+    if data_root is not None:
+        options["root"] = data_root
+    data = load_data(Component(name, options))
+    if data.image_shape != vae.spec.image_shape:
+        raise PyroVAEError(
+            f"{name} has images of shape {data.image_shape} but {run_dir} was trained on {vae.spec.image_shape}"
+        )
+    if vae.spec.conditional and data.num_classes != vae.spec.num_classes:
+        raise PyroVAEError(f"{name} has {data.num_classes} classes but the conditional run {run_dir} has {vae.spec.num_classes}")
+    x, y = observed_split(data, vae.likelihood, split, vae.device)
     return config, vae, x[:limit], y[:limit]
 
 
+def output_stem(config, split, dataset):
+    """``eval`` for the run's own test split, else ``eval-<dataset>-<split>``, so no evaluation overwrites another."""
+    name = dataset or config.data.name
+    return "eval" if name == config.data.name and split == "test" else f"eval-{name}-{split}"
+
+
 def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, batch_size=100, chunk_size=None,
-                 device="auto", progress=True):
-    """Estimate log p(x) of every example of ``split``; writes eval.json, eval_examples.csv and
-    eval_vs_k.png into the run folder and returns the summary (the contents of eval.json)."""
+                 device="auto", progress=True, dataset=None, data_root=None):
+    """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
+    <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
+    run's own test split) and returns the summary (the contents of the JSON file)."""
     if limit is not None and limit < 1:
         raise PyroVAEError(f"--limit must be positive, got {limit}")
     if batch_size < 1:
         raise PyroVAEError(f"--batch-size must be positive, got {batch_size}")
     run_dir = Path(run_dir)
-    config, vae, x, y = run_examples(run_dir, split, limit, device)
+    config, vae, x, y = run_examples(run_dir, split, limit, device, dataset, data_root)
+    check_writable(run_dir)
+    stem = output_stem(config, split, dataset)
     labels = y if vae.spec.conditional else None
     started = time.perf_counter()
     results = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"log p(x), K={num_samples}", unit="batch", disable=not progress):
-        args = (x[start : start + batch_size],) + (() if labels is None else (labels[start : start + batch_size],))
-        results.append(importance_sample(vae.model, vae.guide, *args, num_samples=num_samples, chunk_size=chunk_size))
+    with tqdm(total=len(x) * num_samples, desc=f"log p(x), K={num_samples}", unit="sample", unit_scale=True,
+              disable=not progress) as bar:
+        for start in range(0, len(x), batch_size):
+            args = (x[start : start + batch_size],) + (() if labels is None else (labels[start : start + batch_size],))
+            results.append(importance_sample(vae.model, vae.guide, *args, num_samples=num_samples, chunk_size=chunk_size,
+                                             progress=bar.update))
     seconds = time.perf_counter() - started
-    columns = {name: torch.cat([getattr(r, name) for r in results]).cpu() for name in ("log_likelihood", "elbo", "ess", "stderr")}
+    names = ("log_likelihood", "elbo", "ess", "stderr", "pareto_k")
+    columns = {name: torch.cat([getattr(r, name) for r in results]).cpu() for name in names}
     n, dims = len(x), math.prod(vae.spec.image_shape)
     mean_ll = columns["log_likelihood"].mean().item()
+    k = columns["pareto_k"]
+    fitted = k[~k.isnan()]
     summary = {
+        "dataset": dataset or config.data.name,
         "split": split,
         "num_examples": n,
         "num_samples": num_samples,
@@ -59,14 +88,18 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, batch_s
         "log_likelihood_stderr": (columns["stderr"].square().sum().sqrt() / n).item(),
         "log_likelihood_std": columns["log_likelihood"].std().item() if n > 1 else 0.0,
         "mean_ess": columns["ess"].mean().item(),
+        "median_ess": columns["ess"].median().item(),
+        "median_pareto_k": fitted.median().item() if len(fitted) else None,
+        "share_pareto_k_above_0.7": (fitted > PARETO_K_WARNING).double().mean().item() if len(fitted) else None,
         "bits_per_dim": -mean_ll / (dims * math.log(2)) if vae.likelihood.discrete else None,
         "seconds": seconds,
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
     }
-    atomic_write(run_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
-    write_examples(run_dir / "eval_examples.csv", y.cpu(), columns)
-    curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / "eval_vs_k.png")
+    atomic_write(run_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
+    write_examples(run_dir / f"{stem}_examples.csv", y.cpu(), columns)
+    curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / f"{stem}_vs_k.png")
+    summary["files"] = [f"{stem}.json", f"{stem}_examples.csv", f"{stem}_vs_k.png"]
     return summary
 
 
@@ -96,6 +129,7 @@ def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_si
     training label frequencies; writes classify.json and confusion.png into the run folder."""
     run_dir = Path(run_dir)
     config, vae, x, y = run_examples(run_dir, split, limit, device)
+    check_writable(run_dir)
     if not vae.spec.conditional:
         raise PyroVAEError(f"{run_dir} is an unconditional model; --classify needs a run trained with --conditional")
     counts = load_checkpoint(run_dir, config, vae.device)["label_counts"].double()

@@ -19,37 +19,68 @@ import torch
 from .config import config_differences, load_config
 from .devices import resolve_device
 from .errors import PyroVAEError
-from .files import atomic_write
-from .model import VAE
+from .files import RunLock, atomic_write, os_error
+from .model import build_vae
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
-RESUMABLE_KEYS = {"train.epochs", "train.device"}  # settings a resumed run may change
+# settings a resumed run may change (the learning rate and clipping are what a non-finite loss calls for)
+RESUMABLE_KEYS = {"train.epochs", "train.device", "train.lr", "train.clip_norm", "train.checkpoint_every", "train.eval_batch_size"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 255  # bytes in one file name on common file systems
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval*.json", "eval*_examples.csv", "classify.json", "*.png")
 
 
 def new_run_dir(runs_root, name=None, overwrite=False):
-    """``runs_root/name`` (a timestamp when no name), refusing names that leave the root or exist
-    already. Nothing is created yet: the trainer makes the folder once data and model are built."""
+    """``runs_root/name`` (a timestamp when no name), refusing names that leave the root, are too long,
+    or hold a run already. Nothing is created yet: the trainer makes the folder once data and model are built."""
     name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
     if not NAME_PATTERN.fullmatch(name):
         raise PyroVAEError(
             f"run name {name!r} must be letters, digits, '.', '_' or '-' (no path separators), so it stays inside {runs_root}"
         )
-    run_dir = Path(runs_root) / name
-    if run_dir.exists() and not overwrite:
+    if len(name.encode()) > NAME_MAX:
+        raise PyroVAEError(f"run name is {len(name.encode())} bytes long; file names stop at {NAME_MAX}")
+    root = Path(runs_root)
+    if root.exists() and not root.is_dir():
+        raise PyroVAEError(f"runs root {root} is not a folder")
+    run_dir = root / name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PyroVAEError(f"{run_dir} exists and is not a folder")
+    if holds_run(run_dir) and not overwrite:
         raise PyroVAEError(f"run {run_dir} exists; pass --resume {run_dir} to continue it or --overwrite to replace it")
     return run_dir
 
 
-RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval.json", "eval_examples.csv", "classify.json", "*.png")
+def holds_run(run_dir):
+    """Whether ``run_dir`` holds what a run writes beyond its config (a checkpoint, metrics, evaluations,
+    pictures). A folder with config.toml alone is a run stopped before its first checkpoint: nothing to lose."""
+    run_dir = Path(run_dir)
+    return run_dir.is_dir() and any(any(run_dir.glob(pattern)) for pattern in RUN_FILES if pattern != "config.toml")
 
 
-def start_run_dir(run_dir):
-    """Create ``run_dir``, or remove the files of the run it replaces (only a run's own files)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in RUN_FILES:
-        for stale in run_dir.glob(pattern):
-            stale.unlink()
+def open_run_dir(run_dir, overwrite=False):
+    """Create ``run_dir`` (or take one that holds no run), lock it for this process, and, with
+    ``overwrite``, remove the files of the run it replaces (only a run's own files). Returns the held
+    ``RunLock``; a run held by another process, or an existing run without ``overwrite``, is refused."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error("create", run_dir, e) from None
+    lock = RunLock(run_dir).acquire()
+    try:
+        if holds_run(run_dir) and not overwrite:
+            raise PyroVAEError(f"run {run_dir} exists; pass overwrite=True (--overwrite) to replace it or resume it")
+        for pattern in RUN_FILES:
+            for stale in run_dir.glob(pattern):
+                try:
+                    stale.unlink()
+                except OSError as e:
+                    raise os_error("remove", stale, e) from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def save_checkpoint(run_dir, state):
@@ -72,21 +103,54 @@ def run_config(run_dir, overrides=()):
     return load_config(run_dir / "config.toml", overrides)
 
 
+CHECKPOINT_FIELDS = {
+    "config": dict, "image_shape": list, "num_classes": int, "label_counts": torch.Tensor, "model": dict,
+    "optimizer": (dict, type(None)), "epoch": int, "step": int, "position": int, "loss_sum": float,
+    "permutation": (torch.Tensor, type(None)), "metrics": list, "rng": dict,
+}
+
+
 def load_checkpoint(run_dir, config, device="cpu"):
-    """The checkpoint of a run, loaded with ``weights_only=True`` and checked against ``config``."""
+    """The checkpoint of a run, loaded with ``weights_only=True``, checked field by field and against ``config``."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise PyroVAEError(f"{run_dir} has no checkpoint.pt yet; train it first")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        data = path.read_bytes()
+    except OSError as e:
+        raise os_error("read", path, e) from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as e:  # truncated, corrupt or foreign files fail in many ways
         raise PyroVAEError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); retrain or restore it") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
+    check_fields(state, path)
     for key, (saved, current) in config_differences(state["config"], config.to_dict()).items():
         if key not in RESUMABLE_KEYS:
             raise PyroVAEError(f"checkpoint {path} was trained with {key} = {saved!r} but config.toml says {current!r}")
     return state
+
+
+def check_fields(state, path):
+    """Refuse a checkpoint whose fields are missing or of the wrong type, naming the first one."""
+    def damaged(what):
+        return PyroVAEError(f"checkpoint {path} is damaged: {what}; retrain or restore it")
+
+    for key, types in CHECKPOINT_FIELDS.items():
+        if key not in state:
+            raise damaged(f"it has no {key!r}")
+        if not isinstance(state[key], types) or isinstance(state[key], bool):
+            raise damaged(f"{key!r} is a {type(state[key]).__name__}")
+    if not all(isinstance(v, int) and v > 0 for v in state["image_shape"]) or not state["image_shape"]:
+        raise damaged(f"'image_shape' is {state['image_shape']!r}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise damaged("'model' holds values that are not tensors")
+    for key in ("torch", "data"):
+        if not isinstance(state["rng"].get(key), torch.Tensor) or state["rng"][key].dtype != torch.uint8:
+            raise damaged(f"its random state {key!r} is missing or not a byte tensor")
+    if min(state["epoch"], state["step"], state["position"]) < 0:
+        raise damaged("a negative epoch, step or position")
 
 
 def load_run(run_dir, device="auto"):
@@ -94,7 +158,7 @@ def load_run(run_dir, device="auto"):
     config = run_config(run_dir)
     device = resolve_device(device)
     state = load_checkpoint(run_dir, config, device)
-    vae = VAE.from_config(config, state["image_shape"], state["num_classes"]).to(device)
+    vae = build_vae(config, state["image_shape"], state["num_classes"], device)
     load_weights(vae, state, run_dir)
     return config, vae.eval()
 

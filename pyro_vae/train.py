@@ -24,25 +24,25 @@ from . import plots
 from .config import to_toml
 from .datasets import TEST_SEED, load_data, observed_split
 from .errors import Interrupted, PyroVAEError
-from .model import VAE
+from .model import build_vae
 from .objectives import OBJECTIVES
 from .optim import GroupedAdam
 from .devices import forked_rng, resolve_device
-from .files import atomic_write
-from .runs import load_checkpoint, load_weights, save_checkpoint, start_run_dir, write_metrics
+from .files import RunLock, atomic_write
+from .runs import config_differences, load_checkpoint, load_weights, open_run_dir, save_checkpoint, write_metrics
 
 
 class Trainer:
     """Trains the VAE of ``config`` into ``run_dir``, or resumes the run saved there."""
 
-    def __init__(self, config, run_dir, resume=False, progress=True):
+    def __init__(self, config, run_dir, resume=False, overwrite=False, progress=True):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.device = resolve_device(config.train.device)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
         torch.manual_seed(config.train.seed)  # the param store is left alone: each VAE has names of its own
         data = load_data(config.data)
-        self.vae = VAE.from_config(config, data.image_shape, data.num_classes).to(self.device)
+        self.vae = build_vae(config, data.image_shape, data.num_classes, self.device)
         self.likelihood = self.vae.likelihood
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)
         self.test_x, self.test_y = observed_split(data, self.likelihood, "test", self.device)
@@ -61,11 +61,15 @@ class Trainer:
         self.epoch = self.step = self.position = 0
         self.loss_sum, self.permutation, self.metrics, self.stop_signal = 0.0, None, [], None
         if resume:
+            self.lock = RunLock(self.run_dir).acquire()
             for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
                 torn.unlink()
-            self.restore(load_checkpoint(self.run_dir, config, self.device))
+            if (self.run_dir / "checkpoint.pt").is_file():
+                self.restore(load_checkpoint(self.run_dir, config, self.device))
+            elif progress:
+                tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
         else:
-            start_run_dir(self.run_dir)
+            self.lock = open_run_dir(self.run_dir, overwrite)
         atomic_write(self.run_dir / "config.toml", to_toml(config))
 
     @property
@@ -160,10 +164,7 @@ class Trainer:
             index = self.permutation[self.position : self.position + batch_size]
             loss = self.train_step(index)
             if not math.isfinite(loss):
-                raise PyroVAEError(
-                    f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; the last good checkpoint is kept. "
-                    "Lower train.lr or set train.clip_norm (e.g. --set train.clip_norm=10)"
-                )
+                raise PyroVAEError(f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; {self.way_out()}")
             self.loss_sum += loss
             self.position += len(index)
             self.step += 1
@@ -206,10 +207,7 @@ class Trainer:
 
     def checkpoint(self):
         if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
-            raise PyroVAEError(
-                f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; the last good checkpoint is kept. "
-                "Lower train.lr or set train.clip_norm"
-            )
+            raise PyroVAEError(f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; {self.way_out()}")
         rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -229,11 +227,25 @@ class Trainer:
             "rng": rng,
         })
 
+    def way_out(self):
+        """What to do after a non-finite loss: resume from the last checkpoint with a lower learning rate or
+        with clipping (both may change on resume), or start again where there is no checkpoint yet."""
+        lower = f"--lr {self.config.train.lr / 10:g}"
+        if (self.run_dir / "checkpoint.pt").is_file():
+            return (f"the last good checkpoint is kept; resume it with a lower learning rate or clipping: "
+                    f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)")
+        return (f"no checkpoint was written yet; start again with a lower learning rate or clipping: "
+                f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)")
+
     def restore(self, state):
         load_weights(self.vae, state, self.run_dir)
         self.optim.set_state(state["optimizer"])
         self.epoch, self.step, self.position = state["epoch"], state["step"], state["position"]
         self.loss_sum, self.permutation, self.metrics = state["loss_sum"], state["permutation"], state["metrics"]
+        changed = config_differences(state["config"], self.config.to_dict())
+        if changed:  # settings a resume may change (RESUMABLE_KEYS), recorded where they took effect
+            self.metrics.append({"event": "resume", "epoch": self.epoch, "step": self.step,
+                                 "changed": {key: list(values) for key, values in changed.items()}})
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.generator.set_state(state["rng"]["data"].cpu())
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -258,8 +270,12 @@ def test_elbo(vae, x, y, batch_size):
     return total / len(x)
 
 
-def train(config, run_dir, resume=False, progress=True):
-    """Train (or resume) the run in ``run_dir``; returns the trained VAE."""
-    trainer = Trainer(config, run_dir, resume=resume, progress=progress)
-    trainer.run()
+def train(config, run_dir, resume=False, overwrite=False, progress=True):
+    """Train (or resume) the run in ``run_dir``; returns the trained VAE. An existing run is replaced
+    only with ``overwrite=True``; the folder is locked against other processes while this one trains."""
+    trainer = Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    try:
+        trainer.run()
+    finally:
+        trainer.lock.release()
     return trainer.vae

@@ -29,7 +29,8 @@ def test_train_writes_a_complete_run_and_resume_continues(tiny):
     assert state["epoch"] == 2 and state["step"] == 4
     main(["train", "--resume", str(folder), "--epochs", "3", "--quiet"])
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2, 3] and metrics[-1]["step"] == 6
+    assert [m["epoch"] for m in metrics if "train_loss" in m] == [1, 2, 3] and metrics[-1]["step"] == 6
+    assert metrics[2] == {"event": "resume", "epoch": 2, "step": 4, "changed": {"train.epochs": [2, 3]}}
     assert "epochs = 3" in (folder / "config.toml").read_text()
 
 
@@ -43,7 +44,7 @@ def test_evaluate_and_sample(tiny, capsys):
     assert summary["num_examples"] == 30 and summary["num_samples"] == 50
     assert summary["log_likelihood"] >= summary["elbo"] - 3 * summary["log_likelihood_stderr"]
     rows = (folder / "eval_examples.csv").read_text().splitlines()
-    assert rows[0] == "index,label,log_likelihood,elbo,ess,stderr" and len(rows) == 31
+    assert rows[0] == "index,label,log_likelihood,elbo,ess,stderr,pareto_k" and len(rows) == 31
     assert (folder / "eval_vs_k.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "mean log p(x)" in out and "bits per dim" in out

@@ -78,7 +78,7 @@ BAD_INPUTS = {
     "checkpoint of another config": ("evaluate {run}", "was trained with model.z_dim = 2 but config.toml says 3"),
     "label for an unconditional model": ("sample {run} --label 1", "--label was given for an unconditional run"),
     "label outside the classes": ("sample {cvae} --label 9", "--label must lie in 0..3, got 9"),
-    "resume that changes the model": ("train --resume {run} --prior mog", "can change only train.epochs and train.device"),
+    "resume that changes the model": ("train --resume {run} --prior mog", "can change only train.checkpoint_every, train.clip_norm, train.device, train.epochs"),
 }
 
 
