@@ -4,16 +4,21 @@
     config = load_config("mnist-vae", ["train.epochs=5"])
     vae = train(config, "runs/demo")
     log_px = log_likelihood(vae.model, vae.guide, x, num_samples=5000)   # [B]
-"""
-from .classifier import class_log_posterior
-from .config import Config, load_config
-from .errors import PyroVAEError
-from .evaluate import ImportanceEstimate, importance_sample, log_likelihood
-from .model import VAE
-from .runs import load_run
-from .train import train
 
-__all__ = [
-    "Config", "ImportanceEstimate", "PyroVAEError", "VAE", "class_log_posterior", "importance_sample",
-    "load_config", "load_run", "log_likelihood", "train",
-]
+Names are imported on first use (PEP 562), so that ``pyro-vae`` can set up its signal handling
+before torch and Pyro load.
+"""
+import importlib
+
+_EXPORTS = {
+    "Config": "config", "ImportanceEstimate": "evaluate", "PyroVAEError": "errors", "VAE": "model",
+    "class_log_posterior": "classifier", "importance_sample": "evaluate", "load_config": "config",
+    "load_run": "runs", "log_likelihood": "evaluate", "train": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

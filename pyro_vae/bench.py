@@ -24,7 +24,7 @@ from .config import load_config
 from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .devices import resolve_device
 from .files import atomic_write
-from .train import Trainer, test_elbo
+from .trainer import Trainer, test_elbo
 
 
 def plain_loss(vae, x):

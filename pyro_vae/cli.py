@@ -7,9 +7,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-
-from .config import bundled_configs, load_config
 from .errors import Interrupted, PyroVAEError
 
 # Flags that are shortcuts for --set section.key=value.
@@ -23,6 +20,8 @@ SHORTCUTS = {
 
 
 def parser():
+    from .config import bundled_configs
+
     top = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
     top.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = top.add_subparsers(dest="command", required=True)
@@ -77,9 +76,9 @@ def parser():
 
 
 def run_train(args):
-    from .config import config_differences
+    from .config import config_differences, load_config
     from .runs import RESUMABLE_KEYS, new_run_dir, run_config
-    from .train import train
+    from .trainer import train
 
     overrides = list(args.set)
     overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
@@ -143,6 +142,8 @@ def pareto_line(summary):
 
 
 def run_sample(args):
+    import torch
+
     from .files import check_writable
     from .plots import image_grid, sample_file
     from .runs import load_run
@@ -177,6 +178,8 @@ def run_sample(args):
 def run_configs(args):
     from importlib import resources
 
+    from .config import bundled_configs, load_config
+
     for name in bundled_configs():
         c = load_config(name)
         text = (resources.files("pyro_vae") / "configs" / f"{name}.toml").read_text()
@@ -206,23 +209,26 @@ def raise_stopped(signum, frame):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    """Run one command. Signal handling is set up first, before torch and Pyro load, so that a signal at
+    any moment ends in one line."""
     handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "configs": run_configs, "bench": run_bench}
     previous = signal.signal(signal.SIGTERM, raise_stopped)
+    args = None
     try:
+        args = parser().parse_args(argv)
         handler[args.command](args)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"pyro-vae: stopped by {signal.Signals(signum).name}; files are written whole or not at all, "
               "so nothing written before is damaged", file=sys.stderr)
         sys.exit(128 + signum)
-    except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, torch.OutOfMemoryError) as e:
-        if args.debug:
+    except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
+        if getattr(args, "debug", False) or not user_facing(e):
             raise
         print(f"pyro-vae: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
@@ -230,11 +236,18 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, previous)
 
 
+def user_facing(error):
+    """Errors of the user's making or the machine's (not bugs): ours, the file system's, and running out of memory."""
+    import torch
+
+    return not isinstance(error, RuntimeError) or isinstance(error, torch.OutOfMemoryError)
+
+
 def one_line(error):
     """The message of a user-facing error on one line: an OSError names its cause and path."""
     if isinstance(error, OSError) and error.strerror:
         text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    elif isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+    elif isinstance(error, (MemoryError, RuntimeError)):  # MemoryError or torch.OutOfMemoryError
         text = f"out of memory ({str(error).splitlines()[0] if str(error) else 'MemoryError'}); use smaller sizes or batches"
     else:
         text = str(error)

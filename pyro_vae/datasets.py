@@ -6,13 +6,18 @@ exists, or read from ``root`` (e.g. ``../shared/data``) where the files already 
 """
 import functools
 import gzip
+import math
+import os
+import struct
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import PyroVAEError
+from .files import os_error
 from .registry import Registry
 
 DATASETS = Registry("dataset")
@@ -95,6 +100,28 @@ class MNIST5k:
         return ImageData(Split(images[~is_test], labels[~is_test]), Split(images[is_test], labels[is_test]), 10)
 
 
+IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # idx type code → bytes per item
+
+
+def check_idx(path, ndim):
+    """Refuse an idx file whose header does not describe it: bytes 0 0, a type code, ``ndim``, then
+    ``ndim`` big-endian sizes, then exactly their product of items."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise os_error("read", path, e) from None
+    if len(header) < 4 + 4 * ndim or header[:2] != b"\0\0" or header[2] not in IDX_ITEM_BYTES or header[3] != ndim:
+        raise PyroVAEError(f"{path} is not an idx file of {ndim} dimension(s) (it starts {header[:4].hex()}); restore it")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    expected = 4 + 4 * ndim + math.prod(dims) * IDX_ITEM_BYTES[header[2]]
+    if size != expected:
+        raise PyroVAEError(
+            f"{path} holds {size} bytes where its header ({' × '.join(map(str, dims))}) needs {expected}; it is truncated or damaged"
+        )
+
+
 class TorchvisionImages:
     """A torchvision 28×28 grey dataset, read from ``root`` or downloaded there."""
 
@@ -108,6 +135,11 @@ class TorchvisionImages:
         import torchvision.datasets
 
         cls = getattr(torchvision.datasets, self.dataset_class)
+        raw = Path(self.root) / self.dataset_class / "raw"
+        for url, _ in cls.resources:
+            path = raw / Path(url).stem  # the file torchvision reads, e.g. train-images-idx3-ubyte
+            if path.is_file():
+                check_idx(path, ndim=3 if "images" in path.name else 1)
         splits = []
         for train in (True, False):
             try:
@@ -119,6 +151,9 @@ class TorchvisionImages:
                     f"point --data-root at a folder that holds {self.dataset_class}/raw, "
                     "or use the offline default with --dataset mnist-5k"
                 ) from None
+            except Exception as e:  # torchvision's readers fail in many ways on damaged files
+                raise PyroVAEError(f"{self.registered_name} under {self.root!r} could not be read ({type(e).__name__}: "
+                                   f"{str(e).partition(chr(10))[0]}); restore its files") from None
             splits.append(Split(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()))
         return ImageData(*splits, num_classes=len(ds.classes))
 

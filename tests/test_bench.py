@@ -24,7 +24,7 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
 def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):
     """The reference IWAE and the project's evaluator agree on the same networks within standard error."""
     from pyro_vae import load_config
-    from pyro_vae.train import Trainer
+    from pyro_vae.trainer import Trainer
 
     trainer = Trainer(load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2"]), tmp_path,
                       progress=False)

@@ -2,7 +2,7 @@
 import torch
 
 from pyro_vae import class_log_posterior, load_config
-from pyro_vae.train import Trainer
+from pyro_vae.trainer import Trainer
 
 
 def test_exact_guide_gives_the_bayes_posterior(linear_gaussian):

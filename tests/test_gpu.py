@@ -11,7 +11,7 @@ from conftest import cli_args
 from pyro_vae import load_config
 from pyro_vae.cli import main
 from pyro_vae.evaluate import importance_sample
-from pyro_vae.train import Trainer
+from pyro_vae.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

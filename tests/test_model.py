@@ -143,7 +143,7 @@ def test_pyro_jit_mean_field_retraces_without_the_workaround():
 
 
 def tiny_trainer(tmp_path, *overrides):
-    from pyro_vae.train import Trainer
+    from pyro_vae.trainer import Trainer
 
     config = load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "train.batch_size=64",
                                 "train.device=cpu", *overrides])

@@ -122,7 +122,7 @@ def test_installed_entry_point_prints_no_traceback():
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny, capsys, monkeypatch):
-    from pyro_vae.train import Trainer
+    from pyro_vae.trainer import Trainer
 
     folder = trained(tiny, "nan", "--set", "train.epochs=1")
     before = (folder / "checkpoint.pt").read_bytes()
