@@ -221,3 +221,264 @@ def test_a_run_that_cannot_start_creates_nothing_and_overwrite_keeps_the_old_run
     (folder / "notes.txt").write_text("mine")
     main(cli_args("train", tiny, "--name", "keep", "--overwrite"))
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+# --- second round: the file system, malformed files, non-finite settings, sizes, locks ---------------------
+
+def snapshot(root):
+    """{path: bytes} of every file under ``root``."""
+    root = Path(root)
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+def not_utf8(path):
+    path.write_bytes(b"[train]\nepochs = 1 # caf\xe9\n")
+    return path
+
+
+def damage_checkpoint(run, key, value=None):
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    if value is None:
+        del state[key]
+    else:
+        state[key] = value
+    torch.save(state, run / "checkpoint.pt")
+
+
+def mnist_files(tmp_path, damage):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(2 * 784))
+    (raw / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 0, 1]))
+    damage(raw)
+    return str(tmp_path / "data")
+
+
+def failing_at(monkeypatch, name, errno_code, match):
+    """Make files.<name> (os.fsync or tempfile.mkstemp) fail with ``errno_code`` on paths containing ``match``."""
+    import errno
+    import os as real_os
+
+    from pyro_vae import files
+
+    if name == "fsync":
+        original = real_os.fsync
+
+        def fsync(fd):
+            if match in real_os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno_code, real_os.strerror(errno_code))
+            return original(fd)
+
+        monkeypatch.setattr(files.os, "fsync", fsync)
+    else:
+        original = files.tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if match in str(dir):
+                raise OSError(errno_code, real_os.strerror(errno_code), str(dir))
+            return original(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    assert errno
+
+
+FAULTS = {
+    # name: (setup(ctx) → argv, message); ctx has tiny, run (a trained run), tmp, monkeypatch
+    "learning rate nan": (lambda c: train_argv(c, "--lr", "nan"), "train.lr must be a finite number, got nan"),
+    "learning rate inf": (lambda c: train_argv(c, "--lr", "inf"), "train.lr must be a finite number, got inf"),
+    "beta inf": (lambda c: train_argv(c, "--set", "train.beta=inf"), "train.beta must be a finite number"),
+    "clip norm nan": (lambda c: train_argv(c, "--set", "train.clip_norm=nan"), "train.clip_norm must be a finite number"),
+    "seed beyond 64 bits": (lambda c: train_argv(c, "--seed", "99999999999999999999999"), "train.seed must fit in 64 bits"),
+    "negative seed": (lambda c: train_argv(c, "--seed", "-1"), "train.seed must lie in 0 … 2^64 − 1, got -1"),
+    "unknown device": (lambda c: train_argv(c, "--device", "tpu"), "train.device must be one of auto, cpu, cuda"),
+    "config not UTF-8": (lambda c: train_argv(c, "--config", str(not_utf8(c["tmp"] / "bad.toml"))), "is not UTF-8 text"),
+    "config that is a folder": (lambda c: train_argv(c, "--config", str(c["tmp"])), "is neither a file nor a bundled config"),
+    "section that is not a table": (
+        lambda c: train_argv(c, "--config", str(write(c["tmp"] / "flat.toml", "train = 5\n"))), "config section [train] must be a table"),
+    "run config not UTF-8": (lambda c: ["evaluate", str(not_utf8(c["run"] / "config.toml").parent)], "is not UTF-8 text"),
+    "idx file of garbage": (
+        lambda c: train_argv(c, "--dataset", "mnist", "--set", "data.download=false", "--data-root",
+                             mnist_files(c["tmp"], lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34garbage"))),
+        "train-labels-idx1-ubyte is not an idx file of 1 dimension(s)"),
+    "truncated idx file": (
+        lambda c: train_argv(c, "--dataset", "mnist", "--set", "data.download=false", "--data-root",
+                             mnist_files(c["tmp"], lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
+                                 (raw / "train-images-idx3-ubyte").read_bytes()[:500]))),
+        "needs 1584; it is truncated or damaged"),
+    "checkpoint without a field": (lambda c: (damage_checkpoint(c["run"], "model"), ["evaluate", str(c["run"])])[1],
+                                   "is damaged: it has no 'model'"),
+    "checkpoint field of a wrong type": (lambda c: (damage_checkpoint(c["run"], "epoch", "one"), ["evaluate", str(c["run"])])[1],
+                                         "is damaged: 'epoch' is a str"),
+    "checkpoint with a broken random state": (
+        lambda c: (damage_checkpoint(c["run"], "rng", {"torch": torch.zeros(3)}), ["train", "--resume", str(c["run"])])[1],
+        "its random state 'torch' is missing or not a byte tensor"),
+    "runs root that is a file": (lambda c: ["train", "--runs-root", str(write(c["tmp"] / "afile", "x")), "--name", "r"],
+                                 "is not a folder"),
+    "run name too long": (lambda c: train_argv(c, "--name", "n" * 300), "run name is 300 bytes long; file names stop at 255"),
+    "resume of a folder that is not a run": (lambda c: ["train", "--resume", str(c["tmp"])], "is not a run folder"),
+    "sample into a missing folder": (lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "no" / "x.png")],
+                                     "/no: no such folder"),
+    "sample to another format": (lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "x.jpg")], "--out must end in .png"),
+    "too many samples for a picture": (lambda c: ["sample", str(c["run"]), "-n", "5000", "--out", str(c["tmp"] / "x.png")],
+                                       "a picture holds at most 1024 samples"),
+    "no samples": (lambda c: ["sample", str(c["run"]), "-n", "0"], "-n must be positive, got 0"),
+    "evaluate no examples": (lambda c: ["evaluate", str(c["run"]), "--limit", "0"], "--limit must be positive, got 0"),
+    "evaluate batches of zero": (lambda c: ["evaluate", str(c["run"]), "--batch-size", "0"], "--batch-size must be positive"),
+    "evaluate an unknown dataset": (lambda c: ["evaluate", str(c["run"]), "--dataset", "nope"], "unknown dataset 'nope'"),
+    "evaluate on images of another shape": (lambda c: ["evaluate", str(c["run"]), "--dataset", "mnist-5k"],
+                                            "mnist-5k has images of shape (1, 28, 28) but"),
+    "evaluate into a read-only folder": (
+        lambda c: (failing_at(c["monkeypatch"], "mkstemp", 30, "existing"), ["evaluate", str(c["run"]), "-k", "2"])[1],
+        "existing: Read-only file system"),
+    "disk full while writing a checkpoint": (
+        lambda c: (failing_at(c["monkeypatch"], "fsync", 28, "checkpoint.pt"), train_argv(c, "--name", "full"))[1],
+        "full/checkpoint.pt: No space left on device"),
+    "run in use by another process": (lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1], "is in use by process"),
+    "latent too large for memory": (lambda c: train_argv(c, "--z-dim", "100000000"), "GiB for its weights, gradients and optimizer state"),
+    "network too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"), "lower model.z_dim or the network sizes"),
+}
+
+HELD = []
+
+
+def hold_lock(c):
+    from pyro_vae.files import RunLock
+
+    HELD.append(RunLock(c["run"]).acquire())
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def train_argv(c, *extra):
+    return cli_args("train", c["tiny"], *extra)
+
+
+@pytest.mark.parametrize("case", FAULTS)
+def test_fault_is_one_line_and_loses_nothing(case, tiny, tmp_path, monkeypatch, capsys):
+    run = trained(tiny, "existing")
+    capsys.readouterr()
+    setup, message = FAULTS[case]
+    argv = setup({"tiny": tiny, "run": run, "tmp": tmp_path, "monkeypatch": monkeypatch})
+    before = snapshot(tiny["runs_root"])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+    finally:
+        while HELD:
+            HELD.pop().release()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pyro-vae: error: ") and "Traceback" not in err, err
+    assert message in err, err
+    after = snapshot(tiny["runs_root"])
+    assert all(after.get(path) == data for path, data in before.items()), "an earlier file changed or vanished"
+    assert not [p for p in after if p.name.endswith(".tmp")], "a torn temporary file was left"
+
+
+def test_the_bad_input_tables_hold_forty_cases():
+    assert len(BAD_INPUTS) + len(FAULTS) >= 40
+
+
+def test_api_refuses_to_replace_a_run_without_overwrite(tiny):
+    from pyro_vae import PyroVAEError, load_config, train
+
+    run = trained(tiny, "kept")
+    before = snapshot(run)
+    config = load_config(None, tiny["set"])
+    with pytest.raises(PyroVAEError, match="exists; pass overwrite=True"):
+        train(config, run, progress=False)
+    assert snapshot(run) == before
+    train(config, run, overwrite=True, progress=False)
+    assert (run / "checkpoint.pt").is_file()
+
+
+def test_two_runs_of_one_name_started_together_never_lose_one(tmp_path):
+    runs = [start(tmp_path, "same") for _ in range(2)]
+    results = [(p.communicate(timeout=300)[1], p.returncode)[::-1] for p in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    err = next(err for code, err in results if code == 2)
+    assert err.count("\n") == 1 and ("is in use by process" in err or "exists" in err), err
+    state = torch.load(tmp_path / "same" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts(tiny, capsys):
+    run = Path(tiny["runs_root"]) / "early"
+    run.mkdir(parents=True)
+    main(cli_args("train", tiny, "--name", "early2"))
+    (run / "config.toml").write_bytes((Path(tiny["runs_root"]) / "early2" / "config.toml").read_bytes())
+    main(cli_args("train", tiny, "--name", "early"))  # a folder with config.toml alone is not a run to protect
+    assert (run / "checkpoint.pt").is_file()
+    (run / "checkpoint.pt").unlink()
+    (run / "metrics.jsonl").unlink()
+    for png in run.glob("*.png"):
+        png.unlink()
+    main(["train", "--resume", str(run), "--quiet"])
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_nan_advice_works_lr_and_clipping_change_on_resume_and_are_recorded(tiny, capsys):
+    import json
+
+    run = trained(tiny, "lr")
+    main(["train", "--resume", str(run), "--epochs", "2", "--lr", "1e-4", "--set", "train.clip_norm=5", "--quiet"])
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-4
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "event" in line]
+    assert events == [{"event": "resume", "epoch": 1, "step": 2, "changed": {
+        "train.clip_norm": [0.0, 5.0], "train.epochs": [1, 2], "train.lr": [0.001, 0.0001]}}]
+
+
+def test_run_files_respect_the_umask(tiny):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        from pyro_vae import files
+
+        files.UMASK, saved = 0o027, files.UMASK
+        run = trained(tiny, "modes")
+    finally:
+        os.umask(old)
+        files.UMASK = saved
+    assert {oct(p.stat().st_mode & 0o777) for p in run.iterdir() if p.name != ".lock"} == {oct(0o640)}
+
+
+def test_sampling_a_cvae_checks_labels_like_the_model(tiny):
+    from pyro_vae import PyroVAEError, load_run
+
+    run = trained(tiny, "cvae", "--config", "mnist-cvae", "--set", "data.name=synthetic")
+    _, vae = load_run(run, "cpu")
+    with pytest.raises(PyroVAEError, match="needs the label y"):
+        vae.sample(3)
+    with pytest.raises(PyroVAEError, match="labels must lie in 0..3"):
+        vae.sample(2, torch.tensor([0, 7]))
+    with pytest.raises(PyroVAEError, match="2 labels for 3 images"):
+        vae.sample(3, torch.tensor([0, 1]))
+    assert vae.sample(2, torch.tensor([0, 3])).shape == (2, 1, 8, 8)
+
+
+def test_many_samples_go_to_an_array_in_batches(tiny, capsys):
+    import numpy as np
+
+    run = trained(tiny, "many")
+    main(["sample", str(run), "-n", "2500"])
+    array = np.load(run / "samples-2500.npy")
+    assert array.shape == (2500, 1, 8, 8) and array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_is_one_line(tiny, signum):
+    run = trained(tiny, "sig")
+    process = subprocess.Popen([sys.executable, "-m", "pyro_vae", "evaluate", str(run), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # inside the imports of torch and Pyro
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert err.count("\n") == 1 and f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
