@@ -44,6 +44,7 @@ from .errors import PyroVAEError
 PARTICLES = "_importance_particles"
 DATA = "data"
 DEFAULT_MEMORY = 256 * 2**20  # bytes a chunk may use when chunk_size is chosen automatically
+CPU_CHUNK_BYTES = 48 * 2**20  # on the CPU, larger chunks only miss the caches (K = 5000: 32 samples beat 164 by ~20%)
 PARETO_K_WARNING = 0.7  # above it the estimate is unreliable (Vehtari et al.)
 
 
@@ -306,7 +307,8 @@ class AllocatedBytes(TorchDispatchMode):
 def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=DEFAULT_MEMORY):
     """How many samples fit in ``memory`` bytes (1 ≤ size ≤ num_samples), from the bytes that trial
     chunks of 1 and 2 samples allocate: memory(n) = fixed + n · per_sample, whatever the networks.
-    The trial draws from a forked random stream, so the estimate's draws do not depend on it."""
+    On the CPU the chunk also stays within ``CPU_CHUNK_BYTES``, where it is fastest. The trial draws
+    from a forked random stream, so the estimate's draws do not depend on it."""
     device = next((t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)), torch.device("cpu"))
     counts = []
     with forked_rng(device), pyro.validation_enabled(False):
@@ -314,6 +316,8 @@ def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=
             with AllocatedBytes() as counter:
                 log_weights(model, guide, args, kwargs, n, layout)
             counts.append(counter.total)
+    if device.type == "cpu":
+        memory = min(memory, CPU_CHUNK_BYTES)
     per_sample = max(1, counts[1] - counts[0])
     fixed = max(0, counts[0] - per_sample)
     return max(1, min(num_samples, (memory - fixed) // per_sample))
