@@ -472,12 +472,23 @@ def test_many_samples_go_to_an_array_in_batches(tiny, capsys):
     assert array.shape == (2500, 1, 8, 8) and array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
 
 
+def sigterm_caught(pid):
+    """Whether process ``pid`` has a handler for SIGTERM (bit 15 of SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_start_up_is_one_line(tiny, signum):
     run = trained(tiny, "sig")
     process = subprocess.Popen([sys.executable, "-m", "pyro_vae", "evaluate", str(run), "--quiet"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # inside the imports of torch and Pyro
+    deadline = time.time() + 30
+    while not sigterm_caught(process.pid):  # main() has set up its handling; torch and Pyro are still loading
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.005)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
