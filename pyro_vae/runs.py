@@ -2,15 +2,14 @@
 
     runs/<name>/config.toml     the resolved config
     runs/<name>/checkpoint.pt   weights, optimizer, epoch/step, data order, RNG states, metrics
-    runs/<name>/metrics.jsonl   one line per epoch
+    runs/<name>/metrics.jsonl   one line per epoch (and one per resume that changed a setting)
     runs/<name>/*.png           pictures
-    runs/<name>/eval.json       written by ``pyro-vae evaluate``
+    runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data)
+    runs/<name>/.lock           held by the process that trains the run
 """
 import io
 import json
-import os
 import re
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
