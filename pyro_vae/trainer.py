@@ -21,7 +21,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from . import plots
-from .config import to_toml
+from .config import config_differences, to_toml
 from .datasets import TEST_SEED, load_data, observed_split
 from .errors import Interrupted, PyroVAEError
 from .model import build_vae
@@ -29,7 +29,7 @@ from .objectives import OBJECTIVES
 from .optim import GroupedAdam
 from .devices import forked_rng, resolve_device
 from .files import RunLock, atomic_write
-from .runs import config_differences, load_checkpoint, load_weights, open_run_dir, save_checkpoint, write_metrics
+from .runs import load_checkpoint, load_weights, open_run_dir, save_checkpoint, write_metrics
 
 
 class Trainer:
@@ -60,17 +60,19 @@ class Trainer:
         self.jit_svi = self.compiled_svi(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
         self.epoch = self.step = self.position = 0
         self.loss_sum, self.permutation, self.metrics, self.stop_signal = 0.0, None, [], None
-        if resume:
-            self.lock = RunLock(self.run_dir).acquire()
-            for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
-                torn.unlink()
-            if (self.run_dir / "checkpoint.pt").is_file():
-                self.restore(load_checkpoint(self.run_dir, config, self.device))
-            elif progress:
-                tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
-        else:
-            self.lock = open_run_dir(self.run_dir, overwrite)
-        atomic_write(self.run_dir / "config.toml", to_toml(config))
+        self.lock = RunLock(self.run_dir).acquire() if resume else open_run_dir(self.run_dir, overwrite)
+        try:
+            if resume:
+                for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
+                    torn.unlink()
+                if (self.run_dir / "checkpoint.pt").is_file():
+                    self.restore(load_checkpoint(self.run_dir, config, self.device))
+                elif progress:
+                    tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
+            atomic_write(self.run_dir / "config.toml", to_toml(config))
+        except BaseException:  # a refused resume must not leave this process holding the run
+            self.lock.release()
+            raise
 
     @property
     def steps_per_epoch(self):

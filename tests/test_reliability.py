@@ -493,3 +493,14 @@ def test_a_signal_during_start_up_is_one_line(tiny, signum):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
     assert err.count("\n") == 1 and f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
+
+
+def test_a_refused_resume_releases_the_run(tiny):
+    from pyro_vae import PyroVAEError, load_config, train
+    from pyro_vae.files import RunLock
+
+    run = trained(tiny, "refused")
+    damage_checkpoint(run, "model")
+    with pytest.raises(PyroVAEError, match="it has no 'model'"):
+        train(load_config(run / "config.toml"), run, resume=True, progress=False)
+    RunLock(run).acquire().release()  # not held by the failed attempt
