@@ -9,9 +9,9 @@ from pathlib import Path
 
 from .errors import Interrupted, PyroVAEError
 
-# Flags that are shortcuts for --set section.key=value.
 MAX_GRID = 1024  # samples in one picture; more go to a .npy array, written in batches
 
+# Flags that are shortcuts for --set section.key=value.
 SHORTCUTS = {
     "dataset": "data.name", "data_root": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "train.lr", "device": "train.device", "seed": "train.seed", "prior": "prior.name",

@@ -110,7 +110,7 @@ def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, me
         elbo=total / num_samples,
         ess=ess,
         stderr=(1 / ess - 1 / num_samples).clamp(min=0).sqrt(),
-        pareto_k=pareto_k(tail, num_samples),
+        pareto_k=pareto_k(tail),
         num_samples=num_samples,
     )
 
@@ -120,7 +120,7 @@ def pareto_tail_size(num_samples):
     return math.ceil(min(0.2 * num_samples, 3 * math.sqrt(num_samples)))
 
 
-def pareto_k(tail, num_samples):
+def pareto_k(tail):
     """k̂ [B] from the M + 1 largest log-weights of each example [M + 1, B], as Pyro's
     ``psis_diagnostic`` computes it for one joint weight: Pyro's ``fit_generalized_pareto`` fitted to
     the M largest weights in excess of the (M+1)-th. NaN where fewer than 10 weights form the tail."""
@@ -129,7 +129,7 @@ def pareto_k(tail, num_samples):
     cutoff = tail[-1].clamp(min=math.log(1e-15))
     for i in range(tail.shape[1]):
         excess = tail[:, i][tail[:, i] > cutoff[i]]
-        if num_samples >= 10 and len(excess) >= 10:
+        if len(excess) >= 10:
             result[i] = fit_generalized_pareto(excess.exp() - cutoff[i].exp())[0]
     return result
 
@@ -165,35 +165,9 @@ def inspect_model(model, guide, args, kwargs):
     dims, data_frames = [1], set()
     for role, trace in (("guide", guide_trace), ("model", model_trace)):
         for site in sample_sites(trace):
-            name, frames = site["name"], site["cond_indep_stack"]
-            data = [f for f in frames if f.name == DATA]
-            if data and not data[0].vectorized:
-                raise PyroVAEError(
-                    f'{role} site {name!r} is in a sequential pyro.plate("data"); use it as a context manager, '
-                    f'with pyro.plate("data", B): …, so that all examples are scored at once'
-                )
-            if not data:
-                plates = sorted({f.name for f in frames}) or "none"
-                hint = (" (an AutoContinuous guide draws all latents jointly; AutoNormal keeps them per example)"
-                        if role == "guide" and is_auxiliary(site) else "")
-                raise PyroVAEError(
-                    f'{role} site {name!r} lies outside pyro.plate("data", B) (its plates: {plates}): a site '
-                    f"shared by all examples has no per-example weight{hint}; put every sample site inside the data plate"
-                )
-            if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1):
-                raise PyroVAEError(
-                    f"{role} site {name!r} has a scaled log-density ({scale_text(site['scale'])}: poutine.scale, a β "
-                    f"weight or a subsampled plate); log p(x) needs the unscaled model: call it with β = 1 and the full plate"
-                )
-            plate_dims = {f.dim for f in frames if f.vectorized}
-            for dim, size in zip(range(-1, -len(site["fn"].batch_shape) - 1, -1), reversed(site["fn"].batch_shape)):
-                if size != 1 and dim not in plate_dims:
-                    raise PyroVAEError(
-                        f"{role} site {name!r} has batch dimensions outside its plates (batch shape "
-                        f"{tuple(site['fn'].batch_shape)}); declare them with .to_event(...)"
-                    )
-            dims += [-d for d in plate_dims]
-            data_frames.add((data[0].dim, data[0].size))
+            data = check_site(role, site)
+            dims += [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
+            data_frames.add((data.dim, data.size))
     if len(data_frames) != 1:
         raise PyroVAEError('the model and guide must put their per-example sites inside one pyro.plate("data", B) at one dim')
     check_sites_match(guide_trace, model_trace)
@@ -201,6 +175,39 @@ def inspect_model(model, guide, args, kwargs):
         check_support(model_trace)
     (data_dim, data_size), = data_frames
     return Layout(plate_nesting=max(dims), data_dim=data_dim, data_size=data_size)
+
+
+def check_site(role, site):
+    """The "data" plate frame of one sample site, after checking that the site lies in it (vectorized),
+    has an unscaled log-density and no batch dimensions outside its plates."""
+    name, frames = site["name"], site["cond_indep_stack"]
+    data = next((f for f in frames if f.name == DATA), None)
+    if data is not None and not data.vectorized:
+        raise PyroVAEError(
+            f'{role} site {name!r} is in a sequential pyro.plate("data"); use it as a context manager, '
+            f'with pyro.plate("data", B): …, so that all examples are scored at once'
+        )
+    if data is None:
+        plates = sorted({f.name for f in frames}) or "none"
+        hint = (" (an AutoContinuous guide draws all latents jointly; AutoNormal keeps them per example)"
+                if role == "guide" and is_auxiliary(site) else "")
+        raise PyroVAEError(
+            f'{role} site {name!r} lies outside pyro.plate("data", B) (its plates: {plates}): a site '
+            f"shared by all examples has no per-example weight{hint}; put every sample site inside the data plate"
+        )
+    if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1):
+        raise PyroVAEError(
+            f"{role} site {name!r} has a scaled log-density ({scale_text(site['scale'])}: poutine.scale, a β "
+            f"weight or a subsampled plate); log p(x) needs the unscaled model: call it with β = 1 and the full plate"
+        )
+    plate_dims = {f.dim for f in frames if f.vectorized}
+    batch_shape = site["fn"].batch_shape
+    if any(size != 1 and -i not in plate_dims for i, size in enumerate(reversed(batch_shape), start=1)):
+        raise PyroVAEError(
+            f"{role} site {name!r} has batch dimensions outside its plates (batch shape {tuple(batch_shape)}); "
+            "declare them with .to_event(...)"
+        )
+    return data
 
 
 def scale_text(scale):

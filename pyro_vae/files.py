@@ -1,6 +1,7 @@
 """The project's own files: atomic writes that respect the umask, early write checks, and the lock
 that keeps two processes from training one run folder. Every operating-system error on these files
 becomes a one-line ``PyroVAEError`` naming the path and the cause."""
+import contextlib
 import fcntl
 import os
 import socket
@@ -24,19 +25,23 @@ def os_error(action, path, error):
     return PyroVAEError(f"cannot {action} {path}: {error.strerror or error}")
 
 
-def atomic_write(path, data):
-    """Write bytes or text to ``path`` through a temporary file, fsync and rename: never a half file.
-    The file gets the mode a plain ``open`` would give it (0666 less the umask)."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yields a temporary path beside ``path`` to write the whole file into; once the block ends the
+    file is fsynced and renamed onto ``path``, so ``path`` is never half written. On any error the
+    temporary is removed. The file gets the mode a plain ``open`` would give it (0666 less the umask)."""
     path = Path(path)
-    data = data.encode() if isinstance(data, str) else data
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~UMASK)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.fchmod(fd, 0o666 & ~UMASK)
+        os.close(fd)
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -48,6 +53,12 @@ def atomic_write(path, data):
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write(path, data):
+    """Write bytes or text to ``path`` whole or not at all (``atomic_file``)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def check_writable(folder):

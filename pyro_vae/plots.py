@@ -2,7 +2,6 @@
 the Kingma–Welling manifold (z of dimension 2), CVAE class grids, log p̂(x) against K, and the
 generative classifier's confusion matrix. Each function writes one PNG."""
 import io
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +13,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from .devices import forked_rng  # noqa: E402
-from .files import atomic_write, os_error  # noqa: E402
+from .files import atomic_file, atomic_write  # noqa: E402
 
 
 def save(fig, path):
@@ -45,20 +44,13 @@ def sample_file(vae, n, labels, path, batch_size=1000):
     time into a memory-mapped file (memory does not grow with n), then renamed into place whole."""
     import numpy as np
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *vae.spec.image_shape))
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             array[start:stop] = vae.sample(stop - start, None if labels is None else labels[start:stop]).float().cpu().numpy()
         array.flush()
         del array
-        os.replace(tmp, path)
-    except OSError as e:
-        raise os_error("write", path, e) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def loss_curves(metrics, path):
