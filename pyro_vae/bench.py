@@ -10,7 +10,10 @@ import copy
 import ctypes
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,8 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import load_config
-from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .devices import resolve_device
+from .evaluate import importance_sample, inspect_model, measured_chunk_size
+from .errors import PyroVAEError
+from .experiment import build
 from .files import atomic_write
 from .trainer import Trainer, test_elbo
 
@@ -146,8 +151,8 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device):
             trainer = Trainer(load_config(None, common), tmp, progress=False)
             eager_trainer = Trainer(load_config(None, common + ["objective.jit=false"]), tmp_eager, progress=False)
             variants = {
-                "pyro": trainer.train_step,
-                "pyro_eager": eager_trainer.train_step,
+                "pyro": lambda index: trainer.train_step(index).item(),
+                "pyro_eager": lambda index: eager_trainer.train_step(index).item(),
                 "plain": PlainTrainer(trainer).train_step,
                 "plain_same_data": PlainTrainer(trainer, trainer.likelihood.observe).train_step,
             }
@@ -158,7 +163,7 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device):
                 for name, step in variants.items():
                     rates[name].append(images_per_second(step, trainer, steps, batch_size))
         results[batch_size] = {f"{name}_images_per_s": statistics.median(r) for name, r in rates.items()}
-        results[batch_size]["pyro_uses_jit"] = trainer.jit_svi is not None
+        results[batch_size]["pyro_uses_jit"] = trainer.jit_elbo is not None
         ratios = {"pyro_ratio": ("pyro", "plain"), "pyro_eager_ratio": ("pyro_eager", "plain"),
                   "pyro_ratio_same_data": ("pyro", "plain_same_data")}
         for key, (name, reference) in ratios.items():
@@ -169,10 +174,8 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device):
 def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device):
     """Seconds (medians of interleaved repeats) and peak extra memory (one further run each) of
     importance_sample against plain_log_likelihood at K = num_samples."""
-    config = load_config(None, config_overrides + [f"train.device={device}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, tmp, progress=False)
-    vae, x = trainer.vae.eval(), trainer.test_x[:num_examples]
+    experiment = build(load_config(None, config_overrides), device)
+    vae, x = experiment.vae.eval(), experiment.test_x[:num_examples]
     chunk_size = measured_chunk_size(vae.model, vae.guide, (x,), {}, inspect_model(vae.model, vae.guide, (x,), {}), num_samples)
 
     def project():
@@ -185,13 +188,13 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     times, memory, values = {name: [] for name in variants}, {}, {}
     for _ in range(repeats):
         for name, fn in variants.items():
-            synchronize(trainer.device)
+            synchronize(vae.device)
             started = time.perf_counter()
             values[name] = fn()
-            synchronize(trainer.device)
+            synchronize(vae.device)
             times[name].append(time.perf_counter() - started)
     for name, fn in variants.items():  # a pass of its own: the sampling thread would slow the timed ones
-        with PeakMemory(trainer.device) as peak:
+        with PeakMemory(vae.device) as peak:
             fn()
         memory[name] = peak.extra
     pyro_s, plain_s = statistics.median(times["pyro"]), statistics.median(times["plain"])
@@ -225,17 +228,48 @@ def parity(epochs, overrides, device):
             seconds["plain"] += time.perf_counter() - started
             if (epoch + 1) % max(1, epochs // 10) == 0:
                 print(f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1]['test_elbo']:.3f}, "
-                      f"plain {test_elbo(plain.vae, trainer.test_x, trainer.test_y, 1000):.3f}", flush=True)
+                      f"plain {test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000):.3f}", flush=True)
         result = {
-            "epochs": epochs, "dataset": config.data.name, "train_examples": n, "test_examples": len(trainer.test_x),
+            "epochs": epochs, "dataset": config.data.name, "train_examples": n, "test_examples": len(trainer.experiment.test_x),
             "batch_size": batch_size, "lr": config.train.lr,
             "pyro_test_elbo": trainer.metrics[-1]["test_elbo"],
-            "plain_test_elbo": test_elbo(plain.vae, trainer.test_x, trainer.test_y, 1000),
+            "plain_test_elbo": test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000),
             "pyro_images_per_s": epochs * n / seconds["pyro"],
             "plain_images_per_s": epochs * n / seconds["plain"],
         }
     result["elbo_difference"] = result["pyro_test_elbo"] - result["plain_test_elbo"]
     result["throughput_ratio"] = result["pyro_images_per_s"] / result["plain_images_per_s"]
+    return result
+
+
+def scaling(nproc, overrides, device, epochs=3):
+    """Training images/s of one process against ``nproc`` processes (``torchrun`` on this machine), the
+    same run config, batch size and data: the median epoch after the first (which traces the JIT), and
+    the scaling efficiency rate_N / (N · rate_1). On the CPU the 1-process run uses every core and each of
+    the N processes cores/N threads; on GPUs each process drives its own GPU."""
+    config = load_config(None, list(overrides) + [f"train.device={device}", f"train.epochs={epochs}"])
+    examples = len(build(config, "cpu").train_x)
+    cores = len(os.sched_getaffinity(0))
+    flags = ["--quiet", "--device", device, "--epochs", str(epochs)] + [f for o in overrides for f in ("--set", o)]
+    result = {"processes": nproc, "device": device, "train_examples": examples, "batch_size": config.train.batch_size,
+              "epochs_timed": epochs - 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, nproc):
+            launcher = [sys.executable] if n == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+            threads = cores if device == "cpu" and n == 1 else max(1, cores // n)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            done = subprocess.run(launcher + ["-m", "pyro_vae", "train", "--runs-root", tmp, "--name", f"p{n}", *flags],
+                                  capture_output=True, text=True, env=env)
+            if done.returncode:
+                raise PyroVAEError(f"the {n}-process run failed: {done.stderr.strip().splitlines()[-1:]}")
+            metrics = [json.loads(line) for line in (Path(tmp) / f"p{n}" / "metrics.jsonl").read_text().splitlines()]
+            rate = statistics.median(examples / m["seconds"] for m in metrics[1:] if "seconds" in m)
+            result[f"images_per_s_{n}"] = rate
+            result[f"threads_per_process_{n}"] = threads
+            result[f"test_elbo_{n}"] = metrics[-1]["test_elbo"]
+    result["speedup"] = result[f"images_per_s_{nproc}"] / result["images_per_s_1"]
+    result["efficiency"] = result["speedup"] / nproc
     return result
 
 
@@ -259,10 +293,26 @@ def compare_run(run_dir, num_samples, device):
     }
 
 
-def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=(), compare=None, num_samples=5000):
+def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=(), compare=None, num_samples=5000,
+         nproc=0):
     """Run the benchmark, print a table and write JSON to ``out``."""
     device = str(resolve_device(device))
     torch.manual_seed(0)
+    if nproc:
+        if nproc < 2:
+            raise PyroVAEError(f"--nproc compares 1 process with N ≥ 2, got {nproc}")
+        if device == "cuda" and nproc > torch.cuda.device_count():
+            raise PyroVAEError(f"--nproc {nproc} needs {nproc} GPUs; this machine has {torch.cuda.device_count()}")
+        tiny = ["data.name=synthetic", "network.hidden=[32]", "model.z_dim=4", "train.batch_size=32"] if quick else []
+        r = scaling(nproc, tiny + list(overrides), device, epochs=2 if quick else 4)
+        print(f"{'processes':>10} {'img/s':>10} {'threads each':>13} {'test ELBO':>10}")
+        for n in (1, nproc):
+            print(f"{n:>10} {r[f'images_per_s_{n}']:>10.0f} {r[f'threads_per_process_{n}']:>13} {r[f'test_elbo_{n}']:>10.3f}")
+        print(f"speed-up {r['speedup']:.3f}, scaling efficiency {r['efficiency']:.3f} (batch {r['batch_size']}, "
+              f"{r['train_examples']} examples, median of {r['epochs_timed']} epochs after the first)")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, json.dumps(r, indent=2) + "\n")
+        return r
     if parity_epochs or compare:
         result = compare_run(compare, num_samples, device) if compare else parity(parity_epochs, list(overrides), device)
         print(json.dumps(result, indent=2))

@@ -3,11 +3,12 @@
 User mistakes (``PyroVAEError``) print one line and exit with status 2; ``--debug`` shows the traceback.
 """
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
-from .errors import Interrupted, PyroVAEError
+from .errors import Interrupted, PyroVAEError, Reported
 
 MAX_GRID = 1024  # samples in one picture; more go to a .npy array, written in batches
 
@@ -45,7 +46,8 @@ def parser():
     evaluate.add_argument("--dataset", help="score another dataset of the same image shape (default: the run's own)")
     evaluate.add_argument("--data-root", help="folder that holds the dataset's files (torchvision datasets)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples")
-    evaluate.add_argument("--batch-size", type=int, default=100, help="examples per batch")
+    evaluate.add_argument("--batch-size", type=int, default=100, help="examples per batch of --classify")
+    evaluate.add_argument("--seed", type=int, default=0, help="example i draws its samples from a stream seeded by (seed, i)")
     evaluate.add_argument("--chunk-size", type=int, help="samples drawn at once (default: chosen from memory)")
     evaluate.add_argument("--classify", action="store_true", help="also run the CVAE's generative classifier")
     evaluate.add_argument("--classify-samples", type=int, default=100, help="K per class for --classify")
@@ -72,42 +74,72 @@ def parser():
     bench.add_argument("--compare-run", metavar="RUN",
                        help="instead: evaluate RUN's test log p(x) and a plain-PyTorch IWAE estimate of the same networks")
     bench.add_argument("--num-samples", "-k", type=int, default=5000, help="K for --compare-run")
+    bench.add_argument("--nproc", type=int, default=0, metavar="N",
+                       help="instead: training throughput of 1 and N processes (torchrun, this machine) and the scaling efficiency")
     return top
 
 
 def run_train(args):
-    from .config import config_differences, load_config
-    from .runs import RESUMABLE_KEYS, new_run_dir, run_config
+    from . import distributed
+    from .config import load_config
+    from .runs import new_run_dir
     from .trainer import train
 
     overrides = list(args.set)
     overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
     if args.conditional:
         overrides.append("model.conditional=true")
-    if args.resume:
-        if args.config or args.name or args.overwrite:
-            raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
-        config = run_config(args.resume, overrides)
-        changed = set(config_differences(run_config(args.resume).to_dict(), config.to_dict())) - RESUMABLE_KEYS
-        if changed:
-            raise PyroVAEError(f"a resumed run can change only {', '.join(sorted(RESUMABLE_KEYS))}, not {', '.join(sorted(changed))}")
-        run_dir = Path(args.resume)
+    if args.resume and (args.config or args.name or args.overwrite):
+        raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
+    if distributed.launched() and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) and not (args.name or args.resume):
+        raise PyroVAEError("torchrun --max-restarts needs --name (or --resume) so that a restarted process finds its run")
+    world = distributed.join()
+    resume = args.resume
+    if resume is None and distributed.restart_count() and args.name:  # torchrun restarted the processes
+        folder = Path(args.runs_root) / args.name
+        resume = distributed.on_main(lambda: str(folder) if (folder / "config.toml").is_file() else None)
+    if resume:
+        config = distributed.on_main(lambda: resumed_config(resume, overrides))
+        run_dir = Path(resume)
     else:
         config = load_config(args.config, overrides)
-        run_dir = new_run_dir(args.runs_root, args.name, args.overwrite)
-    print(f"run folder: {run_dir}")
-    train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
-    print(f"done: {run_dir} (evaluate with: pyro-vae evaluate {run_dir})")
+        run_dir = distributed.on_main(lambda: new_run_dir(args.runs_root, args.name, args.overwrite))
+    if world.main:
+        restarted = f"; torchrun restart {distributed.restart_count()}, resuming" if distributed.restart_count() else ""
+        print(f"run folder: {run_dir}" + (f" ({world.size} processes{restarted})" if world.size > 1 else ""))
+    train(config, run_dir, resume=bool(resume), overwrite=args.overwrite, progress=not args.quiet)
+    if world.main:
+        print(f"done: {run_dir} (evaluate with: pyro-vae evaluate {run_dir})")
+
+
+def resumed_config(run_dir, overrides):
+    """The config of the run in ``run_dir`` with ``overrides``, which may change only ``RESUMABLE_KEYS``."""
+    from .config import config_differences
+    from .runs import RESUMABLE_KEYS, run_config
+
+    config = run_config(run_dir, overrides)
+    changed = set(config_differences(run_config(run_dir).to_dict(), config.to_dict())) - RESUMABLE_KEYS
+    if changed:
+        raise PyroVAEError(f"a resumed run can change only {', '.join(sorted(RESUMABLE_KEYS))}, not {', '.join(sorted(changed))}")
+    return config
 
 
 def run_evaluate(args):
+    from . import distributed
     from .report import classify_run, evaluate_run
 
     if args.num_samples < 1:
         raise PyroVAEError(f"--num-samples must be positive, got {args.num_samples}")
-    s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit,
-                     batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device, progress=not args.quiet,
-                     dataset=args.dataset, data_root=args.data_root)
+    if args.batch_size < 1:
+        raise PyroVAEError(f"--batch-size must be positive, got {args.batch_size}")
+    if not 0 <= args.seed < 2**32:
+        raise PyroVAEError(f"--seed must lie in 0 … 2^32 − 1, got {args.seed}")
+    world = distributed.join()
+    s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit, chunk_size=args.chunk_size,
+                     device=args.device, progress=not args.quiet, dataset=args.dataset, data_root=args.data_root,
+                     seed=args.seed)
+    if not world.main:
+        return
     what = "log p(x|y)" if s["conditional"] else "log p(x)"
     bpd = "n/a (continuous likelihood)" if s["bits_per_dim"] is None else f"{s['bits_per_dim']:.4f}"
     rows = [
@@ -119,7 +151,7 @@ def run_evaluate(args):
         ("bits per dim", bpd),
         ("ESS mean / median", f"{s['mean_ess']:.1f} / {s['median_ess']:.1f} of {s['num_samples']}"),
         ("Pareto k̂ > 0.7", pareto_line(s)),
-        ("seconds", f"{s['seconds']:.1f}"),
+        ("seconds", f"{s['seconds']:.1f}" + (f" ({s['processes']} processes)" if s["processes"] > 1 else "")),
     ]
     for name, value in rows:
         print(f"{name:>20}  {value}")
@@ -193,7 +225,7 @@ def run_bench(args):
     from .bench import main as bench_main
 
     bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set,
-               compare=args.compare_run, num_samples=args.num_samples)
+               compare=args.compare_run, num_samples=args.num_samples, nproc=args.nproc)
 
 
 class Stopped(KeyboardInterrupt):
@@ -218,7 +250,8 @@ def main(argv=None):
         args = parser().parse_args(argv)
         handler[args.command](args)
     except Interrupted as e:
-        print(str(e), file=sys.stderr)
+        if rank() == 0:
+            print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
         if getattr(args, "debug", False):
@@ -230,10 +263,20 @@ def main(argv=None):
     except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not user_facing(e):
             raise
-        print(f"pyro-vae: error: {one_line(e)}", file=sys.stderr)
+        if not isinstance(e, Reported):  # rank 0 prints what every rank stopped for
+            print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if "torch" in sys.modules:
+            from .distributed import leave
+
+            leave()
+
+
+def rank():
+    """This process's rank under torchrun (0 alone)."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def user_facing(error):

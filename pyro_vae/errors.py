@@ -14,3 +14,7 @@ class Interrupted(PyroVAEError):
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Reported(PyroVAEError):
+    """Under ``torchrun``: an error rank 0 met and prints; the other ranks stop with it and print nothing."""

@@ -1,4 +1,6 @@
-"""Training objectives chosen by name: each factory returns a Pyro ELBO (negated as the loss).
+"""Training objectives chosen by name: each factory returns a Pyro ELBO (negated as the loss), which the
+trainer uses in its ``nn.Module`` form, ``VAELoss`` (what ``elbo(model, guide)`` returns, over the VAE's
+parameters), so that a torch optimizer and ``DistributedDataParallel`` see an ordinary module.
 
 Several particles are drawn at once under an outer vectorized plate (one particle needs no plate);
 ``max_plate_nesting=1`` for the data plate. ``jit`` (on by default where Pyro has a JIT version)
@@ -6,7 +8,12 @@ compiles the loss with ``pyro.ops.jit``: model and guide are traced once into a 
 a step no longer runs Pyro's Python machinery. The trainer checks the traced loss against the eager
 one before it uses it (``Trainer.compiled_svi``).
 """
+import math
+
+import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.elbo import ELBOModule
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
 from .errors import PyroVAEError
 from .registry import Registry
@@ -46,8 +53,44 @@ def mean_field(*, num_particles: int = 1, jit: bool = True):
     return build_elbo(CachedJitTraceMeanField_ELBO if jit else TraceMeanField_ELBO, num_particles, jit)
 
 
+class IWAE_ELBO(RenyiELBO):
+    """Pyro's RenyiELBO at α = 0, the importance-weighted bound, with the ``differentiable_loss`` that
+    RenyiELBO lacks (so it also works as an ``nn.Module``):
+        −Σ_b log (1/K) Σₖ exp(log p(x_b, zₖ) − log q(zₖ|x_b)),   zₖ ~ q(z|x_b) reparameterized,
+    a scalar whose gradient is the one ``RenyiELBO.loss_and_grads`` forms at α = 0."""
+
+    def __init__(self, **options):
+        super().__init__(alpha=0, **options)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        log_weights = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            log_w = 0.0
+            for trace, sign in ((model_trace, 1), (guide_trace, -1)):
+                for site in trace.nodes.values():
+                    if site["type"] != "sample":
+                        continue
+                    if sign < 0 and not site["fn"].has_rsample:
+                        raise PyroVAEError(f"objective iwae needs a reparameterized guide; site {site['name']!r} is not")
+                    log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
+            log_weights.append(log_w)
+        log_w = log_weights[0] if self.vectorize_particles and self.num_particles > 1 else torch.stack(log_weights)
+        return -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
+
+
 @OBJECTIVES.register("iwae")
 def iwae(*, num_particles: int = 5):
     """The importance-weighted bound E[log (1/K) Σₖ p(x, zₖ)/q(zₖ|x)] (Burda et al. 2016), K = num_particles,
     as Pyro's RenyiELBO with α = 0."""
-    return build_elbo(RenyiELBO, num_particles, alpha=0)
+    return build_elbo(IWAE_ELBO, num_particles)
+
+
+class VAELoss(ELBOModule):
+    """``elbo(vae.model, vae.guide)`` whose parameters are the VAE's: forward(x[, y], beta=β) is the
+    differentiable −ELBO summed over the batch (a scalar). ``elbo`` may be swapped between steps
+    (eager during a β warm-up, JIT after) without rebuilding what wraps the module."""
+
+    def __init__(self, vae, elbo):
+        super().__init__(vae.model, vae.guide, elbo)
+        self.vae = vae

@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import plots
+from . import distributed, plots
 from .classifier import class_log_posterior
-from .datasets import load_data, observed_split
+from .datasets import observed_split
+from .devices import resolve_device
 from .errors import PyroVAEError
-from .config import Component
-from .evaluate import PARETO_K_WARNING, importance_sample
+from .evaluate import PARETO_K_WARNING, importance_sample, inspect_model, measured_chunk_size
+from .experiment import build, dataset_component
 from .files import atomic_write, check_writable
-from .runs import load_checkpoint, load_run
+from .runs import load_checkpoint, load_weights, run_config
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100
@@ -26,20 +27,21 @@ CURVE_EXAMPLES = 100
 def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None, data_root=None):
     """(config, VAE, x, y) of a run: the first ``limit`` examples of ``split`` of its own data, or of
     ``dataset`` (read from ``data_root``), observed as in training."""
-    config, vae = load_run(run_dir, device)
-    name = dataset or config.data.name
-    options = dict(config.data.options) if name == config.data.name else {}
-    if data_root is not None:
-        options["root"] = data_root
-    data = load_data(Component(name, options))
-    if data.image_shape != vae.spec.image_shape:
-        raise PyroVAEError(
-            f"{name} has images of shape {data.image_shape} but {run_dir} was trained on {vae.spec.image_shape}"
-        )
-    if vae.spec.conditional and data.num_classes != vae.spec.num_classes:
-        raise PyroVAEError(f"{name} has {data.num_classes} classes but the conditional run {run_dir} has {vae.spec.num_classes}")
-    x, y = observed_split(data, vae.likelihood, split, vae.device)
-    return config, vae, x[:limit], y[:limit]
+    config = run_config(run_dir)
+    device = distributed.device_for(resolve_device(device), distributed.world())
+    state = load_checkpoint(run_dir, config, device)
+    component = dataset_component(config, dataset, data_root)
+    experiment = build(config, device, component)
+    if experiment.data.image_shape != tuple(state["image_shape"]):
+        raise PyroVAEError(f"{component.name} has images of shape {experiment.data.image_shape} but {run_dir} was "
+                           f"trained on {tuple(state['image_shape'])}")
+    if config.model.conditional and experiment.data.num_classes != state["num_classes"]:
+        raise PyroVAEError(f"{component.name} has {experiment.data.num_classes} classes but the conditional run {run_dir} "
+                           f"has {state['num_classes']}")
+    vae = experiment.vae
+    load_weights(vae, state, run_dir)
+    x, y = (experiment.test_x, experiment.test_y) if split == "test" else observed_split(experiment.data, vae.likelihood, split, device)
+    return config, vae.eval(), x[:limit], y[:limit]
 
 
 def output_stem(config, split, dataset):
@@ -48,31 +50,46 @@ def output_stem(config, split, dataset):
     return "eval" if name == config.data.name and split == "test" else f"eval-{name}-{split}"
 
 
-def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, batch_size=100, chunk_size=None,
-                 device="auto", progress=True, dataset=None, data_root=None):
+def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_size=None, device="auto", progress=True,
+                 dataset=None, data_root=None, seed=0):
     """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
     <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
-    run's own test split) and returns the summary (the contents of the JSON file)."""
+    run's own test split) and returns the summary (the contents of the JSON file).
+
+    Example i's K samples come from a random stream seeded by (``seed``, i), so its estimate is the same
+    whichever process scores it: under ``torchrun`` rank r scores a contiguous share of the examples,
+    rank 0 gathers the results in example order and writes the files."""
     if limit is not None and limit < 1:
         raise PyroVAEError(f"--limit must be positive, got {limit}")
-    if batch_size < 1:
-        raise PyroVAEError(f"--batch-size must be positive, got {batch_size}")
-    run_dir = Path(run_dir)
+    run_dir, world = Path(run_dir), distributed.world()
     config, vae, x, y = run_examples(run_dir, split, limit, device, dataset, data_root)
-    check_writable(run_dir)
+    distributed.on_main(lambda: check_writable(run_dir))
     stem = output_stem(config, split, dataset)
     labels = y if vae.spec.conditional else None
+
+    def args(i):
+        return (x[i : i + 1],) if labels is None else (x[i : i + 1], labels[i : i + 1])
+
+    if chunk_size is None:
+        chunk_size = measured_chunk_size(vae.model, vae.guide, args(0), {}, inspect_model(vae.model, vae.guide, args(0), {}),
+                                         num_samples)
+    begin, end = world.shard(0, len(x))
     started = time.perf_counter()
     results = []
-    with tqdm(total=len(x) * num_samples, desc=f"log p(x), K={num_samples}", unit="sample", unit_scale=True,
-              disable=not progress) as bar:
-        for start in range(0, len(x), batch_size):
-            args = (x[start : start + batch_size],) + (() if labels is None else (labels[start : start + batch_size],))
-            results.append(importance_sample(vae.model, vae.guide, *args, num_samples=num_samples, chunk_size=chunk_size,
-                                             progress=bar.update))
-    seconds = time.perf_counter() - started
+    with tqdm(total=(end - begin) * num_samples, desc=f"log p(x), K={num_samples}", unit="sample", unit_scale=True,
+              disable=not (progress and world.main)) as bar:
+        for i in range(begin, end):
+            torch.manual_seed(example_seed(seed, i))
+            results.append(importance_sample(vae.model, vae.guide, *args(i), num_samples=num_samples,
+                                             chunk_size=chunk_size, progress=bar.update))
     names = ("log_likelihood", "elbo", "ess", "stderr", "pareto_k")
-    columns = {name: torch.cat([getattr(r, name) for r in results]).cpu() for name in names}
+    mine = {name: torch.cat([getattr(r, name) for r in results]).cpu() if results else torch.zeros(0, dtype=torch.float64)
+            for name in names}
+    shares = distributed.all_gather(mine)
+    seconds = time.perf_counter() - started
+    if not world.main:
+        return None
+    columns = {name: torch.cat([share[name] for share in shares]) for name in names}
     n, dims = len(x), math.prod(vae.spec.image_shape)
     mean_ll = columns["log_likelihood"].mean().item()
     k = columns["pareto_k"]
@@ -93,14 +110,23 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, batch_s
         "share_pareto_k_above_0.7": (fitted > PARETO_K_WARNING).double().mean().item() if len(fitted) else None,
         "bits_per_dim": -mean_ll / (dims * math.log(2)) if vae.likelihood.discrete else None,
         "seconds": seconds,
+        "processes": world.size,
+        "seed": seed,
+        "chunk_size": chunk_size,
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
     }
     atomic_write(run_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
     write_examples(run_dir / f"{stem}_examples.csv", y.cpu(), columns)
+    torch.manual_seed(seed)
     curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / f"{stem}_vs_k.png")
     summary["files"] = [f"{stem}.json", f"{stem}_examples.csv", f"{stem}_vs_k.png"]
     return summary
+
+
+def example_seed(seed, index):
+    """The seed of example ``index``'s random stream in an evaluation seeded by ``seed``."""
+    return (seed * 2**32 + index) % 2**64
 
 
 def write_examples(path, labels, columns):

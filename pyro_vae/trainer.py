@@ -1,13 +1,22 @@
-"""Training by stochastic variational inference: ``pyro.infer.SVI`` with the configured ELBO and Adam.
+"""Training by stochastic variational inference, in one process or in several (``torchrun``).
 
-Each step minimizes −ELBO(x) = −E_q[log p(x|z)] + β·KL(q(z|x) ‖ p(z)) (summed over the batch),
-β rising linearly over ``warmup_epochs`` (``poutine.scale`` on the latent site). The whole dataset
-sits on the training device as one tensor and is batched by index; Bernoulli likelihoods redraw
-binary images from the grey ones at each use (dynamic binarization). Where ``objective.jit`` is on
-(the default) steps run Pyro's JIT-compiled ELBO once it has been traced and checked against the
-eager one, and eager steps cover a β warm-up. After every epoch the test
-ELBO per example is logged and a checkpoint is written atomically; SIGINT/SIGTERM finish the
-current step, checkpoint and stop; ``--resume`` continues bit-identically on the CPU.
+Each step minimizes −ELBO(x) = −E_q[log p(x|z)] + β·KL(q(z|x) ‖ p(z)), summed over the global batch
+of ``train.batch_size`` examples, β rising linearly over ``warmup_epochs`` (``poutine.scale`` on the
+latent site). The objective is Pyro's ELBO in its ``nn.Module`` form (``VAELoss``), stepped by a
+fused ``torch.optim.Adam``; with N processes the module is wrapped in ``DistributedDataParallel``.
+
+N processes: every rank holds the data and draws the same permutation and the same binarization of
+each global batch from the shared data stream, then takes its contiguous shard (sizes differ by at
+most one; a last batch smaller than N is joined to the one before, so every example is seen once an
+epoch). Each rank's loss is its shard's −ELBO times N: DDP averages gradients over N ranks, so every
+rank steps with the gradient of the global batch's −ELBO, exactly as one process at the same batch.
+The latent noise differs between ranks (rank r's stream is seeded from ``train.seed`` and r).
+
+Where ``objective.jit`` is on (the default) steps run Pyro's JIT-compiled ELBO once it has been
+traced and checked against the eager one, and eager steps cover a β warm-up. After every epoch the
+test ELBO per example is logged and rank 0 writes a checkpoint atomically; SIGINT/SIGTERM on any
+rank stop every rank after the same step, with a checkpoint; ``--resume`` continues bit-identically
+on the CPU with the same number of processes. Pictures are drawn by ``train`` after training.
 """
 import math
 import signal
@@ -17,66 +26,94 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import plots
+from . import distributed, plots
 from .config import config_differences, to_toml
-from .datasets import TEST_SEED, load_data, observed_split
-from .errors import Interrupted, PyroVAEError
-from .model import build_vae
-from .objectives import OBJECTIVES
-from .optim import GroupedAdam
+from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
+from .distributed import World
+from .errors import Interrupted, PyroVAEError
+from .experiment import build
 from .files import RunLock, atomic_write
+from .objectives import OBJECTIVES, VAELoss
+from .optim import adam, load_adam_state
 from .runs import load_checkpoint, load_weights, open_run_dir, save_checkpoint, write_metrics
 
-
 class Trainer:
-    """Trains the VAE of ``config`` into ``run_dir``, or resumes the run saved there."""
+    """Trains the VAE of ``config`` into ``run_dir``, or resumes the run saved there, as this process's
+    rank of the ``torchrun`` world (or alone)."""
 
     def __init__(self, config, run_dir, resume=False, overwrite=False, progress=True):
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
-        self.device = resolve_device(config.train.device)
+        self.world = distributed.world()
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress and self.world.main
+        self.device = distributed.device_for(resolve_device(config.train.device), self.world)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
         torch.manual_seed(config.train.seed)  # the param store is left alone: each VAE has names of its own
-        data = load_data(config.data)
-        self.vae = build_vae(config, data.image_shape, data.num_classes, self.device)
-        self.likelihood = self.vae.likelihood
-        self.generator = torch.Generator(self.device).manual_seed(config.train.seed)
-        self.test_x, self.test_y = observed_split(data, self.likelihood, "test", self.device)
-        if self.likelihood.dynamic:
-            self.train_x, self.train_y = data.train.images.to(self.device), data.train.labels.to(self.device)
-        else:
-            self.train_x, self.train_y = observed_split(data, self.likelihood, "train", self.device)
-        self.label_counts = torch.bincount(data.train.labels, minlength=data.num_classes)
-        self.optim = GroupedAdam(config.train.lr, config.train.clip_norm)
+        self.experiment = build(config, self.device)
+        self.vae, self.likelihood = self.experiment.vae, self.experiment.vae.likelihood
+        self.train_x, self.train_y = self.experiment.train_x, self.experiment.train_y
+        self.generator = torch.Generator(self.device).manual_seed(config.train.seed)  # data order and binarization
         options = config.objective.options
         self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
-        # one bound-method object each: Pyro's JIT keys its compiled loss by id(model) and id(guide)
-        self.model, self.guide = self.vae.model, self.vae.guide
-        self.svi = SVI(self.model, self.guide, self.optim, self.eager_elbo)
-        self.jit_svi = self.compiled_svi(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
+        self.loss = VAELoss(self.vae, self.eager_elbo)
+        self.jit_elbo = self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
+        self.optimizer = adam(self.vae, config.train.lr)
+        self.module = self.loss
+        if self.world.size > 1:
+            self.module = DistributedDataParallel(self.loss)
         self.epoch = self.step = self.position = 0
         self.loss_sum, self.permutation, self.metrics, self.stop_signal = 0.0, None, [], None
+        self.lock = None
+        state = distributed.on_main(lambda: self.open(resume, overwrite))
+        if self.world.size > 1:  # each rank its own latent noise, seeded once the collectives of setting up are done
+            torch.manual_seed(rank_seed(config.train.seed, self.world.rank))
+        try:
+            if state is not None:
+                self.restore(state)
+        except BaseException:  # a refused resume must not leave this process holding the run
+            self.release()
+            raise
+
+    def open(self, resume, overwrite):
+        """Rank 0: lock the run folder (creating it for a new run), read the checkpoint to resume from
+        (None for a new run or one stopped before its first checkpoint) and write config.toml."""
         self.lock = RunLock(self.run_dir).acquire() if resume else open_run_dir(self.run_dir, overwrite)
         try:
+            state = None
             if resume:
                 for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
                     torn.unlink()
                 if (self.run_dir / "checkpoint.pt").is_file():
-                    self.restore(load_checkpoint(self.run_dir, config, self.device))
-                elif progress:
+                    state = load_checkpoint(self.run_dir, self.config, "cpu")
+                elif self.progress:
                     tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
-            atomic_write(self.run_dir / "config.toml", to_toml(config))
-        except BaseException:  # a refused resume must not leave this process holding the run
-            self.lock.release()
+            atomic_write(self.run_dir / "config.toml", to_toml(self.config))
+            return state
+        except BaseException:
+            self.release()
             raise
+
+    def release(self):
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def steps_per_epoch(self):
-        return math.ceil(len(self.train_x) / self.config.train.batch_size)
+        steps, position = 0, 0
+        while position < len(self.train_x):
+            position, steps = self.batch_end(position), steps + 1
+        return steps
+
+    def batch_end(self, start):
+        """Where the global batch that begins at ``start`` ends: ``train.batch_size`` examples on, or the end
+        of the epoch where fewer than one per process would be left over."""
+        n = len(self.train_x)
+        end = min(start + self.config.train.batch_size, n)
+        return n if n - end < self.world.size else end
 
     def beta(self):
         """β at the current step: linear warm-up from β/warm-up-steps to β."""
@@ -90,10 +127,15 @@ class Trainer:
             while self.epoch < self.config.train.epochs:
                 self.train_epoch()
                 self.end_epoch()
+        except (RuntimeError, distributed.PeerLost) as e:  # RuntimeError: DDP's all-reduce inside backward()
+            if isinstance(e, RuntimeError) and not (self.world.size > 1 and distributed.is_collective_failure(e)):
+                raise
+            lost = distributed.lost(e) if isinstance(e, RuntimeError) else e
+            raise distributed.PeerLost(f"{lost}; the last checkpoint is kept, resume with: pyro-vae train --resume "
+                                       f"{self.run_dir} (torchrun --max-restarts does it by itself)") from None
         finally:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
-        plots.training_figures(self.vae, self.run_dir, self.metrics, self.test_x, self.test_y)
         return self.metrics
 
     def on_signal(self, signum, frame):
@@ -104,130 +146,144 @@ class Trainer:
         self.stop_signal = signum
 
     def batch(self, index, generator):
-        """The model's arguments for training examples ``index``: (x,) or (x, y), x redrawn with
-        ``generator`` where the likelihood binarizes dynamically."""
+        """This rank's share of the model's arguments for the global batch of training examples ``index``:
+        (x,) or (x, y), x redrawn with ``generator`` where the likelihood binarizes dynamically (the whole
+        batch on every rank, so that the draws do not depend on the number of processes)."""
         x = self.train_x.index_select(0, index)
         if self.likelihood.dynamic:
             x = self.likelihood.observe(x, generator)
-        return (x, self.train_y.index_select(0, index)) if self.vae.spec.conditional else (x,)
+        begin, end = self.world.shard(0, len(index))
+        x = x[begin:end]
+        return (x, self.train_y.index_select(0, index[begin:end])) if self.vae.spec.conditional else (x,)
 
-    def compiled_svi(self, elbo):
-        """SVI with the JIT objective ``elbo``, traced here at the final β on the first training batch,
-        then checked on a batch of other examples and another size: from the same random draws, the
-        traced and the eager objective must give the same loss. None, with a warning, where tracing
-        fails or the losses differ (say, a component whose Python control flow or Python numbers
-        depend on tensor values), and training stays eager. Runs under a forked RNG and leaves no
-        gradients behind, so a resumed run stays bit-identical to an uninterrupted one."""
+    def checked_jit(self, elbo):
+        """``elbo``, the JIT objective, traced here at the final β on the first training batch, then checked
+        on a batch of other examples and another size: from the same random draws, the traced and the
+        eager objective must give the same loss. None, with a warning, where tracing fails or the losses
+        differ (say, a component whose Python control flow or Python numbers depend on tensor values),
+        and training stays eager. Runs under a forked RNG and leaves no gradients behind, so a resumed
+        run stays bit-identical to an uninterrupted one."""
         n = len(self.train_x)
         size = min(self.config.train.batch_size, n)
         generator = torch.Generator(self.device).manual_seed(TEST_SEED)
         traced = self.batch(torch.arange(size, device=self.device), generator)
-        checked = self.batch(torch.arange(n - max(1, size // 2), n, device=self.device), generator)
+        checked = self.batch(torch.arange(n - max(self.world.size, size // 2), n, device=self.device), generator)
         beta, losses, problem = self.config.train.beta, [], None
         with forked_rng(self.device), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=FutureWarning)
             try:
                 with pyro.validation_enabled(False):
-                    elbo.loss_and_grads(self.model, self.guide, *traced, beta=beta)
+                    self.loss.elbo = elbo  # one module, one bound model and guide: Pyro's JIT keys by their ids
+                    self.loss(*traced, beta=beta)
                     for objective in (elbo, self.eager_elbo):
                         torch.manual_seed(TEST_SEED)
-                        losses.append(objective.loss_and_grads(self.model, self.guide, *checked, beta=beta))
+                        self.loss.elbo = objective
+                        losses.append(self.loss(*checked, beta=beta).item())
             except Exception as error:  # tracing fails in many ways: unsupported ops, Python values, new params
                 first_line = str(error).partition("\n")[0]  # Pyro appends whole trace-shape tables
                 problem = f"tracing failed ({type(error).__name__}: {first_line})"
             finally:
-                for parameter in self.vae.parameters():
-                    parameter.grad = None
+                self.loss.elbo = self.eager_elbo
         if problem is None and not math.isclose(*losses, rel_tol=1e-4, abs_tol=1e-2):
             problem = f"the traced loss {losses[0]:.6g} differs from the eager loss {losses[1]:.6g} on the same draws"
         if problem is not None:
-            warnings.warn(f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)", stacklevel=3)
+            if self.world.main:
+                warnings.warn(f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)",
+                              stacklevel=3)
             return None
-        return SVI(self.model, self.guide, self.optim, elbo)
+        return elbo
 
     def train_step(self, index):
-        """One SVI step on the training examples ``index``; returns the batch's −ELBO (a float).
-        The JIT objective runs once β has reached its final value (it was traced at that β)."""
+        """One step on the global batch of training examples ``index``: this rank's shard's −ELBO times N
+        backpropagated (DDP averages the N gradients into the global batch's), clipping, Adam. Returns
+        this rank's −ELBO (a 0-dim tensor). The JIT objective runs once β has reached its final value
+        (it was traced at that β)."""
         beta = self.beta()
-        svi = self.jit_svi if self.jit_svi is not None and beta == self.config.train.beta else self.svi
+        self.loss.elbo = self.jit_elbo if self.jit_elbo is not None and beta == self.config.train.beta else self.eager_elbo
+        args = self.batch(index, self.generator)
         with pyro.validation_enabled(False):  # the data were checked once when loaded
-            return svi.step(*self.batch(index, self.generator), beta=beta)
+            loss = self.module(*args, beta=beta)
+        (loss * self.world.size if self.world.size > 1 else loss).backward()
+        if self.config.train.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.train.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def agree(self, loss):
+        """(the global batch's −ELBO, the signal that stops every rank after this step or None), the
+        same on every rank: one all-reduce of [loss, signal]."""
+        if self.world.size == 1:
+            return loss.item(), self.stop_signal
+        shared = distributed.all_sum(torch.tensor([loss.item(), float(self.stop_signal or 0)], dtype=torch.float64))
+        stop = None if shared[1] == 0 else self.stop_signal or signal.SIGTERM
+        return shared[0].item(), stop
 
     def train_epoch(self):
-        n, batch_size = len(self.train_x), self.config.train.batch_size
+        n = len(self.train_x)
         if self.permutation is None:
             self.permutation = torch.randperm(n, generator=self.generator, device=self.device)
-        bar = tqdm(
-            total=self.steps_per_epoch, initial=self.position // batch_size, disable=not self.progress,
-            desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", unit="step", leave=False,
-        )
+        bar = tqdm(total=self.steps_per_epoch, initial=self.steps_done(self.position), disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", unit="step", leave=False)
         started = time.perf_counter()
         while self.position < n:
-            index = self.permutation[self.position : self.position + batch_size]
-            loss = self.train_step(index)
+            end = self.batch_end(self.position)
+            loss, stop = self.agree(self.train_step(self.permutation[self.position : end]))
             if not math.isfinite(loss):
                 raise PyroVAEError(f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; {self.way_out()}")
             self.loss_sum += loss
-            self.position += len(index)
-            self.step += 1
+            self.position, self.step = end, self.step + 1
             bar.update()
             bar.set_postfix(loss=f"{self.loss_sum / self.position:.2f}")
-            if self.stop_signal is not None:
+            if stop is not None:
                 bar.close()
                 self.checkpoint()
-                name = signal.Signals(self.stop_signal).name
                 raise Interrupted(
-                    f"{name}: stopped at epoch {self.epoch + 1} step {self.step} with a checkpoint saved; "
-                    f"resume with: pyro-vae train --resume {self.run_dir}",
-                    128 + self.stop_signal,
+                    f"{signal.Signals(stop).name}: stopped at epoch {self.epoch + 1} step {self.step} with a checkpoint "
+                    f"saved; resume with: pyro-vae train --resume {self.run_dir}",
+                    128 + stop,
                 )
             if self.config.train.checkpoint_every and self.step % self.config.train.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
         self.epoch_seconds = time.perf_counter() - started
 
+    def steps_done(self, position):
+        steps, done = 0, 0
+        while done < position:
+            done, steps = self.batch_end(done), steps + 1
+        return steps
+
     def end_epoch(self):
         record = {
             "epoch": self.epoch + 1,
             "step": self.step,
             "train_loss": self.loss_sum / len(self.train_x),
-            "test_elbo": self.test_elbo(),
+            "test_elbo": test_elbo(self.vae, self.experiment.test_x, self.experiment.test_y,
+                                   self.config.train.eval_batch_size, self.world),
             "seconds": self.epoch_seconds,
         }
         self.metrics.append(record)
         self.epoch, self.position, self.loss_sum, self.permutation = self.epoch + 1, 0, 0.0, None
         self.checkpoint()
-        write_metrics(self.run_dir, self.metrics)
+        if self.world.main:
+            write_metrics(self.run_dir, self.metrics)
         if self.progress:
             tqdm.write(
                 f"epoch {record['epoch']:>4}  train loss {record['train_loss']:9.3f}  "
                 f"test ELBO {record['test_elbo']:9.3f}  ({record['seconds']:.1f} s)"
             )
 
-    def test_elbo(self):
-        return test_elbo(self.vae, self.test_x, self.test_y, self.config.train.eval_batch_size)
-
     def checkpoint(self):
+        """Every rank sends its random state; rank 0 writes the checkpoint."""
         if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
             raise PyroVAEError(f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; {self.way_out()}")
-        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+        rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(self.run_dir, {
-            "config": self.config.to_dict(),
-            "image_shape": list(self.vae.spec.image_shape),
-            "num_classes": self.vae.spec.num_classes,
-            "label_counts": self.label_counts,
-            "model": self.vae.state_dict(),
-            "optimizer": self.optim.get_state(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "position": self.position,
-            "loss_sum": self.loss_sum,
-            "permutation": self.permutation,
-            "metrics": self.metrics,
-            "rng": rng,
-        })
+        ranks = distributed.all_gather(rng)
+        if self.world.main:
+            save_checkpoint(self.run_dir, self.state(ranks))
 
     def way_out(self):
         """What to do after a non-finite loss: resume from the last checkpoint with a lower learning rate or
@@ -239,45 +295,97 @@ class Trainer:
         return (f"no checkpoint was written yet; start again with a lower learning rate or clipping: "
                 f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)")
 
+    def state(self, ranks):
+        """The training state as a checkpoint: weights, Adam, position in the epoch and its permutation, the
+        random streams (every rank's), metrics, and what rebuilds the model. ``restore`` reads it back."""
+        rng = {**ranks[0], "data": self.generator.get_state()}
+        if len(ranks) > 1:
+            rng["ranks"] = ranks
+        return {
+            "config": self.config.to_dict(),
+            "image_shape": list(self.vae.spec.image_shape),
+            "num_classes": self.vae.spec.num_classes,
+            "label_counts": self.experiment.label_counts,
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "position": self.position,
+            "loss_sum": self.loss_sum,
+            "permutation": self.permutation,
+            "metrics": self.metrics,
+            "rng": rng,
+            "processes": self.world.size,
+        }
+
     def restore(self, state):
+        """Continue from a checkpoint (``state``): rank r takes rank r's random streams where the run had as
+        many processes as now; with another number it draws fresh ones and the run continues, though no
+        longer bit-identical to an uninterrupted one."""
         load_weights(self.vae, state, self.run_dir)
-        self.optim.set_state(state["optimizer"])
+        if state["optimizer"] is not None:
+            load_adam_state(self.optimizer, state["optimizer"], self.config.train.lr)
         self.epoch, self.step, self.position = state["epoch"], state["step"], state["position"]
-        self.loss_sum, self.permutation, self.metrics = state["loss_sum"], state["permutation"], state["metrics"]
+        self.loss_sum, self.metrics = state["loss_sum"], state["metrics"]
+        self.permutation = None if state["permutation"] is None else state["permutation"].to(self.device)
         changed = config_differences(state["config"], self.config.to_dict())
         if changed:  # settings a resume may change (RESUMABLE_KEYS), recorded where they took effect
             self.metrics.append({"event": "resume", "epoch": self.epoch, "step": self.step,
                                  "changed": {key: list(values) for key, values in changed.items()}})
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.generator.set_state(state["rng"]["data"].cpu())
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
-        write_metrics(self.run_dir, self.metrics)
+        rng = state["rng"]
+        processes = state.get("processes", 1)
+        if processes == self.world.size:
+            mine = rng["ranks"][self.world.rank] if self.world.size > 1 else rng
+            torch.set_rng_state(mine["torch"].cpu())
+            if "cuda" in mine and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+        else:
+            torch.manual_seed(rank_seed(self.config.train.seed + self.step, self.world.rank))
+            if self.progress:
+                tqdm.write(f"resuming a run of {processes} process(es) with {self.world.size}: it continues with fresh "
+                           "latent noise, no longer bit-identical to an uninterrupted run")
+        self.generator.set_state(rng["data"].cpu())
+        if self.world.main:
+            write_metrics(self.run_dir, self.metrics)
+
+
+def rank_seed(seed, rank):
+    """The seed of rank r's latent noise (N > 1 processes): ``seed`` for rank 0, a different 64-bit number
+    for every other rank."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % 2**64
 
 
 @torch.no_grad()
-def test_elbo(vae, x, y, batch_size):
+def test_elbo(vae, x, y, batch_size, world=World()):
     """Mean ELBO per example over x [N, …] (labels y [N] used by a conditional VAE),
-    E_q[log p(x|z)] − KL(q ‖ p) with the KL analytic where registered, drawn with fixed noise so that
-    epochs and runs compare; the caller's random stream is left untouched."""
+    E_q[log p(x|z)] − KL(q ‖ p) with the KL analytic where registered, drawn with fixed noise (batch j
+    seeded by TEST_SEED + j) so that epochs, runs and numbers of processes compare; with several
+    processes rank r scores batches r, r + N, … and the sums are added. The caller's random stream
+    is left untouched."""
     elbo = TraceMeanField_ELBO(max_plate_nesting=1)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64)
     with forked_rng(vae.device):
-        torch.manual_seed(TEST_SEED)
-        for start in range(0, len(x), batch_size):
+        for j, start in enumerate(range(0, len(x), batch_size)):
+            if j % world.size != world.rank:
+                continue
+            torch.manual_seed(TEST_SEED + j)
             args = (x[start : start + batch_size],)
             if vae.spec.conditional:
                 args += (y[start : start + batch_size],)
             total -= elbo.loss(vae.model, vae.guide, *args)
-    return total / len(x)
+    return distributed.all_sum(total).item() / len(x)
 
 
 def train(config, run_dir, resume=False, overwrite=False, progress=True):
-    """Train (or resume) the run in ``run_dir``; returns the trained VAE. An existing run is replaced
-    only with ``overwrite=True``; the folder is locked against other processes while this one trains."""
+    """Train (or resume) the run in ``run_dir`` and draw its pictures; returns the trained VAE. An existing
+    run is replaced only with ``overwrite=True``; the folder is locked against other processes while this
+    one trains. Under ``torchrun`` every rank calls this; rank 0 writes the files."""
     trainer = Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
     try:
-        trainer.run()
+        metrics = trainer.run()
+        if trainer.world.main:
+            e = trainer.experiment
+            plots.training_figures(trainer.vae, trainer.run_dir, metrics, e.test_x, e.test_y)
     finally:
-        trainer.lock.release()
+        trainer.release()
     return trainer.vae

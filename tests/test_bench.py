@@ -28,7 +28,7 @@ def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):
 
     trainer = Trainer(load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2"]), tmp_path,
                       progress=False)
-    vae, x = trainer.vae.eval(), trainer.test_x[:10]
+    vae, x = trainer.vae.eval(), trainer.experiment.test_x[:10]
     ours = importance_sample(vae.model, vae.guide, x, num_samples=2000)
     plain = plain_log_likelihood(vae, x, 2000, 100)
     # independent draws of two estimators with the same proposal: their difference has sd √2·stderr

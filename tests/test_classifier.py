@@ -21,5 +21,5 @@ def test_short_training_classifies_separated_classes(tmp_path):
     trainer = Trainer(config, tmp_path, progress=False)
     trainer.run()
     vae = trainer.vae.eval()
-    predicted = class_log_posterior(vae.model, vae.guide, trainer.test_x, 4, num_samples=20).argmax(-1)
-    assert (predicted == trainer.test_y).double().mean() >= 0.98
+    predicted = class_log_posterior(vae.model, vae.guide, trainer.experiment.test_x, 4, num_samples=20).argmax(-1)
+    assert (predicted == trainer.experiment.test_y).double().mean() >= 0.98

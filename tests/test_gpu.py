@@ -32,13 +32,13 @@ def test_train_resume_evaluate_and_sample_on_the_gpu(tiny):
 def test_the_jit_elbo_traces_and_matches_the_eager_one_on_the_gpu(tmp_path, objective):
     trainer = Trainer(load_config(None, TINY + ["train.device=cuda", f"objective.name={objective}"]), tmp_path,
                       progress=False)
-    assert trainer.jit_svi is not None
-    assert math.isfinite(trainer.train_step(torch.arange(64, device="cuda")))
+    assert trainer.jit_elbo is not None
+    assert math.isfinite(trainer.train_step(torch.arange(64, device="cuda")).item())
 
 
 def test_the_gpu_and_the_cpu_estimate_the_same_log_likelihood(tmp_path):
     trainer = Trainer(load_config(None, TINY + ["train.device=cpu"]), tmp_path, progress=False)
-    vae, x = trainer.vae.eval(), trainer.test_x[:10]
+    vae, x = trainer.vae.eval(), trainer.experiment.test_x[:10]
     cpu = importance_sample(vae.model, vae.guide, x, num_samples=2000)
     vae.cuda()
     gpu = importance_sample(vae.model, vae.guide, x.cuda(), num_samples=2000)

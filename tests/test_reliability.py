@@ -131,7 +131,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny,
 
     def failing_step(self, index):
         calls.append(1)
-        return float("nan") if len(calls) == 2 else original(self, index)
+        return torch.tensor(float("nan")) if len(calls) == 2 else original(self, index)
 
     monkeypatch.setattr(Trainer, "train_step", failing_step)
     with pytest.raises(SystemExit) as exit_info:
@@ -171,7 +171,7 @@ def no_process_outlives_its_test():
 
 
 def start(runs_root, name, *extra):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # two runs side by side: one thread each
     STARTED.append(subprocess.Popen([sys.executable, *TRAIN, "--runs-root", str(runs_root), "--name", name, *extra],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     return STARTED[-1]

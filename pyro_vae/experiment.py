@@ -1,0 +1,54 @@
+"""What a config describes, built in one place: the VAE on its device and the data it is trained and
+scored on, observed in the likelihood's space. The trainer, ``evaluate``, ``sample`` (through
+``build_vae``) and the benchmark all build through here."""
+from dataclasses import dataclass
+
+import torch
+
+from .config import Component
+from .datasets import ImageData, load_data, observed_split
+from .devices import resolve_device
+from .model import VAE, build_vae
+
+
+@dataclass
+class Experiment:
+    """The VAE and its data. ``train_x`` [N, *image_shape] holds grey images where the likelihood
+    binarizes them at each use (dynamic binarization; ``VAE.likelihood.observe``), else the observed
+    images; ``test_x`` is observed once with a fixed seed so that figures compare across runs."""
+
+    vae: VAE
+    data: ImageData
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def label_counts(self):
+        """Training examples per class [num_classes] (the prior p(y) of the generative classifier)."""
+        return torch.bincount(self.data.train.labels, minlength=self.data.num_classes)
+
+
+def build(config, device, dataset=None):
+    """The ``Experiment`` of ``config`` on ``device`` (the data of ``dataset``, a ``Component``, where given:
+    another dataset of the same image shape to score a trained run on). ``device``: a torch.device or
+    ``auto``, ``cpu``, ``cuda``."""
+    data = load_data(dataset or config.data)
+    vae = build_vae(config, data.image_shape, data.num_classes, resolve_device(str(device)))
+    likelihood = vae.likelihood
+    test_x, test_y = observed_split(data, likelihood, "test", vae.device)
+    if likelihood.dynamic:
+        train_x, train_y = data.train.images.to(vae.device), data.train.labels.to(vae.device)
+    else:
+        train_x, train_y = observed_split(data, likelihood, "train", vae.device)
+    return Experiment(vae, data, train_x, train_y, test_x, test_y)
+
+
+def dataset_component(config, dataset=None, data_root=None):
+    """The ``data`` component of ``config``, or of another ``dataset`` by name, read from ``data_root`` where given."""
+    name = dataset or config.data.name
+    options = dict(config.data.options) if name == config.data.name else {}
+    if data_root is not None:
+        options["root"] = data_root
+    return Component(name, options)
