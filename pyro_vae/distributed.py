@@ -143,6 +143,11 @@ def broadcast(obj):
     return box[0]
 
 
+def agreed_error(message):
+    """The error for a mistake every rank finds alike (a NaN loss, a setting): rank 0's prints it, the others' do not."""
+    return (PyroVAEError if world().main else Reported)(message)
+
+
 def on_main(fn):
     """``fn()`` run by rank 0 alone (reading or creating run files), its result broadcast to every rank. An
     error of rank 0's stops every rank: rank 0 raises it, the others raise ``Reported`` and print nothing."""

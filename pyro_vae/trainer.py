@@ -35,7 +35,7 @@ from .config import config_differences, to_toml
 from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
 from .distributed import World
-from .errors import Interrupted, PyroVAEError
+from .errors import Interrupted
 from .experiment import build
 from .files import RunLock, atomic_write
 from .objectives import OBJECTIVES, VAELoss
@@ -56,6 +56,9 @@ class Trainer:
         self.experiment = build(config, self.device)
         self.vae, self.likelihood = self.experiment.vae, self.experiment.vae.likelihood
         self.train_x, self.train_y = self.experiment.train_x, self.experiment.train_y
+        if config.train.batch_size < self.world.size:
+            raise distributed.agreed_error(f"train.batch_size = {config.train.batch_size} is the global batch; "
+                                           f"{self.world.size} processes need at least one example each")
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)  # data order and binarization
         options = config.objective.options
         self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
@@ -103,10 +106,10 @@ class Trainer:
 
     @property
     def steps_per_epoch(self):
-        steps, position = 0, 0
-        while position < len(self.train_x):
-            position, steps = self.batch_end(position), steps + 1
-        return steps
+        """⌈n / batch⌉ global batches, one fewer where the last would have fewer examples than processes."""
+        n, batch_size = len(self.train_x), self.config.train.batch_size
+        steps = math.ceil(n / batch_size)
+        return steps - 1 if steps > 1 and 0 < n % batch_size < self.world.size else steps
 
     def batch_end(self, start):
         """Where the global batch that begins at ``start`` ends: ``train.batch_size`` examples on, or the end
@@ -223,14 +226,16 @@ class Trainer:
         n = len(self.train_x)
         if self.permutation is None:
             self.permutation = torch.randperm(n, generator=self.generator, device=self.device)
-        bar = tqdm(total=self.steps_per_epoch, initial=self.steps_done(self.position), disable=not self.progress,
+        done = min(math.ceil(self.position / self.config.train.batch_size), self.steps_per_epoch)
+        bar = tqdm(total=self.steps_per_epoch, initial=done, disable=not self.progress,
                    desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", unit="step", leave=False)
         started = time.perf_counter()
         while self.position < n:
             end = self.batch_end(self.position)
             loss, stop = self.agree(self.train_step(self.permutation[self.position : end]))
             if not math.isfinite(loss):
-                raise PyroVAEError(f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; {self.way_out()}")
+                raise distributed.agreed_error(
+                    f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; {self.way_out()}")
             self.loss_sum += loss
             self.position, self.step = end, self.step + 1
             bar.update()
@@ -247,12 +252,6 @@ class Trainer:
                 self.checkpoint()
         bar.close()
         self.epoch_seconds = time.perf_counter() - started
-
-    def steps_done(self, position):
-        steps, done = 0, 0
-        while done < position:
-            done, steps = self.batch_end(done), steps + 1
-        return steps
 
     def end_epoch(self):
         record = {
@@ -277,7 +276,8 @@ class Trainer:
     def checkpoint(self):
         """Every rank sends its random state; rank 0 writes the checkpoint."""
         if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
-            raise PyroVAEError(f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; {self.way_out()}")
+            raise distributed.agreed_error(
+                f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; {self.way_out()}")
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
