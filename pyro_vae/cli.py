@@ -93,6 +93,7 @@ def run_train(args):
         raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
     if distributed.launched() and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) and not (args.name or args.resume):
         raise PyroVAEError("torchrun --max-restarts needs --name (or --resume) so that a restarted process finds its run")
+    config = None if args.resume else load_config(args.config, overrides)  # the same mistakes on every rank: before joining
     world = distributed.join()
     resume = args.resume
     if resume is None and distributed.restart_count() and args.name:  # torchrun restarted the processes
@@ -102,7 +103,6 @@ def run_train(args):
         config = distributed.on_main(lambda: resumed_config(resume, overrides))
         run_dir = Path(resume)
     else:
-        config = load_config(args.config, overrides)
         run_dir = distributed.on_main(lambda: new_run_dir(args.runs_root, args.name, args.overwrite))
     if world.main:
         restarted = f"; torchrun restart {distributed.restart_count()}, resuming" if distributed.restart_count() else ""
@@ -127,6 +127,7 @@ def resumed_config(run_dir, overrides):
 def run_evaluate(args):
     from . import distributed
     from .report import classify_run, evaluate_run
+    from .runs import run_config
 
     if args.num_samples < 1:
         raise PyroVAEError(f"--num-samples must be positive, got {args.num_samples}")
@@ -134,6 +135,7 @@ def run_evaluate(args):
         raise PyroVAEError(f"--batch-size must be positive, got {args.batch_size}")
     if not 0 <= args.seed < 2**32:
         raise PyroVAEError(f"--seed must lie in 0 … 2^32 − 1, got {args.seed}")
+    run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
     world = distributed.join()
     s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit, chunk_size=args.chunk_size,
                      device=args.device, progress=not args.quiet, dataset=args.dataset, data_root=args.data_root,
@@ -263,7 +265,9 @@ def main(argv=None):
     except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not user_facing(e):
             raise
-        if not isinstance(e, Reported):  # rank 0 prints what every rank stopped for
+        # under torchrun, rank 0 prints what every rank stopped for: mistakes found before the ranks joined
+        # (the same on every rank) and those rank 0 reported; another rank prints what only it met
+        if rank() == 0 or (joined() and not isinstance(e, Reported)):
             print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     finally:
@@ -277,6 +281,11 @@ def main(argv=None):
 def rank():
     """This process's rank under torchrun (0 alone)."""
     return int(os.environ.get("RANK", "0") or 0)
+
+
+def joined():
+    """Whether this process has joined the other ranks of a torchrun world."""
+    return "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized()
 
 
 def user_facing(error):
