@@ -1,3 +1,5 @@
+import time
+
 import pyro
 import pytest
 import torch
@@ -89,3 +91,11 @@ class LinearGaussian:
         z = torch.randn(n, self.Z, generator=g, dtype=torch.float64)
         x = z @ self.W.T + self.offset(y) + self.s * torch.randn(n, self.D, generator=g, dtype=torch.float64)
         return x, y
+
+
+def wait_for(path, timeout=120):
+    """Wait until ``path`` exists (a file a subprocess writes), failing after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)

@@ -3,13 +3,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import wait_for
 
 from pyro_vae import load_config
 
@@ -104,12 +104,6 @@ def worker_pids(launcher):
     children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
     return [int(pid) for pid in children]
 
-
-def wait_for(path, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def parameters(run_dir):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_args
+from conftest import cli_args, wait_for
 
 from pyro_vae.cli import main
 from pyro_vae.datasets import DATASETS, ImageData, Split
@@ -176,12 +176,6 @@ def start(runs_root, name, *extra):
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     return STARTED[-1]
 
-
-def wait_for(path, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def test_sigint_mid_epoch_checkpoints_and_resumes_bit_identically(tmp_path):
