@@ -27,7 +27,7 @@ from .config import load_config
 from .devices import resolve_device
 from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
-from .experiment import build
+from .experiment import build, expand
 from .files import atomic_write
 from .trainer import Trainer, test_elbo
 
@@ -73,7 +73,7 @@ class PlainTrainer:
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=trainer.config.train.lr)
 
     def train_step(self, index):
-        x = self.binarize(self.trainer.train_x[index], self.trainer.generator)
+        x = self.binarize(expand(self.trainer.train_x[index]), self.trainer.generator)
         loss = plain_loss(self.vae, x)
         self.optimizer.zero_grad()
         loss.backward()

@@ -1,7 +1,7 @@
 """Configuration: TOML files read with ``tomllib`` into dataclasses, ``--set section.key=value`` overrides.
 
 A config has one section per component chosen by name from a registry (``data``, ``network``,
-``prior``, ``likelihood``, ``objective``: ``name`` plus that component's options) and two plain
+``prior``, ``likelihood``, ``objective``, ``schedule``: ``name`` plus that component's options) and two plain
 sections (``model``, ``train``). Bundled configs live in ``pyro_vae/configs/*.toml``; the resolved
 config saved in a run folder is all that ``evaluate``, ``sample`` and ``--resume`` need.
 """
@@ -25,8 +25,10 @@ from .networks import NETWORKS
 from .objectives import OBJECTIVES
 from .priors import PRIORS
 from .registry import check_type
+from .schedules import SCHEDULES
 
-REGISTRIES = {"data": DATASETS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES}
+REGISTRIES = {"data": DATASETS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES,
+              "schedule": SCHEDULES}
 
 
 @dataclass
@@ -47,7 +49,8 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # Adam learning rate (times the [schedule]'s factor for the epoch)
+    adam_eps: float = 1e-8  # Adam's ε (Burda et al. use 1e-4)
     beta: float = 1.0  # KL weight β: loss = reconstruction + β·KL
     warmup_epochs: float = 0.0  # β rises linearly from 0 over this many epochs
     clip_norm: float = 0.0  # gradient clipping by norm (0: off)
@@ -55,6 +58,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at each epoch's end only)
     eval_batch_size: int = 1000  # examples per batch when scoring the test set
+    test_examples: int = 0  # the epoch's test ELBO on the first N test examples (0: all of them)
+    test_every: int = 1  # the test ELBO every N epochs (and after the last)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Config:
     prior: Component = field(default_factory=lambda: Component("standard_normal"))
     likelihood: Component = field(default_factory=lambda: Component("bernoulli"))
     objective: Component = field(default_factory=lambda: Component("trace_elbo"))
+    schedule: Component = field(default_factory=lambda: Component("constant"))
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self):
@@ -79,9 +85,11 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
-POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta"}
-NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every"}
-INT64 = {"model.z_dim", "train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size"}
+POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta", "train.adam_eps",
+            "train.test_every"}
+NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every", "train.test_examples"}
+INT64 = {"model.z_dim", "train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size",
+         "train.test_examples", "train.test_every"}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -214,10 +222,19 @@ def check_ranges(config):
 
 
 def config_differences(a, b):
-    """{"section.key": (value in a, value in b)} for every setting where two ``Config.to_dict()`` differ."""
-    flat_a, flat_b = ({f"{s}.{k}": v for s, values in d.items() for k, v in values.items()} for d in (a, b))
+    """{"section.key": (value in a, value in b)} for every setting where two ``Config.to_dict()`` differ. A
+    setting one of them leaves out (a run saved before the setting existed) counts as its default."""
+    flat_a, flat_b = ({f"{s}.{k}": v for s, values in completed(d).items() for k, v in values.items()} for d in (a, b))
     return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(flat_a.keys() | flat_b.keys())
             if flat_a.get(key) != flat_b.get(key)}
+
+
+def completed(table):
+    """``table`` with the defaults of the settings it leaves out (as it is where it does not load)."""
+    try:
+        return config_from_dict(table).to_dict()
+    except PyroVAEError:
+        return table
 
 
 def to_toml(config):

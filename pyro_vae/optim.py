@@ -20,11 +20,11 @@ def ordered_parameters(vae):
     return [params[key] for key in sorted(params, key=names.get)]
 
 
-def adam(vae, lr):
-    """``torch.optim.Adam(lr)`` over ``ordered_parameters(vae)``, fused where the device and dtypes allow."""
+def adam(vae, lr, eps=1e-8):
+    """``torch.optim.Adam(lr, eps)`` over ``ordered_parameters(vae)``, fused where the device and dtypes allow."""
     params = ordered_parameters(vae)
     fused = params[0].device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float64) for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused or None)
 
 
 def load_adam_state(optimizer, state, lr):

@@ -58,7 +58,8 @@ def loss_curves(metrics, path):
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (−ELBO per example)")
-    ax.plot(epochs, [-m["test_elbo"] for m in metrics], label="test −ELBO per example")
+    tested = [m for m in metrics if "test_elbo" in m]  # every train.test_every epochs
+    ax.plot([m["epoch"] for m in tested], [-m["test_elbo"] for m in tested], label="test −ELBO per example")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("nats")

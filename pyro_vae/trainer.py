@@ -36,10 +36,11 @@ from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
 from .distributed import World
 from .errors import Interrupted
-from .experiment import build
+from .experiment import build, expand
 from .files import RunLock, atomic_write
 from .objectives import OBJECTIVES, VAELoss
 from .optim import adam, load_adam_state
+from .schedules import SCHEDULES
 from .runs import load_checkpoint, load_weights, open_run_dir, save_checkpoint, write_metrics
 
 class Trainer:
@@ -64,7 +65,8 @@ class Trainer:
         self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
         self.loss = VAELoss(self.vae, self.eager_elbo)
         self.jit_elbo = self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
-        self.optimizer = adam(self.vae, config.train.lr)
+        self.optimizer = adam(self.vae, config.train.lr, config.train.adam_eps)
+        self.schedule = SCHEDULES.build(config.schedule.name, config.schedule.options)
         self.module = self.loss
         if self.world.size > 1:
             self.module = DistributedDataParallel(self.loss)
@@ -152,7 +154,7 @@ class Trainer:
         """This rank's share of the model's arguments for the global batch of training examples ``index``:
         (x,) or (x, y), x redrawn with ``generator`` where the likelihood binarizes dynamically (the whole
         batch on every rank, so that the draws do not depend on the number of processes)."""
-        x = self.train_x.index_select(0, index)
+        x = expand(self.train_x.index_select(0, index))
         if self.likelihood.dynamic:
             x = self.likelihood.observe(x, generator)
         begin, end = self.world.shard(0, len(index))
@@ -222,8 +224,15 @@ class Trainer:
         stop = None if shared[1] == 0 else self.stop_signal or signal.SIGTERM
         return shared[0].item(), stop
 
+    @property
+    def lr(self):
+        """The learning rate of the current epoch: train.lr times the schedule's factor."""
+        return self.config.train.lr * self.schedule.factor(self.epoch)
+
     def train_epoch(self):
         n = len(self.train_x)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
         if self.permutation is None:
             self.permutation = torch.randperm(n, generator=self.generator, device=self.device)
         done = min(math.ceil(self.position / self.config.train.batch_size), self.steps_per_epoch)
@@ -254,24 +263,22 @@ class Trainer:
         self.epoch_seconds = time.perf_counter() - started
 
     def end_epoch(self):
-        record = {
-            "epoch": self.epoch + 1,
-            "step": self.step,
-            "train_loss": self.loss_sum / len(self.train_x),
-            "test_elbo": test_elbo(self.vae, self.experiment.test_x, self.experiment.test_y,
-                                   self.config.train.eval_batch_size, self.world),
-            "seconds": self.epoch_seconds,
-        }
+        train = self.config.train
+        record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": self.loss_sum / len(self.train_x),
+                  "lr": self.lr, "seconds": self.epoch_seconds}
+        if (self.epoch + 1) % train.test_every == 0 or self.epoch + 1 == train.epochs:
+            n = train.test_examples or len(self.experiment.test_x)
+            record["test_elbo"] = test_elbo(self.vae, self.experiment.test_x[:n], self.experiment.test_y[:n],
+                                            train.eval_batch_size, self.world)
+            record["test_examples"] = min(n, len(self.experiment.test_x))
         self.metrics.append(record)
         self.epoch, self.position, self.loss_sum, self.permutation = self.epoch + 1, 0, 0.0, None
         self.checkpoint()
         if self.world.main:
             write_metrics(self.run_dir, self.metrics)
         if self.progress:
-            tqdm.write(
-                f"epoch {record['epoch']:>4}  train loss {record['train_loss']:9.3f}  "
-                f"test ELBO {record['test_elbo']:9.3f}  ({record['seconds']:.1f} s)"
-            )
+            test = f"  test ELBO {record['test_elbo']:9.3f}" if "test_elbo" in record else ""
+            tqdm.write(f"epoch {record['epoch']:>4}  train loss {record['train_loss']:9.3f}{test}  ({record['seconds']:.1f} s)")
 
     def checkpoint(self):
         """Every rank sends its random state; rank 0 writes the checkpoint."""
