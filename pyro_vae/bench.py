@@ -23,12 +23,13 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from .config import load_config
+from .config import load_config, to_toml
 from .devices import resolve_device
 from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
 from .experiment import build, expand
 from .files import atomic_write
+from .runs import open_run_dir, save_checkpoint
 from .trainer import Trainer, test_elbo
 
 
@@ -65,12 +66,12 @@ def plain_binarize(grey, generator):
 
 class PlainTrainer:
     """The reference training loop: a copy of a trainer's networks and data tensor, torch.optim.Adam
-    with its defaults, and ``binarize`` (``plain_binarize``, or the trainer's own data path)."""
+    with the run's learning rate and ε, and ``binarize`` (``plain_binarize``, or the trainer's own data path)."""
 
     def __init__(self, trainer, binarize=plain_binarize):
         self.trainer, self.binarize = trainer, binarize
         self.vae = copy.deepcopy(trainer.vae)
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=trainer.config.train.lr)
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=trainer.config.train.lr, eps=trainer.config.train.adam_eps)
 
     def train_step(self, index):
         x = self.binarize(expand(self.trainer.train_x[index]), self.trainer.generator)
@@ -206,12 +207,20 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     }
 
 
-def parity(epochs, overrides, device):
+def parity(epochs, config_name, overrides, device, keep=None):
     """Train the project's VAE (its Trainer) and the plain-PyTorch loop from the same initial weights
-    for ``epochs`` epochs, interleaved epoch by epoch; both are scored by the same test ELBO."""
-    config = load_config(None, overrides + [f"train.epochs={epochs}", f"train.device={device}"])
+    for ``epochs`` epochs, interleaved epoch by epoch, the plain loop at the schedule's learning rate
+    of each epoch; both are scored by the same test ELBO. With ``keep`` (a folder), both are kept as
+    run folders ``keep/pyro`` and ``keep/plain`` that ``pyro-vae evaluate`` reads."""
+    config = load_config(config_name, overrides + [f"train.epochs={epochs}", f"train.device={device}"])
+    objective = config.objective
+    if objective.name not in ("trace_elbo", "mean_field") or objective.options.get("num_particles", 1) != 1:
+        raise PyroVAEError("--parity compares the one-sample ELBO; the plain loop has no other objective")
+    if config.model.layers or config.model.conditional or config.likelihood.name != "bernoulli":
+        raise PyroVAEError("--parity's plain loop is the one-layer, unconditional Bernoulli VAE")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, tmp, progress=False)
+        folder = Path(keep) / "pyro" if keep else Path(tmp)
+        trainer = Trainer(config, folder, overwrite=True, progress=False)
         plain = PlainTrainer(trainer)
         n, batch_size = len(trainer.train_x), config.train.batch_size
         seconds = {"pyro": 0.0, "plain": 0.0}
@@ -219,6 +228,8 @@ def parity(epochs, overrides, device):
             trainer.train_epoch()
             trainer.end_epoch()
             seconds["pyro"] += trainer.epoch_seconds
+            for group in plain.optimizer.param_groups:
+                group["lr"] = config.train.lr * trainer.schedule.factor(epoch)
             order = torch.randperm(n, generator=trainer.generator, device=trainer.device)
             synchronize(trainer.device)
             started = time.perf_counter()
@@ -227,19 +238,33 @@ def parity(epochs, overrides, device):
             synchronize(trainer.device)
             seconds["plain"] += time.perf_counter() - started
             if (epoch + 1) % max(1, epochs // 10) == 0:
-                print(f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1]['test_elbo']:.3f}, "
+                print(f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1].get('test_elbo', math.nan):.3f}, "
                       f"plain {test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000):.3f}", flush=True)
+        trainer.release()
+        test_x, test_y = trainer.experiment.test_x, trainer.experiment.test_y
         result = {
-            "epochs": epochs, "dataset": config.data.name, "train_examples": n, "test_examples": len(trainer.experiment.test_x),
-            "batch_size": batch_size, "lr": config.train.lr,
-            "pyro_test_elbo": trainer.metrics[-1]["test_elbo"],
-            "plain_test_elbo": test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000),
+            "epochs": epochs, "dataset": config.data.name, "train_examples": n, "test_examples": len(test_x),
+            "batch_size": batch_size, "lr": config.train.lr, "schedule": config.schedule.name,
+            "pyro_test_elbo": test_elbo(trainer.vae, test_x, test_y, 1000),
+            "plain_test_elbo": test_elbo(plain.vae, test_x, test_y, 1000),
             "pyro_images_per_s": epochs * n / seconds["pyro"],
             "plain_images_per_s": epochs * n / seconds["plain"],
         }
+        if keep:
+            keep_plain(trainer, plain, Path(keep) / "plain")
     result["elbo_difference"] = result["pyro_test_elbo"] - result["plain_test_elbo"]
     result["throughput_ratio"] = result["pyro_images_per_s"] / result["plain_images_per_s"]
     return result
+
+
+def keep_plain(trainer, plain, folder):
+    """The plain loop's networks as a run folder (the project run's config and checkpoint, its weights
+    swapped in, no optimizer state), so that ``pyro-vae evaluate`` scores it like any run."""
+    state = {**trainer.state([{"torch": torch.get_rng_state()}]), "model": plain.vae.state_dict(), "optimizer": None,
+             "metrics": []}
+    open_run_dir(folder, overwrite=True).release()
+    atomic_write(folder / "config.toml", to_toml(trainer.config))
+    save_checkpoint(folder, state)
 
 
 def scaling(nproc, overrides, device, epochs=3):
@@ -294,7 +319,7 @@ def compare_run(run_dir, num_samples, device):
 
 
 def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=(), compare=None, num_samples=5000,
-         nproc=0):
+         nproc=0, config=None, keep=None):
     """Run the benchmark, print a table and write JSON to ``out``."""
     device = str(resolve_device(device))
     torch.manual_seed(0)
@@ -314,7 +339,7 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         atomic_write(out, json.dumps(r, indent=2) + "\n")
         return r
     if parity_epochs or compare:
-        result = compare_run(compare, num_samples, device) if compare else parity(parity_epochs, list(overrides), device)
+        result = compare_run(compare, num_samples, device) if compare else parity(parity_epochs, config, list(overrides), device, keep)
         print(json.dumps(result, indent=2))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(result, indent=2) + "\n")

@@ -41,8 +41,11 @@ class Component:
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 50  # latent dimension
+    z_dim: int = 50  # dimension of the (top) latent z, whose prior is [prior]
     conditional: bool = False  # CVAE: q(z|x,y), p(x|z,y), p(z|y) with y the label
+    layers: list[int] = field(default_factory=list)  # sizes of stochastic layers below z, from x up (Burda: [100])
+    layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # hidden sizes between stochastic layers
+    layer_activation: str = "tanh"
 
 
 @dataclass
@@ -217,6 +220,18 @@ def check_ranges(config):
         section, key = path.split(".")
         if getattr(getattr(config, section), key) >= 2**63:
             raise PyroVAEError(f"{path} must be below 2^63, got {getattr(getattr(config, section), key)}")
+    for path in ("model.layers", "model.layer_hidden"):
+        sizes = getattr(config.model, path.split(".")[1])
+        if any(not 0 < size < 2**31 for size in sizes):
+            raise PyroVAEError(f"{path} must hold positive sizes, got {sizes}")
+    if not config.model.layer_hidden:
+        raise PyroVAEError("model.layer_hidden must hold at least one size")
+    if config.model.layers and config.prior.name == "vamp":
+        raise PyroVAEError("the vamp prior maps pseudo-inputs through the encoder to the top latent; "
+                           "it needs one stochastic layer (model.layers = [])")
+    if config.model.layers and config.objective.name == "mean_field":
+        raise PyroVAEError("objective mean_field takes each layer's KL in closed form, which a guide q(z2|z1) … "
+                           "makes wrong; with model.layers use trace_elbo or iwae")
     if config.train.device not in DEVICES:
         raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
 

@@ -1,22 +1,29 @@
 """The VAE as a Pyro model p(z|y) p(x|z,y) and guide q(z|x,y) that share the arguments ``(x, y=None)``.
 
+With stochastic layers (``model.layers``, L ≥ 2) the model is p(z) p(z_{L−1}|z) … p(z1|z2) p(x|z1,y)
+and the guide q(z1|x,y) q(z2|z1) … q(z|z_{L−1}): the top latent is always ``"z"`` (its prior chosen by
+name), the layers below it ``"z1"`` (next to x), ``"z2"``, … Each conditional between layers is a
+diagonal Gaussian from an MLP (``GaussianMLP``).
+
 Contract (kept by every model the evaluator and trainer accept): one ``pyro.plate("data", B)``
-around the per-example sites; the latent site ``"z"`` and the observed site ``"x"``, each
-``.to_event(...)`` so that its log-prob has shape [B]. The unconditional VAE ignores ``y``
-(and refuses one); the CVAE needs it.
+around the per-example sites; latent sites and the observed site ``"x"``, each ``.to_event(...)`` so
+that its log-prob has shape [B]. The unconditional VAE ignores ``y`` (and refuses one); the CVAE
+needs it.
 """
+import dataclasses
 import itertools
 
 import pyro
 import torch
 import torch.nn.functional as F
 from pyro import poutine
+from pyro.distributions import Normal
 from torch import nn
 
 from .devices import free_memory
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS
-from .networks import NETWORKS
+from .networks import NETWORKS, GaussianMLP, activation_class
 from .priors import PRIORS
 from .spec import ModelSpec
 
@@ -28,7 +35,7 @@ class VAE(nn.Module):
 
     _names = itertools.count()
 
-    def __init__(self, spec, network, prior, likelihood):
+    def __init__(self, spec, network, prior, likelihood, up=(), down=()):
         super().__init__()
         self.pyro_name = f"vae{next(self._names)}"
         if prior.conditional and not spec.conditional:
@@ -38,15 +45,28 @@ class VAE(nn.Module):
         self.decoder = network.decoder
         self.prior = prior
         self.likelihood = likelihood
+        self.up = nn.ModuleList(up)  # q(z_{l+1} | z_l), bottom to top
+        self.down = nn.ModuleList(down)  # p(z_l | z_{l+1}), bottom to top
 
     @classmethod
     def from_config(cls, config, image_shape, num_classes):
         """The VAE a ``Config`` describes, for images of ``image_shape`` with ``num_classes`` labels."""
-        spec = ModelSpec(tuple(image_shape), config.model.z_dim, num_classes, config.model.conditional)
+        m = config.model
+        sizes = [*m.layers, m.z_dim]  # latent sizes, bottom (next to x) to top
+        spec = ModelSpec(tuple(image_shape), m.z_dim, num_classes, m.conditional)
+        bottom = dataclasses.replace(spec, z_dim=sizes[0])  # what the x-level networks see
         likelihood = LIKELIHOODS.build(config.likelihood.name, config.likelihood.options, spec.image_shape)
-        network = NETWORKS.build(config.network.name, config.network.options, spec, likelihood.num_outputs)
+        network = NETWORKS.build(config.network.name, config.network.options, bottom, likelihood.num_outputs)
         prior = PRIORS.build(config.prior.name, config.prior.options, spec, network.encoder)
-        return cls(spec, network, prior, likelihood)
+        act = activation_class(m.layer_activation)
+        up = [GaussianMLP(a, m.layer_hidden, b, act) for a, b in zip(sizes, sizes[1:])]
+        down = [GaussianMLP(b, m.layer_hidden, a, act) for a, b in zip(sizes, sizes[1:])]
+        return cls(spec, network, prior, likelihood, up, down)
+
+    @property
+    def latent_sites(self):
+        """Names of the latent sites, bottom (next to x) to top: ["z"], or ["z1", …, "z"]."""
+        return [f"z{l + 1}" for l in range(len(self.up))] + ["z"]
 
     def condition(self, x, y):
         """The one-hot condition c [B, num_classes] of labels y [B] (None for an unconditional VAE),
@@ -77,32 +97,46 @@ class VAE(nn.Module):
         return F.one_hot(y.long(), self.spec.num_classes).to(dtype)
 
     def model(self, x, y=None, beta=1.0):
-        """p(z|y) p(x|z,y): z ~ prior, x ~ likelihood(decoder(z, y)); ``beta`` scales log p(z) (the KL weight β)."""
-        for part in ("decoder", "prior", "likelihood"):
+        """p(z|y) p(z_{L−1}|z) … p(z1|z2) p(x|z1,y): z ~ prior, each layer below from the one above, x ~
+        likelihood(decoder(z1, y)) (z1 = z with one layer); ``beta`` scales the latents' log-densities (β)."""
+        for part in ("decoder", "down", "prior", "likelihood"):
             pyro.module(f"{self.pyro_name}.{part}", getattr(self, part))
         c = self.condition(x, y)
+        sites = self.latent_sites
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=beta):
                 z = pyro.sample("z", self.prior(c))
+                for name, layer in zip(reversed(sites[:-1]), reversed(self.down)):
+                    z = pyro.sample(name, Normal(*layer(z)).to_event(1))
             pyro.sample("x", self.likelihood(self.decoder(z, c)), obs=x)
 
     def guide(self, x, y=None, beta=1.0):
-        """q(z|x,y) = N(loc, diag(scale²)) from the encoder, sampled by reparameterization."""
+        """q(z1|x,y) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) sampled by reparameterization
+        (q(z|x,y) from the encoder with one layer)."""
         pyro.module(f"{self.pyro_name}.encoder", self.encoder)
+        pyro.module(f"{self.pyro_name}.up", self.up)
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x, c)
+            params = self.encoder(x, c)
             with poutine.scale(scale=beta):
-                pyro.sample("z", pyro.distributions.Normal(loc, scale).to_event(1))
+                for name, layer in zip(self.latent_sites, [*self.up, None]):
+                    z = pyro.sample(name, Normal(*params).to_event(1))
+                    params = layer(z) if layer is not None else None
 
     @torch.no_grad()
     def encode(self, x, y=None):
-        """(loc, scale) [B, z_dim] of q(z|x,y)."""
-        return self.encoder(x, self.condition(x, y))
+        """(loc, scale) [B, z_dim] of q(z|x,y) for the top latent z, the layers below it set at their means."""
+        loc, scale = self.encoder(x, self.condition(x, y))
+        for layer in self.up:
+            loc, scale = layer(loc)
+        return loc, scale
 
     @torch.no_grad()
     def decode(self, z, y=None):
-        """E[x|z,y] [..., B, *image_shape] for latents z [..., B, z_dim] (labels y broadcast over the leading dims)."""
+        """E[x|z,y] [..., B, *image_shape] for top latents z [..., B, z_dim] (the layers below at their
+        conditional means; labels y broadcast over the leading dims)."""
+        for layer in reversed(self.down):
+            z = layer(z)[0]
         c = None if y is None else F.one_hot(y, self.spec.num_classes).to(z.dtype)
         return self.likelihood.mean(self.decoder(z, c))
 

@@ -52,16 +52,27 @@ class GaussianHead(nn.Module):
         return loc, F.softplus(raw_scale) + 1e-4
 
 
-class MLPEncoder(nn.Module):
-    def __init__(self, spec, hidden, activation):
+class GaussianMLP(nn.Module):
+    """h [..., in_features] → (loc, scale) [..., out_features]: hidden layers, then a ``GaussianHead``; a
+    diagonal Gaussian conditional such as q(z₂|z₁) or p(z₁|z₂) between stochastic layers."""
+
+    def __init__(self, in_features, hidden, out_features, activation):
         super().__init__()
-        self.event_dims = len(spec.image_shape)
-        self.body = mlp([math.prod(spec.image_shape) + spec.cond_dim, *hidden], activation)
-        self.head = GaussianHead(hidden[-1], spec.z_dim)
+        self.body = mlp([in_features, *hidden], activation)
+        self.head = GaussianHead(hidden[-1], out_features)
         self.act = activation()
 
+    def forward(self, h):
+        return self.head(self.act(self.body(h)))
+
+
+class MLPEncoder(GaussianMLP):
+    def __init__(self, spec, hidden, activation):
+        super().__init__(math.prod(spec.image_shape) + spec.cond_dim, hidden, spec.z_dim, activation)
+        self.event_dims = len(spec.image_shape)
+
     def forward(self, x, c=None):
-        return self.head(self.act(self.body(with_condition(x.flatten(-self.event_dims), c))))
+        return super().forward(with_condition(x.flatten(-self.event_dims), c))
 
 
 class MLPDecoder(nn.Module):

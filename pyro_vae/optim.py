@@ -6,7 +6,7 @@ the same tensors.
 """
 import torch
 
-PARTS = ("encoder", "decoder", "prior", "likelihood")  # the order the guide, then the model, register them
+PARTS = ("encoder", "up", "decoder", "down", "prior", "likelihood")  # the order the guide, then the model, register them
 
 
 def ordered_parameters(vae):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -365,11 +365,12 @@ def rank_seed(seed, rank):
 @torch.no_grad()
 def test_elbo(vae, x, y, batch_size, world=World()):
     """Mean ELBO per example over x [N, …] (labels y [N] used by a conditional VAE),
-    E_q[log p(x|z)] − KL(q ‖ p) with the KL analytic where registered, drawn with fixed noise (batch j
+    E_q[log p(x|z)] − KL(q ‖ p) with the KL analytic where registered (one stochastic layer), drawn with fixed noise (batch j
     seeded by TEST_SEED + j) so that epochs, runs and numbers of processes compare; with several
     processes rank r scores batches r, r + N, … and the sums are added. The caller's random stream
     is left untouched."""
-    elbo = TraceMeanField_ELBO(max_plate_nesting=1)
+    # the KL in closed form where each latent's is (one layer); sampled where a layer depends on another
+    elbo = (TraceMeanField_ELBO if len(vae.latent_sites) == 1 else Trace_ELBO)(max_plate_nesting=1)
     total = torch.zeros((), dtype=torch.float64)
     with forked_rng(vae.device):
         for j, start in enumerate(range(0, len(x), batch_size)):

@@ -24,7 +24,7 @@ def test_train_writes_a_complete_run_and_resume_continues(tiny):
     assert RUN_FILES <= {p.name for p in folder.iterdir()}
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert set(metrics[0]) == {"epoch", "step", "train_loss", "test_elbo", "seconds"}
+    assert set(metrics[0]) == {"epoch", "step", "train_loss", "lr", "test_elbo", "test_examples", "seconds"}
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 4
     main(["train", "--resume", str(folder), "--epochs", "3", "--quiet"])
@@ -100,3 +100,34 @@ def test_configs_lists_bundled_configs(capsys):
     main(["configs"])
     out = capsys.readouterr().out
     assert "mnist-vae" in out and "mnist-vamp" in out and "mnist-cvae" in out
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_two_stochastic_layers_train_resume_evaluate_sample_and_draw(tiny, capsys, conditional):
+    tiny["set"] += ["model.layers=[4]", "model.layer_hidden=[8]"]
+    extra = ["--conditional"] if conditional else []
+    main(cli_args("train", tiny, "--name", "deep", *extra))
+    folder = Path(tiny["runs_root"]) / "deep"
+    main(["train", "--resume", str(folder), "--epochs", "2", "--quiet"])
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and any(key.startswith("up.0.") for key in state["model"])
+    for picture in ("loss", "reconstructions", "interpolations", "latent", "class_grid" if conditional else "samples"):
+        assert (folder / f"{picture}.png").is_file(), picture
+    main(["evaluate", str(folder), "-k", "20", "--limit", "10", "--quiet"])
+    summary = json.loads((folder / "eval.json").read_text())
+    assert summary["log_likelihood"] >= summary["elbo"]  # log mean w ≥ mean log w, example by example
+    main(["sample", str(folder), "-n", "4"])
+    assert (folder / "samples-4.png").is_file()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("objective.name=mean_field", "objective mean_field takes each layer's KL in closed form"),
+    ("prior.name=vamp", "it needs one stochastic layer"),
+    ("model.layers=[0]", "model.layers must hold positive sizes"),
+])
+def test_hierarchies_refuse_what_they_cannot_do_in_one_line(tiny, capsys, setting, message):
+    tiny["set"] += ["model.layers=[4]", setting]
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("train", tiny, "--name", "refused"))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (Path(tiny["runs_root"]) / "refused").exists()

@@ -189,3 +189,13 @@ def test_learned_likelihood_scale_is_a_parameter():
     assert len(list(likelihood("gaussian", (1, 2, 2), learn_scale="pixel").parameters())) == 1
     assert len(list(likelihood("laplace", (1, 2, 2), learn_scale="shared").parameters())) == 1
     assert len(list(likelihood("gaussian", (1, 2, 2)).parameters())) == 0
+
+
+def test_training_images_are_held_as_bytes_only_where_that_is_exact():
+    from pyro_vae.experiment import compact, expand
+
+    eight_bit = torch.randint(0, 256, (5, 1, 4, 4)).float() / 255
+    held = compact(eight_bit)
+    assert held.dtype == torch.uint8 and torch.equal(expand(held[[3, 0]]), eight_bit[[3, 0]])
+    grey = torch.rand(5, 1, 4, 4)
+    assert compact(grey) is grey and expand(grey) is grey

@@ -87,4 +87,4 @@ def test_registry_refuses_duplicates_and_lists_names():
 
 
 def test_config_is_a_dataclass_of_sections():
-    assert [f for f in Config().to_dict()] == ["data", "model", "network", "prior", "likelihood", "objective", "train"]
+    assert [f for f in Config().to_dict()] == ["data", "model", "network", "prior", "likelihood", "objective", "schedule", "train"]

@@ -80,6 +80,50 @@ def test_per_example_values_equal_each_example_alone(linear_gaussian):
         assert abs(single.log_likelihood[0].item() - noisy.log_likelihood[i].item()) < tolerance
 
 
+class TwoLayerLinearGaussian:
+    """z2 ~ N(0, I), z1 | z2 ~ N(A z2 + a, s1² I), x | z1 ~ N(B z1 + b, s2² I), sites named as the VAE's
+    (top "z", below it "z1"). log p(x) = log N(x; B a + b, B(AAᵀ + s1²I)Bᵀ + s2²I); the exact posterior
+    factorizes as the guide does, q(z1|x) q(z2|z1) with q(z1|x) = p(z1|x) and q(z2|z1) = p(z2|z1)."""
+
+    def __init__(self, D=4, Z1=3, Z2=2, s1=0.6, s2=0.4):
+        g = torch.Generator().manual_seed(3)
+        self.s1, self.s2 = s1, s2
+        self.A, self.a = torch.randn(Z1, Z2, generator=g, dtype=torch.float64), torch.randn(Z1, generator=g, dtype=torch.float64)
+        self.B, self.b = torch.randn(D, Z1, generator=g, dtype=torch.float64), torch.randn(D, generator=g, dtype=torch.float64)
+        self.cov1 = self.A @ self.A.T + s1**2 * torch.eye(Z1, dtype=torch.float64)  # p(z1)
+
+    def model(self, x):
+        Normal = pyro.distributions.Normal
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z", Normal(torch.zeros(self.A.shape[1], dtype=torch.float64), 1.0).to_event(1))
+            z1 = pyro.sample("z1", Normal(z2 @ self.A.T + self.a, self.s1).to_event(1))
+            pyro.sample("x", Normal(z1 @ self.B.T + self.b, self.s2).to_event(1), obs=x)
+
+    def guide(self, x):
+        precision1 = torch.linalg.inv(self.cov1) + self.B.T @ self.B / self.s2**2
+        cov_z1 = torch.linalg.inv(precision1)
+        mean_z1 = (self.a @ torch.linalg.inv(self.cov1) + (x - self.b) @ self.B / self.s2**2) @ cov_z1
+        cov_z2 = torch.linalg.inv(torch.eye(self.A.shape[1], dtype=torch.float64) + self.A.T @ self.A / self.s1**2)
+        MVN = pyro.distributions.MultivariateNormal
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", MVN(mean_z1, cov_z1))
+            pyro.sample("z", MVN((z1 - self.a) @ self.A / self.s1**2 @ cov_z2, cov_z2))
+
+    def log_marginal(self, x):
+        cov = self.B @ self.cov1 @ self.B.T + self.s2**2 * torch.eye(len(self.b), dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.B @ self.a + self.b, cov).log_prob(x)
+
+
+@pytest.mark.parametrize("num_samples", [1, 9])
+def test_two_stochastic_layers_with_the_exact_posterior_give_log_marginal_for_any_k(num_samples):
+    h = TwoLayerLinearGaussian()
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2
+    estimate = importance_sample(h.model, h.guide, x, num_samples=num_samples)
+    torch.testing.assert_close(estimate.log_likelihood, h.log_marginal(x), rtol=0, atol=1e-9)
+    loss = Trace_ELBO(max_plate_nesting=1).loss(h.model, h.guide, x)
+    assert loss == pytest.approx(-h.log_marginal(x).sum().item(), abs=1e-8)
+
+
 def test_ess_and_stderr_of_exact_guide(linear_gaussian):
     lg = linear_gaussian
     x, _ = lg.data(3)
