@@ -29,6 +29,7 @@ from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
 from .experiment import build, expand
 from .files import atomic_write
+from .networks import activation_class
 from .runs import open_run_dir, save_checkpoint
 from .trainer import Trainer, test_elbo
 
@@ -257,6 +258,41 @@ def parity(epochs, config_name, overrides, device, keep=None):
     return result
 
 
+def discriminative(config_name, overrides, device):
+    """The figure a generative classifier has to beat: an MLP of the encoder's size (x → network.hidden →
+    classes, the network's activation) trained by cross-entropy on the same training digits (observed as
+    the VAE observes them, binarized afresh each epoch where it binarizes dynamically), with the same
+    epochs, batch size and Adam; returns its test accuracy on the observed test digits."""
+    config = load_config(config_name, list(overrides) + [f"train.device={device}"])
+    experiment, options = build(config, device), config.network.options
+    if config.network.name != "mlp":
+        raise PyroVAEError("--discriminative builds an MLP of network.hidden; use a config with network.name = mlp")
+    torch.manual_seed(config.train.seed)
+    x_dim = math.prod(experiment.vae.spec.image_shape)
+    sizes = [x_dim, *options["hidden"], experiment.data.num_classes]
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([activation_class(options["activation"])()] if i < len(sizes) - 2 else [])
+    net = torch.nn.Sequential(torch.nn.Flatten(), *layers).to(experiment.vae.device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.train.lr, eps=config.train.adam_eps)
+    generator = torch.Generator(experiment.vae.device).manual_seed(config.train.seed)
+    likelihood, n, batch_size = experiment.vae.likelihood, len(experiment.train_x), config.train.batch_size
+    started = time.perf_counter()
+    for epoch in range(config.train.epochs):
+        for index in torch.randperm(n, generator=generator, device=experiment.vae.device).split(batch_size):
+            x = expand(experiment.train_x[index])
+            x = likelihood.observe(x, generator) if likelihood.dynamic else x
+            loss = F.cross_entropy(net(x), experiment.train_y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        accuracy = (net(experiment.test_x).argmax(-1) == experiment.test_y).double().mean().item()
+    return {"config": config_name, "dataset": config.data.name, "train_examples": n, "test_examples": len(experiment.test_x),
+            "hidden": options["hidden"], "epochs": config.train.epochs, "test_accuracy": accuracy,
+            "seconds": time.perf_counter() - started}
+
+
 def keep_plain(trainer, plain, folder):
     """The plain loop's networks as a run folder (the project run's config and checkpoint, its weights
     swapped in, no optimizer state), so that ``pyro-vae evaluate`` scores it like any run."""
@@ -319,10 +355,16 @@ def compare_run(run_dir, num_samples, device):
 
 
 def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=(), compare=None, num_samples=5000,
-         nproc=0, config=None, keep=None):
+         nproc=0, config=None, keep=None, classifier=False):
     """Run the benchmark, print a table and write JSON to ``out``."""
     device = str(resolve_device(device))
     torch.manual_seed(0)
+    if classifier:
+        result = discriminative(config, overrides, device)
+        print(json.dumps(result, indent=2))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, json.dumps(result, indent=2) + "\n")
+        return result
     if nproc:
         if nproc < 2:
             raise PyroVAEError(f"--nproc compares 1 process with N ≥ 2, got {nproc}")

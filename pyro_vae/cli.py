@@ -71,8 +71,10 @@ def parser():
     bench.add_argument("--parity", type=int, default=0, metavar="EPOCHS",
                        help="instead: train project and plain PyTorch side by side for EPOCHS epochs, compare test ELBOs")
     bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    bench.add_argument("--config", help="with --parity: the config to train (default: the default config)")
+    bench.add_argument("--config", help="with --parity or --discriminative: the config (default: the default config)")
     bench.add_argument("--keep", metavar="DIR", help="with --parity: keep both trained models as runs DIR/pyro and DIR/plain")
+    bench.add_argument("--discriminative", action="store_true",
+                       help="instead: test accuracy of an MLP classifier of the config's network size (the CVAE classifier's baseline)")
     bench.add_argument("--compare-run", metavar="RUN",
                        help="instead: evaluate RUN's test log p(x) and a plain-PyTorch IWAE estimate of the same networks")
     bench.add_argument("--num-samples", "-k", type=int, default=5000, help="K for --compare-run")
@@ -229,7 +231,8 @@ def run_bench(args):
     from .bench import main as bench_main
 
     bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set,
-               compare=args.compare_run, num_samples=args.num_samples, nproc=args.nproc, config=args.config, keep=args.keep)
+               compare=args.compare_run, num_samples=args.num_samples, nproc=args.nproc, config=args.config, keep=args.keep,
+               classifier=args.discriminative)
 
 
 class Stopped(KeyboardInterrupt):

@@ -34,3 +34,39 @@ def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):
     # independent draws of two estimators with the same proposal: their difference has sd √2·stderr
     assert ((ours.log_likelihood - plain).abs() < 4 * 2**0.5 * ours.stderr + 1e-4).all()
     assert PlainTrainer(trainer).train_step(torch.arange(8)) > 0
+
+
+TINY = ["--set", "data.name=synthetic", "--set", "network.hidden=[16]", "--set", "model.z_dim=2", "--device", "cpu"]
+
+
+def test_parity_keeps_both_models_as_runs_that_evaluate_reads(tmp_path):
+    out = tmp_path / "parity.json"
+    main(["bench", "--parity", "2", *TINY, "--set", "schedule.name=step", "--set", "schedule.every=1",
+          "--keep", str(tmp_path / "kept"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["schedule"] == "step" and abs(result["elbo_difference"]) < 5
+    main(["evaluate", str(tmp_path / "kept" / "plain"), "-k", "10", "--limit", "5", "--quiet"])
+    plain = json.loads((tmp_path / "kept" / "plain" / "eval.json").read_text())
+    assert plain["num_examples"] == 5 and (tmp_path / "kept" / "pyro" / "checkpoint.pt").is_file()
+
+
+def test_discriminative_baseline_learns_separated_classes(tmp_path):
+    out = tmp_path / "mlp.json"
+    main(["bench", "--discriminative", "--config", "mnist-cvae", *TINY, "--set", "train.epochs=20", "--out", str(out)])
+    assert json.loads(out.read_text())["test_accuracy"] > 0.9  # the synthetic classes are far apart
+
+
+def test_nproc_bench_refuses_one_process(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--nproc", "1", "--device", "cpu"])
+    assert exit_info.value.code == 2 and "compares 1 process with N ≥ 2" in capsys.readouterr().err
+
+
+def test_nproc_bench_times_one_and_two_processes(tmp_path):
+    out = tmp_path / "nproc.json"
+    main(["bench", "--nproc", "2", "--quick", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["images_per_s_1"] > 0 and result["images_per_s_2"] > 0
+    assert result["efficiency"] == result["images_per_s_2"] / (2 * result["images_per_s_1"])
