@@ -62,6 +62,11 @@ def parser():
     sample.add_argument("--out", help="PNG path (default: RUN/samples-N.png)")
     sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    compare = commands.add_parser("compare", help="settings, figures and pictures of several runs side by side")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    compare.add_argument("--out", help="folder for compare.md, compare.txt and the pictures (default: runs/compare-A-B…)")
+    compare.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     commands.add_parser("configs", help="list the bundled configs")
 
     bench = commands.add_parser("bench", help="throughput of the trainer and evaluator against plain PyTorch")
@@ -213,6 +218,16 @@ def run_sample(args):
     print(f"wrote {out}")
 
 
+def run_compare(args):
+    from .compare import compare_runs
+
+    names = "-".join(Path(r).name for r in args.runs)
+    out = Path(args.out or Path("runs") / f"compare-{names}"[:200])
+    compare_runs(args.runs, out, device=args.device)
+    print((out / "compare.txt").read_text(), end="")
+    print(f"wrote {out / 'compare.md'}, compare.txt, loss.png, samples.png, latent.png")
+
+
 def run_configs(args):
     from importlib import resources
 
@@ -250,7 +265,8 @@ def raise_stopped(signum, frame):
 def main(argv=None):
     """Run one command. Signal handling is set up first, before torch and Pyro load, so that a signal at
     any moment ends in one line."""
-    handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "configs": run_configs, "bench": run_bench}
+    handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "compare": run_compare,
+               "configs": run_configs, "bench": run_bench}
     previous = signal.signal(signal.SIGTERM, raise_stopped)
     args = None
     try:

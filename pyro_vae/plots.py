@@ -163,3 +163,48 @@ def confusion_matrix(matrix, accuracy, path):
     ax.set_ylabel("true y")
     ax.set_title(f"generative classifier, accuracy {accuracy:.2%}")
     save(fig, path)
+
+
+def compare_curves(names, metrics, path):
+    """Every run's test −ELBO per example (solid) and train loss (dashed) against the epoch, on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, records) in enumerate(zip(names, metrics)):
+        epochs = [m for m in records if "train_loss" in m]
+        tested = [m for m in epochs if "test_elbo" in m]
+        color = f"C{i}"
+        ax.plot([m["epoch"] for m in tested], [-m["test_elbo"] for m in tested], color=color, label=f"{name}: test −ELBO")
+        ax.plot([m["epoch"] for m in epochs], [m["train_loss"] for m in epochs], color=color, linestyle="--",
+                label=f"{name}: train loss")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("nats per example")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def compare_samples(names, samples, path, nrow=8):
+    """Each run's samples [n, C, H, W] as a grid of its own, side by side."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    for ax, name, images in zip(axes[0], names, samples):
+        grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("decoded z ~ p(z), the same random stream for every run")
+    save(fig, path)
+
+
+def compare_latents(names, codes, labels, path):
+    """Each run's test-set means of q(z|x) [N, D] (their first two principal coordinates where D > 2) on
+    shared axes, with the circle of radius 2 where N(0, I) puts most of its mass."""
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False, sharex=True, sharey=True)
+    for ax, name, loc, y in zip(axes[0], names, codes, labels):
+        coords = pca_2d(loc.cpu())
+        ax.scatter(coords[:, 0], coords[:, 1], c=y.cpu(), cmap="tab10", s=3, alpha=0.6)
+        ax.add_patch(plt.Circle((0, 0), 2, fill=False, linestyle="--", color="gray"))
+        ax.set_title(f"{name}" + (" (PCA)" if loc.shape[1] > 2 else ""), fontsize=9)
+        ax.set_aspect("equal")
+    fig.suptitle("test-set means of q(z|x); dashed: radius 2 of N(0, I)")
+    save(fig, path)

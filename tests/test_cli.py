@@ -131,3 +131,27 @@ def test_hierarchies_refuse_what_they_cannot_do_in_one_line(tiny, capsys, settin
         main(cli_args("train", tiny, "--name", "refused"))
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (Path(tiny["runs_root"]) / "refused").exists()
+
+
+def test_compare_names_exactly_what_differs_and_draws_the_runs_side_by_side(tiny, capsys, tmp_path):
+    main(cli_args("train", tiny, "--name", "plain"))
+    main(cli_args("train", tiny, "--name", "mog", "--set", "prior.name=mog", "--set", "train.lr=0.002"))
+    root = Path(tiny["runs_root"])
+    main(["evaluate", str(root / "mog"), "-k", "20", "--limit", "10", "--quiet"])
+    main(["compare", str(root / "plain"), str(root / "mog"), "--out", str(tmp_path / "cmp")])
+    markdown = (tmp_path / "cmp" / "compare.md").read_text()
+    settings = [line.split("|")[1].strip() for line in markdown.splitlines()[2:] if "." in line.split("|")[1]]
+    assert settings == ["prior.name", "prior.num_components", "train.lr"]
+    assert "| prior.name | standard_normal | mog |" in markdown and "| K, examples | — | 20, 10 |" in markdown
+    for picture in ("loss.png", "samples.png", "latent.png"):
+        assert (tmp_path / "cmp" / picture).stat().st_size > 0
+    assert "final test ELBO" in capsys.readouterr().out
+
+
+def test_compare_refuses_a_single_run_or_a_folder_that_is_no_run(tiny, capsys, tmp_path):
+    main(cli_args("train", tiny, "--name", "one"))
+    for runs, message in (([str(Path(tiny["runs_root"]) / "one")], "compare needs two runs or more"),
+                          ([str(Path(tiny["runs_root"]) / "one"), str(tmp_path)], "is not a run folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", *runs, "--out", str(tmp_path / "cmp")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

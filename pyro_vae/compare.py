@@ -1,0 +1,104 @@
+"""``pyro-vae compare RUN RUN …``: what differs between runs and what each reached, side by side.
+
+Writes into the output folder: ``compare.md`` (Markdown) and ``compare.txt`` (plain text) with the
+settings in which the runs' configs differ and each run's figures (epochs, time, final train loss and
+test ELBO, the test log p(x) with its standard error, ESS and Pareto k̂ where ``evaluate`` ran, the
+classifier's accuracy where it ran); ``loss.png``, every run's curves on one axis; ``samples.png``,
+each run's decoded z ~ p(z) from the same random stream; ``latent.png``, each run's test-set means of
+q(z|x) on shared axes.
+"""
+import json
+from pathlib import Path
+
+import torch
+
+from . import plots
+from .config import config_differences
+from .errors import PyroVAEError
+from .files import atomic_write, check_writable
+from .report import run_examples
+
+SAMPLES = 16
+LATENT_EXAMPLES = 2000
+
+
+def read_json(path):
+    """The JSON file at ``path`` (None where there is none)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise PyroVAEError(f"{path} cannot be read ({type(e).__name__}); evaluate the run again") from None
+
+
+def run_figures(run_dir, metrics):
+    """The figures of one run, from its metrics, eval.json and classify.json."""
+    epochs = [m for m in metrics if "train_loss" in m]
+    tested = [m for m in epochs if "test_elbo" in m]
+    evaluation, classified = read_json(run_dir / "eval.json"), read_json(run_dir / "classify.json")
+    figures = {
+        "epochs": len(epochs),
+        "train seconds": round(sum(m["seconds"] for m in epochs), 1),
+        "final train loss": round(epochs[-1]["train_loss"], 2) if epochs else None,
+        "final test ELBO": round(tested[-1]["test_elbo"], 2) if tested else None,
+    }
+    if evaluation is not None:
+        figures["test log p(x)"] = f"{evaluation['log_likelihood']:.2f} ± {evaluation['log_likelihood_stderr']:.2f}"
+        figures["K, examples"] = f"{evaluation['num_samples']}, {evaluation['num_examples']}"
+        figures["mean ESS"] = round(evaluation["mean_ess"], 1)
+        if evaluation.get("median_pareto_k") is not None:
+            figures["median Pareto k̂"] = round(evaluation["median_pareto_k"], 2)
+    if classified is not None:
+        figures["classifier accuracy"] = round(classified["accuracy"], 4)
+    return figures
+
+
+def table(names, rows):
+    """(Markdown, text) of ``rows`` [(label, [value per run])] under a header of run ``names``."""
+    cells = [["", *names]] + [[label, *("—" if v is None else str(v) for v in values)] for label, values in rows]
+    markdown = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(names + [""])]
+    markdown += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(markdown) + "\n", "\n".join(text) + "\n"
+
+
+@torch.no_grad()
+def compare_runs(run_dirs, out, device="auto", seed=0):
+    """Compare the runs in ``run_dirs`` (two or more folders); write the files into ``out`` and return
+    the rows of the table [(label, [value per run])]."""
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 2:
+        raise PyroVAEError("compare needs two runs or more")
+    names = [r.name for r in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(r) for r in run_dirs]
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PyroVAEError(f"cannot create {out}: {e.strerror}") from None
+    check_writable(out)
+    loaded = [run_examples(r, limit=LATENT_EXAMPLES, device=device) for r in run_dirs]  # (config, vae, x, y)
+    metrics = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in run_dirs]
+    configs = [config.to_dict() for config, *_ in loaded]
+    differing = sorted({key for other in configs[1:] for key in config_differences(configs[0], other)})
+    flat = [{f"{s}.{k}": v for s, values in c.items() for k, v in values.items()} for c in configs]
+    rows = [(key, [f.get(key) for f in flat]) for key in differing]
+    figures = [run_figures(r, m) for r, m in zip(run_dirs, metrics)]
+    labels = list(dict.fromkeys(label for f in figures for label in f))
+    rows += [(label, [f.get(label) for f in figures]) for label in labels]
+    markdown, text = table(names, rows)
+    atomic_write(out / "compare.md", markdown)
+    atomic_write(out / "compare.txt", text)
+    plots.compare_curves(names, metrics, out / "loss.png")
+    samples = []
+    for _, vae, _, _ in loaded:
+        torch.manual_seed(seed)
+        labels_y = torch.arange(SAMPLES, device=vae.device) % vae.spec.num_classes if vae.spec.conditional else None
+        samples.append(vae.sample(SAMPLES, labels_y))
+    plots.compare_samples(names, samples, out / "samples.png")
+    codes = [vae.encode(x, y if vae.spec.conditional else None)[0] for _, vae, x, y in loaded]
+    plots.compare_latents(names, codes, [y for *_, y in loaded], out / "latent.png")
+    return rows
