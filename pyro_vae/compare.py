@@ -5,7 +5,8 @@ settings in which the runs' configs differ and each run's figures (epochs, time,
 test ELBO, the test log p(x) with its standard error, ESS and Pareto k̂ where ``evaluate`` ran, the
 classifier's accuracy where it ran); ``loss.png``, every run's curves on one axis; ``samples.png``,
 each run's decoded z ~ p(z) from the same random stream; ``latent.png``, each run's test-set means of
-q(z|x) on shared axes.
+q(z|x) on shared axes. One more row measures how well each run's codes cover its prior: the share of
+z ~ p(z) that fall where no test digit's code is near (``off_the_codes``).
 """
 import json
 from pathlib import Path
@@ -89,9 +90,6 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     figures = [run_figures(r, m) for r, m in zip(run_dirs, metrics)]
     labels = list(dict.fromkeys(label for f in figures for label in f))
     rows += [(label, [f.get(label) for f in figures]) for label in labels]
-    markdown, text = table(names, rows)
-    atomic_write(out / "compare.md", markdown)
-    atomic_write(out / "compare.txt", text)
     plots.compare_curves(names, metrics, out / "loss.png")
     samples = []
     for _, vae, _, _ in loaded:
@@ -101,4 +99,21 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     plots.compare_samples(names, samples, out / "samples.png")
     codes = [vae.encode(x, y if vae.spec.conditional else None)[0] for _, vae, x, y in loaded]
     plots.compare_latents(names, codes, [y for *_, y in loaded], out / "latent.png")
+    off = [f"{off_the_codes(vae, code, y, seed):.1%}" for (_, vae, _, y), code in zip(loaded, codes)]
+    rows.append(("prior samples off the codes", off))
+    markdown, text = table(names, rows)
+    atomic_write(out / "compare.md", markdown)
+    atomic_write(out / "compare.txt", text)
     return rows
+
+
+def off_the_codes(vae, codes, labels, seed=0, quantile=0.95):
+    """The share of z ~ p(z) (p(z|y) with the test labels for a CVAE) whose nearest test code, a mean of
+    q(z|x) [N, z_dim], is farther than ``quantile`` of the test codes are from their own nearest
+    neighbour: where the prior puts mass that no digit's code is near, decoding gives no digit."""
+    torch.manual_seed(seed)
+    z = vae.sample_prior(len(codes), labels if vae.spec.conditional else None)
+    between = torch.cdist(codes, codes)
+    between.fill_diagonal_(float("inf"))
+    threshold = between.min(1).values.quantile(quantile)
+    return (torch.cdist(z, codes).min(1).values > threshold).double().mean().item()

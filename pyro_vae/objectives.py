@@ -10,10 +10,13 @@ one before it uses it (``Trainer.compiled_svi``).
 """
 import math
 
+import pyro.distributions as dist
 import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBOModule
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from .errors import PyroVAEError
 from .registry import Registry
@@ -84,6 +87,41 @@ def iwae(*, num_particles: int = 5):
     """The importance-weighted bound E[log (1/K) Σₖ p(x, zₖ)/q(zₖ|x)] (Burda et al. 2016), K = num_particles,
     as Pyro's RenyiELBO with α = 0."""
     return build_elbo(IWAE_ELBO, num_particles)
+
+
+def is_latent(msg):
+    return msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg)
+
+
+class PointLatents(Messenger):
+    """Every latent sample site becomes a point mass at its distribution's mean: a deterministic encoder."""
+
+    def _process_message(self, msg):
+        if is_latent(msg):
+            fn = msg["fn"]
+            msg["fn"] = dist.Delta(fn.mean, event_dim=fn.event_dim).expand(fn.batch_shape)
+
+
+class UnscoredLatents(Messenger):
+    """Every latent sample site's log-density is scaled by 0: the prior leaves the loss."""
+
+    def _process_message(self, msg):
+        if is_latent(msg):
+            msg["scale"] = 0.0 * msg["scale"]
+
+
+class ReconstructionELBO(Trace_ELBO):
+    """``Trace_ELBO`` of the guide's latents as point masses ẑ = E_q[z] and the model's latents unscored:
+    −log p(x|ẑ), reconstruction alone, the loss of a plain autoencoder on the same networks."""
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return super()._get_trace(UnscoredLatents()(model), PointLatents()(guide), args, kwargs)
+
+
+@OBJECTIVES.register("autoencoder")
+def autoencoder():
+    """A plain (deterministic) autoencoder: ẑ = the encoder's mean, loss −log p(x|ẑ), no KL term."""
+    return ReconstructionELBO(max_plate_nesting=1)
 
 
 class VAELoss(ELBOModule):

@@ -231,3 +231,15 @@ def test_a_component_the_jit_gets_wrong_trains_eagerly_with_a_warning(tmp_path, 
         trainer = tiny_trainer(tmp_path, f"likelihood.name={likelihood}")
     assert trainer.jit_elbo is None
     assert torch.isfinite(trainer.train_step(torch.arange(8)))
+
+
+def test_the_autoencoder_objective_is_reconstruction_alone():
+    """Its loss is −log p(x|ẑ) at ẑ = the encoder's mean: no KL term, no sampled noise."""
+    vae = make_vae("objective.name=autoencoder")
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.4))
+    loss = VAELoss(vae, OBJECTIVES.build("autoencoder", {}))
+    first, second = loss(x, beta=1.0), loss(x, beta=1.0)
+    reconstruction = -vae.likelihood(vae.decoder(vae.encoder(x)[0])).log_prob(x).sum()
+    assert first.item() == pytest.approx(reconstruction.item(), rel=1e-6) and first.item() == second.item()
+    first.backward()
+    assert vae.encoder.head.linear.weight.grad.abs().sum() > 0
