@@ -63,6 +63,8 @@ class TrainConfig:
     eval_batch_size: int = 1000  # examples per batch when scoring the test set
     test_examples: int = 0  # the epoch's test ELBO on the first N test examples (0: all of them)
     test_every: int = 1  # the test ELBO every N epochs (and after the last)
+    tensorboard: bool = False  # log to RUN/tensorboard (pip install -e ".[tensorboard]")
+    tensorboard_images_every: int = 10  # pictures in TensorBoard every N epochs (and after the last)
 
 
 @dataclass
@@ -89,10 +91,10 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
 POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta", "train.adam_eps",
-            "train.test_every"}
+            "train.test_every", "train.tensorboard_images_every"}
 NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every", "train.test_examples"}
 INT64 = {"model.z_dim", "train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size",
-         "train.test_examples", "train.test_every"}
+         "train.test_examples", "train.test_every", "train.tensorboard_images_every"}
 DEVICES = ("auto", "cpu", "cuda")
 
 

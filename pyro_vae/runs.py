@@ -24,7 +24,7 @@ from .model import build_vae
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
 # settings a resumed run may change (the learning rate and clipping are what a non-finite loss calls for)
 RESUMABLE_KEYS = {"train.epochs", "train.device", "train.lr", "train.clip_norm", "train.checkpoint_every", "train.eval_batch_size",
-                  "train.test_examples", "train.test_every"}
+                  "train.test_examples", "train.test_every", "train.tensorboard", "train.tensorboard_images_every"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 255  # bytes in one file name on common file systems
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval*.json", "eval*_examples.csv", "classify.json", "*.png")

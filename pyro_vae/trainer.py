@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import distributed, plots
+from .board import Board
 from .config import config_differences, to_toml
 from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
@@ -67,6 +68,7 @@ class Trainer:
         self.jit_elbo = self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
         self.optimizer = adam(self.vae, config.train.lr, config.train.adam_eps)
         self.schedule = SCHEDULES.build(config.schedule.name, config.schedule.options)
+        self.board = Board(config, self.run_dir) if config.train.tensorboard and self.world.main else None
         self.module = self.loss
         if self.world.size > 1:
             self.module = DistributedDataParallel(self.loss)
@@ -103,6 +105,8 @@ class Trainer:
             raise
 
     def release(self):
+        if self.board is not None:
+            self.board.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -272,6 +276,8 @@ class Trainer:
                                             train.eval_batch_size, self.world)
             record["test_examples"] = min(n, len(self.experiment.test_x))
         self.metrics.append(record)
+        if self.board is not None:
+            self.board.epoch(record, self.vae, self.experiment.test_x, self.experiment.test_y, self.beta())
         self.epoch, self.position, self.loss_sum, self.permutation = self.epoch + 1, 0, 0.0, None
         self.checkpoint()
         if self.world.main:

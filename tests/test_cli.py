@@ -155,3 +155,39 @@ def test_compare_refuses_a_single_run_or_a_folder_that_is_no_run(tiny, capsys, t
         with pytest.raises(SystemExit) as exit_info:
             main(["compare", *runs, "--out", str(tmp_path / "cmp")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tensorboard_logs_the_scalars_pictures_and_config(tiny):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    main(cli_args("train", tiny, "--name", "board", "--set", "train.tensorboard=true", "--set", "train.epochs=3",
+                  "--set", "train.tensorboard_images_every=2"))
+    folder = Path(tiny["runs_root"]) / "board"
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"images": 0}).Reload()
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([m["train_loss"] for m in metrics])
+    assert [e.value for e in events.Scalars("test/elbo")] == pytest.approx([m["test_elbo"] for m in metrics])
+    parts = zip(events.Scalars("test/reconstruction"), events.Scalars("test/kl"), events.Scalars("test/elbo"))
+    assert all(r.value - k.value == pytest.approx(e.value, abs=1e-3) and k.value > 0 for r, k, e in parts)
+    assert {"train/lr", "train/beta"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Images("samples")] == [2, 3]  # every 2 epochs and after the last
+    assert "[train]" in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+
+
+def test_tensorboard_without_the_extra_is_one_line_naming_the_install(tiny, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("train", tiny, "--name", "noboard", "--set", "train.tensorboard=true"))
+    assert exit_info.value.code == 2
+    assert 'train.tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"' in capsys.readouterr().err
+    assert not (Path(tiny["runs_root"]) / "noboard").exists()
