@@ -15,6 +15,7 @@ from .config import to_toml
 from .datasets import TEST_SEED
 from .devices import forked_rng
 from .errors import PyroVAEError
+from .experiment import seeded_batches
 
 INSTALL = 'pip install -e ".[tensorboard]"'
 
@@ -73,10 +74,8 @@ def test_reconstruction(vae, x, y, batch_size):
     """Mean E_q[log p(x|z)] per example over x [N, …], one z ~ q(z|x) each, drawn as ``trainer.test_elbo``
     draws them (batch j seeded by TEST_SEED + j), so that the ELBO minus it is the KL term of the same draws."""
     total = 0.0
-    with forked_rng(vae.device), pyro.validation_enabled(False):
-        for j, start in enumerate(range(0, len(x), batch_size)):
-            torch.manual_seed(TEST_SEED + j)
-            args = (x[start : start + batch_size],) + ((y[start : start + batch_size],) if vae.spec.conditional else ())
+    with pyro.validation_enabled(False):
+        for args in seeded_batches(vae, x, y, batch_size):
             guide = poutine.trace(vae.guide).get_trace(*args)
             model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(*args)
             total += model.nodes["x"]["fn"].log_prob(model.nodes["x"]["value"]).sum().item()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from .config import Component
-from .datasets import ImageData, load_data, observed_split
-from .devices import resolve_device
+from .datasets import TEST_SEED, ImageData, load_data, observed_split
+from .devices import forked_rng, resolve_device
 from .model import VAE, build_vae
 
 
@@ -69,3 +69,15 @@ def dataset_component(config, dataset=None, data_root=None):
     if data_root is not None:
         options["root"] = data_root
     return Component(name, options)
+
+
+def seeded_batches(vae, x, y, batch_size, rank=0, size=1):
+    """The model's arguments (x,) or (x, y) for batches of ``batch_size`` examples of x [N, …] (labels y
+    [N] where the VAE is conditional), batch j drawn under the seed TEST_SEED + j so that test figures
+    use the same noise in every epoch, run and number of processes (rank ``rank`` of ``size`` takes
+    batches rank, rank + size, …). The caller's random streams are restored afterwards."""
+    with forked_rng(vae.device):
+        for j, start in enumerate(range(0, len(x), batch_size)):
+            if j % size == rank:
+                torch.manual_seed(TEST_SEED + j)
+                yield (x[start : start + batch_size],) + ((y[start : start + batch_size],) if vae.spec.conditional else ())

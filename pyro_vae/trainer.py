@@ -37,7 +37,7 @@ from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
 from .distributed import World
 from .errors import Interrupted
-from .experiment import build, expand
+from .experiment import build, expand, seeded_batches
 from .files import RunLock, atomic_write
 from .objectives import OBJECTIVES, VAELoss
 from .optim import adam, load_adam_state
@@ -378,15 +378,8 @@ def test_elbo(vae, x, y, batch_size, world=World()):
     # the KL in closed form where each latent's is (one layer); sampled where a layer depends on another
     elbo = (TraceMeanField_ELBO if len(vae.latent_sites) == 1 else Trace_ELBO)(max_plate_nesting=1)
     total = torch.zeros((), dtype=torch.float64)
-    with forked_rng(vae.device):
-        for j, start in enumerate(range(0, len(x), batch_size)):
-            if j % world.size != world.rank:
-                continue
-            torch.manual_seed(TEST_SEED + j)
-            args = (x[start : start + batch_size],)
-            if vae.spec.conditional:
-                args += (y[start : start + batch_size],)
-            total -= elbo.loss(vae.model, vae.guide, *args)
+    for args in seeded_batches(vae, x, y, batch_size, world.rank, world.size):
+        total -= elbo.loss(vae.model, vae.guide, *args)
     return distributed.all_sum(total).item() / len(x)
 
 
