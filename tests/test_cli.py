@@ -141,7 +141,8 @@ def test_compare_names_exactly_what_differs_and_draws_the_runs_side_by_side(tiny
     main(["compare", str(root / "plain"), str(root / "mog"), "--out", str(tmp_path / "cmp")])
     markdown = (tmp_path / "cmp" / "compare.md").read_text()
     settings = [line.split("|")[1].strip() for line in markdown.splitlines()[2:] if "." in line.split("|")[1]]
-    assert settings == ["prior.name", "prior.num_components", "train.lr"]  # tiny runs: z of 2 dimensions
+    assert settings == ["prior.name", "prior.num_components", "train.lr"]
+    assert "| test codes in p(z)'s 95% region |" in markdown
     assert "| prior.name | standard_normal | mog |" in markdown and "| K, examples | — | 20, 10 |" in markdown
     for picture in ("loss.png", "samples.png", "latent.png"):
         assert (tmp_path / "cmp" / picture).stat().st_size > 0
