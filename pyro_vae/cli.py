@@ -67,6 +67,13 @@ def parser():
     compare.add_argument("--out", help="folder for compare.md, compare.txt and the pictures (default: runs/compare-A-B…)")
     compare.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    gradvar = commands.add_parser("gradvar", help="variance of the ELBO's gradient: reparameterized against score function")
+    gradvar.add_argument("run")
+    gradvar.add_argument("--draws", type=int, default=200, help="gradient draws per estimator")
+    gradvar.add_argument("--examples", type=int, default=100, help="test examples in the batch")
+    gradvar.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    gradvar.add_argument("--quiet", action="store_true")
+
     commands.add_parser("configs", help="list the bundled configs")
 
     bench = commands.add_parser("bench", help="throughput of the trainer and evaluator against plain PyTorch")
@@ -228,6 +235,18 @@ def run_compare(args):
     print(f"wrote {out / 'compare.md'}, compare.txt, loss.png, samples.png, latent.png")
 
 
+def run_gradvar(args):
+    from .gradvar import gradient_variance
+
+    s = gradient_variance(args.run, draws=args.draws, examples=args.examples, device=args.device, progress=not args.quiet)
+    print(f"gradient of −ELBO per example, {s['draws']} draws on {s['examples']} test examples")
+    print(f"{'group':<12} {'variance, reparam.':>19} {'score function':>15} {'ratio':>9} {'SNR, reparam.':>14} {'score function':>15}")
+    for name, g in s["groups"].items():
+        r, f = g["reparameterized"], g["score_function"]
+        print(f"{name:<12} {r['variance']:>19.3e} {f['variance']:>15.3e} {g['variance_ratio']:>9.1f} {r['snr']:>14.3f} {f['snr']:>15.3f}")
+    print(f"wrote {Path(args.run) / 'gradvar.json'}")
+
+
 def run_configs(args):
     from importlib import resources
 
@@ -266,7 +285,7 @@ def main(argv=None):
     """Run one command. Signal handling is set up first, before torch and Pyro load, so that a signal at
     any moment ends in one line."""
     handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "compare": run_compare,
-               "configs": run_configs, "bench": run_bench}
+               "gradvar": run_gradvar, "configs": run_configs, "bench": run_bench}
     previous = signal.signal(signal.SIGTERM, raise_stopped)
     args = None
     try:

@@ -46,6 +46,8 @@ class ModelConfig:
     layers: list[int] = field(default_factory=list)  # sizes of stochastic layers below z, from x up (Burda: [100])
     layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # hidden sizes between stochastic layers
     layer_activation: str = "tanh"
+    reparameterize: bool = True  # false: the guide's z is drawn without the reparameterization trick, so Pyro's
+    # ELBOs form the score-function (REINFORCE) gradient
 
 
 @dataclass

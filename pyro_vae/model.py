@@ -28,6 +28,13 @@ from .priors import PRIORS
 from .spec import ModelSpec
 
 
+class ScoreFunctionNormal(Normal):
+    """A Normal whose draws carry no gradient (``has_rsample`` False, kept by ``expand``): Pyro's ELBOs then
+    differentiate log q(z|x) itself, the score-function (REINFORCE) estimator."""
+
+    has_rsample = False
+
+
 class VAE(nn.Module):
     """Encoder, decoder, prior and likelihood. The model registers the decoder, prior and likelihood
     with Pyro and the guide the encoder, under a name of the VAE's own (``vae0.decoder``, …), so that
@@ -35,8 +42,9 @@ class VAE(nn.Module):
 
     _names = itertools.count()
 
-    def __init__(self, spec, network, prior, likelihood, up=(), down=()):
+    def __init__(self, spec, network, prior, likelihood, up=(), down=(), reparameterize=True):
         super().__init__()
+        self.reparameterize = reparameterize
         self.pyro_name = f"vae{next(self._names)}"
         if prior.conditional and not spec.conditional:
             raise PyroVAEError(f"the {prior.registered_name} prior needs a conditional model (model.conditional = true)")
@@ -61,7 +69,7 @@ class VAE(nn.Module):
         act = activation_class(m.layer_activation)
         up = [GaussianMLP(a, m.layer_hidden, b, act) for a, b in zip(sizes, sizes[1:])]
         down = [GaussianMLP(b, m.layer_hidden, a, act) for a, b in zip(sizes, sizes[1:])]
-        return cls(spec, network, prior, likelihood, up, down)
+        return cls(spec, network, prior, likelihood, up, down, m.reparameterize)
 
     @property
     def latent_sites(self):
@@ -111,8 +119,9 @@ class VAE(nn.Module):
             pyro.sample("x", self.likelihood(self.decoder(z, c)), obs=x)
 
     def guide(self, x, y=None, beta=1.0):
-        """q(z1|x,y) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) sampled by reparameterization
-        (q(z|x,y) from the encoder with one layer)."""
+        """q(z1|x,y) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) (q(z|x,y) from the encoder with one
+        layer), sampled by reparameterization, or without it (``model.reparameterize = false``), when Pyro's
+        ELBOs differentiate log q instead: the score-function estimator."""
         pyro.module(f"{self.pyro_name}.encoder", self.encoder)
         pyro.module(f"{self.pyro_name}.up", self.up)
         c = self.condition(x, y)
@@ -120,7 +129,8 @@ class VAE(nn.Module):
             params = self.encoder(x, c)
             with poutine.scale(scale=beta):
                 for name, layer in zip(self.latent_sites, [*self.up, None]):
-                    z = pyro.sample(name, Normal(*params).to_event(1))
+                    family = Normal if self.reparameterize else ScoreFunctionNormal
+                    z = pyro.sample(name, family(*params).to_event(1))
                     params = layer(z) if layer is not None else None
 
     @torch.no_grad()

@@ -243,3 +243,29 @@ def test_the_autoencoder_objective_is_reconstruction_alone():
     assert first.item() == pytest.approx(reconstruction.item(), rel=1e-6) and first.item() == second.item()
     first.backward()
     assert vae.encoder.head.linear.weight.grad.abs().sum() > 0
+
+
+def test_score_function_and_reparameterized_gradients_agree_in_expectation_and_differ_in_variance():
+    from pyro_vae.gradvar import gradient_draws
+
+    vae = make_vae("network.hidden=[8]", "model.z_dim=2")
+    x = torch.bernoulli(torch.full((10, 1, 6, 6), 0.3), generator=torch.Generator().manual_seed(5))
+    draws = {}
+    for reparameterize in (True, False):
+        vae.reparameterize = reparameterize
+        draws[reparameterize] = gradient_draws(vae, (x,), 1000, seed=int(reparameterize))["encoder"]
+    mean = {k: d.mean(0) for k, d in draws.items()}
+    stderr = (draws[True].var(0) / 1000 + draws[False].var(0) / 1000).sqrt()
+    z = (mean[True] - mean[False]).abs() / stderr.clamp(min=1e-12)
+    assert (z < 3.5).double().mean() > 0.97  # the same expectation, element by element
+    assert draws[False].var(0).mean() > 10 * draws[True].var(0).mean()  # REINFORCE is far noisier
+
+
+def test_gradvar_reports_each_estimator_per_parameter_group(tiny, capsys):
+    from conftest import cli_args
+    from pyro_vae.cli import main
+
+    main(cli_args("train", tiny, "--name", "g"))
+    main(["gradvar", f"{tiny['runs_root']}/g", "--draws", "20", "--examples", "10", "--quiet", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "encoder" in out and "decoder" in out and "gradvar.json" in out
