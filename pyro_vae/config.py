@@ -233,6 +233,9 @@ def check_ranges(config):
     if config.model.layers and config.prior.name == "vamp":
         raise PyroVAEError("the vamp prior maps pseudo-inputs through the encoder to the top latent; "
                            "it needs one stochastic layer (model.layers = [])")
+    if not config.model.reparameterize and config.objective.name in ("mean_field", "iwae"):
+        raise PyroVAEError(f"objective {config.objective.name} needs a reparameterized guide; with "
+                           "model.reparameterize = false use trace_elbo (Pyro forms the score-function gradient)")
     if config.model.layers and config.objective.name == "mean_field":
         raise PyroVAEError("objective mean_field takes each layer's KL in closed form, which a guide q(z2|z1) … "
                            "makes wrong; with model.layers use trace_elbo or iwae")

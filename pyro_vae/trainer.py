@@ -375,8 +375,10 @@ def test_elbo(vae, x, y, batch_size, world=World()):
     seeded by TEST_SEED + j) so that epochs, runs and numbers of processes compare; with several
     processes rank r scores batches r, r + N, … and the sums are added. The caller's random stream
     is left untouched."""
-    # the KL in closed form where each latent's is (one layer); sampled where a layer depends on another
-    elbo = (TraceMeanField_ELBO if len(vae.latent_sites) == 1 else Trace_ELBO)(max_plate_nesting=1)
+    # the KL in closed form where it is one latent's, reparameterized; sampled where a layer depends on
+    # another or the guide's draws carry no gradient (TraceMeanField_ELBO refuses those)
+    analytic = len(vae.latent_sites) == 1 and vae.reparameterize
+    elbo = (TraceMeanField_ELBO if analytic else Trace_ELBO)(max_plate_nesting=1)
     total = torch.zeros((), dtype=torch.float64)
     for args in seeded_batches(vae, x, y, batch_size, world.rank, world.size):
         total -= elbo.loss(vae.model, vae.guide, *args)

@@ -192,3 +192,12 @@ def test_tensorboard_without_the_extra_is_one_line_naming_the_install(tiny, caps
     assert exit_info.value.code == 2
     assert 'train.tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"' in capsys.readouterr().err
     assert not (Path(tiny["runs_root"]) / "noboard").exists()
+
+
+def test_a_score_function_run_trains_and_refuses_objectives_that_need_reparameterization(tiny, capsys):
+    main(cli_args("train", tiny, "--name", "sf", "--set", "model.reparameterize=false"))
+    metrics = json.loads((Path(tiny["runs_root"]) / "sf" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["test_elbo"] < 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("train", tiny, "--name", "sf2", "--set", "model.reparameterize=false", "--set", "objective.name=mean_field"))
+    assert exit_info.value.code == 2 and "objective mean_field needs a reparameterized guide" in capsys.readouterr().err
