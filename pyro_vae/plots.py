@@ -178,6 +178,10 @@ def compare_curves(names, metrics, path):
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("nats per example")
+    values = [v for line in ax.get_lines() for v in line.get_ydata()]
+    if values and min(values) > 0 and max(values) > 20 * min(values):  # runs far apart: each stays readable
+        ax.set_yscale("log")
+        ax.set_ylabel("nats per example (log scale)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save(fig, path)
