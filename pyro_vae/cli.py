@@ -270,14 +270,18 @@ def run_bench(args):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM outside training (which handles it itself): stop like Ctrl-C."""
+    """SIGINT or SIGTERM outside training (which handles them itself): stop like Ctrl-C."""
 
     def __init__(self, signum):
         super().__init__()
         self.signum = signum
 
 
+RECEIVED = []  # the signals raise_stopped handled: one that a library's bare ``except:`` swallowed still stops
+
+
 def raise_stopped(signum, frame):
+    RECEIVED.append(signum)
     raise Stopped(signum)
 
 
@@ -286,11 +290,14 @@ def main(argv=None):
     any moment ends in one line."""
     handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "compare": run_compare,
                "gradvar": run_gradvar, "configs": run_configs, "bench": run_bench}
-    previous = signal.signal(signal.SIGTERM, raise_stopped)
+    previous = {s: signal.signal(s, raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    RECEIVED.clear()
     args = None
     try:
         args = parser().parse_args(argv)
         handler[args.command](args)
+        if RECEIVED:  # raised while a library was loading, and swallowed there
+            raise Stopped(RECEIVED[0])
     except Interrupted as e:
         if rank() == 0:
             print(str(e), file=sys.stderr)
@@ -311,7 +318,8 @@ def main(argv=None):
             print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler_before in previous.items():
+            signal.signal(s, handler_before)
         if "torch" in sys.modules:
             from .distributed import leave
 
