@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import load_config, to_toml
+from .datasets import load_data
 from .devices import resolve_device
 from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
@@ -309,7 +310,7 @@ def scaling(nproc, overrides, device, epochs=3):
     the scaling efficiency rate_N / (N · rate_1). On the CPU the 1-process run uses every core and each of
     the N processes cores/N threads; on GPUs each process drives its own GPU."""
     config = load_config(None, list(overrides) + [f"train.device={device}", f"train.epochs={epochs}"])
-    examples = len(build(config, "cpu").train_x)
+    examples = len(load_data(config.data).train.images)
     cores = len(os.sched_getaffinity(0))
     flags = ["--quiet", "--device", device, "--epochs", str(epochs)] + [f for o in overrides for f in ("--set", o)]
     result = {"processes": nproc, "device": device, "train_examples": examples, "batch_size": config.train.batch_size,

@@ -8,6 +8,7 @@ instead of waiting for ever; gloo notices a peer that died (its sockets close) a
 """
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -109,37 +110,41 @@ def is_collective_failure(error):
         word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timed out"))
 
 
+@contextmanager
+def collective():
+    """A collective's failure (a peer died, hung or stopped first) raised as one ``PeerLost`` line
+    (``dist.DistError`` is a RuntimeError)."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise lost(e) from None
+
+
 def all_sum(tensor):
     """Σ over ranks of ``tensor``, in place on every rank (the tensor itself with one process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        try:
+    if world().size > 1:
+        with collective():
             dist.all_reduce(tensor)
-        except (RuntimeError, dist.DistError) as e:
-            raise lost(e) from None
     return tensor
 
 
 def all_gather(obj):
     """[obj of rank 0, obj of rank 1, …] on every rank (a picklable object each; [obj] with one process)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if world().size == 1:
         return [obj]
-    gathered = [None] * dist.get_world_size()
-    try:
+    gathered = [None] * world().size
+    with collective():
         dist.all_gather_object(gathered, obj)
-    except (RuntimeError, dist.DistError) as e:
-        raise lost(e) from None
     return gathered
 
 
 def broadcast(obj):
     """Rank 0's ``obj`` on every rank (what rank 0 read from disk, so other machines need no shared folder)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if world().size == 1:
         return obj
     box = [obj]
-    try:
+    with collective():
         dist.broadcast_object_list(box, src=0)
-    except (RuntimeError, dist.DistError) as e:
-        raise lost(e) from None
     return box[0]
 
 
