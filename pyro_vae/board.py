@@ -56,6 +56,10 @@ class Board:
 
     @torch.no_grad()
     def pictures(self, vae, x, y, step):
+        """Test images beside their reconstructions, and samples (none for points in ℝ^D: their pictures
+        are the run's scatter plots)."""
+        if len(vae.spec.image_shape) == 1:
+            return
         labels = y if vae.spec.conditional else None
         pairs = torch.stack([x, vae.reconstruct(x, labels)], dim=1).reshape(-1, *x.shape[1:])
         self.writer.add_image("reconstructions", make_grid(pairs.float().cpu(), nrow=16, pad_value=1.0), step)

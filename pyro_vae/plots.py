@@ -1,6 +1,7 @@
 """Pictures of a run: loss curves, reconstructions, samples, interpolations, the latent space,
 the Kingma–Welling manifold (z of dimension 2), CVAE class grids, log p̂(x) against K, and the
-generative classifier's confusion matrix. Each function writes one PNG."""
+generative classifier's confusion matrix; for points in ℝ², data against samples and the learned map
+g(z) = E[x|z]. Each function writes one PNG."""
 import io
 from pathlib import Path
 
@@ -105,6 +106,9 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
     y = test_y if conditional else None
     if metrics:
         loss_curves(metrics, run_dir / "loss.png")
+    if len(vae.spec.image_shape) == 1:
+        point_figures(vae, run_dir, test_x, y)
+        return
     x, yb = test_x[:32], None if y is None else y[:32]
     pairs = torch.stack([x, vae.reconstruct(x, yb)], dim=1).reshape(-1, *x.shape[1:])
     image_grid(pairs, run_dir / "reconstructions.png", 16, "test images (left) and reconstructions (right)")
@@ -122,6 +126,49 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
         image_grid(vae.sample(n), run_dir / "samples.png", 8, "samples: decoded z ~ p(z)")
     if vae.spec.z_dim == 2 and not conditional:
         manifold(vae, run_dir / "manifold.png")
+
+
+@torch.no_grad()
+def point_figures(vae, run_dir, test_x, test_y, n=2000):
+    """Pictures of a VAE of points x [N, D]: samples.png (test points against E[x|z] for z ~ p(z), the
+    first two coordinates), latent.png (means of q(z|x), coloured by the angle of x) and, for a
+    2-dimensional z, manifold.png: z ~ N(0, I) and its image g(z) = E[x|z], point for point in the
+    same colours, the map Doersch's tutorial draws (section 2.1)."""
+    x = test_x[:n]
+    y = None if test_y is None else test_y[:n]
+    angle = torch.atan2(x[:, 1], x[:, 0]).cpu() if x.shape[1] > 1 else x[:, 0].cpu()
+    generated = vae.sample(len(x), y).cpu()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(x[:, 0].cpu(), x[:, -1].cpu(), s=3, color="gray", alpha=0.5, label="test data")
+    ax.scatter(generated[:, 0], generated[:, -1], s=3, color="tab:orange", alpha=0.5, label="E[x|z], z ~ p(z)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("data and samples")
+    save(fig, run_dir / "samples.png")
+    loc, _ = vae.encode(x, y)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    coords = pca_2d(loc.cpu())
+    points = ax.scatter(coords[:, 0], coords[:, 1], c=angle, cmap="hsv", s=4, alpha=0.7)
+    fig.colorbar(points, ax=ax, label="angle of x")
+    ax.set_aspect("equal")
+    ax.set_title("test-set means of q(z|x)")
+    save(fig, run_dir / "latent.png")
+    if vae.spec.z_dim != 2 or y is not None:
+        return
+    z = vae.sample_prior(n)
+    g = vae.decode(z).cpu()
+    z = z.cpu()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+    colour = torch.atan2(z[:, 1], z[:, 0])
+    axes[0].scatter(z[:, 0], z[:, 1], c=colour, cmap="hsv", s=3)
+    axes[0].set_title("z ~ N(0, I)")
+    axes[1].scatter(x[:, 0].cpu(), x[:, -1].cpu(), s=3, color="lightgray")
+    axes[1].scatter(g[:, 0], g[:, -1], c=colour, cmap="hsv", s=3)
+    axes[1].set_title("g(z) = E[x|z] (grey: test data)")
+    for ax in axes:
+        ax.set_aspect("equal")
+    fig.suptitle("the decoder maps N(0, I) onto the data")
+    save(fig, run_dir / "manifold.png")
 
 
 @torch.no_grad()
@@ -188,9 +235,16 @@ def compare_curves(names, metrics, path):
 
 
 def compare_samples(names, samples, path, nrow=8):
-    """Each run's samples [n, C, H, W] as a grid of its own, side by side."""
+    """Each run's samples [n, C, H, W] as a grid of its own (points [n, D]: a scatter of the first two
+    coordinates), side by side."""
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
     for ax, name, images in zip(axes[0], names, samples):
+        if images.dim() == 2:
+            points = images.float().cpu()
+            ax.scatter(points[:, 0], points[:, -1], s=3, alpha=0.6)
+            ax.set_aspect("equal")
+            ax.set_title(name, fontsize=9)
+            continue
         grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
         ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
