@@ -17,6 +17,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+import torch
+
 from .datasets import DATASETS
 from .errors import PyroVAEError
 from .files import os_error
@@ -67,6 +69,7 @@ class TrainConfig:
     test_every: int = 1  # the test ELBO every N epochs (and after the last)
     tensorboard: bool = False  # log to RUN/tensorboard (pip install -e ".[tensorboard]")
     tensorboard_images_every: int = 10  # pictures in TensorBoard every N epochs (and after the last)
+    precision: str = "float32"  # float32 | bfloat16: the encoder and decoder of a training step under torch.autocast
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # training precision → torch.autocast's dtype (None: off)
 POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta", "train.adam_eps",
             "train.test_every", "train.tensorboard_images_every"}
 NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every", "train.test_examples"}
@@ -241,6 +245,8 @@ def check_ranges(config):
                            "makes wrong; with model.layers use trace_elbo or iwae")
     if config.train.device not in DEVICES:
         raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
+    if config.train.precision not in PRECISIONS:
+        raise PyroVAEError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}")
 
 
 def config_differences(a, b):

@@ -15,6 +15,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from .errors import PyroVAEError
+from .ops import log_sigmoid
 from .registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
@@ -50,14 +51,13 @@ class Likelihood(nn.Module):
 
 class LogitBernoulli(dist.Bernoulli):
     """Bernoulli(logits) with log p(x) = log σ(t) = −log(1 + e⁻ᵗ), t = logits·(2x − 1), for x ∈ {0, 1}:
-    exact and stable, one multiply and one pass over the [particles, B, pixels] tensors. The pass is
-    softplus with β = −1, which equals log σ (and switches to t itself below t = −20); on the CPU
-    ``F.logsigmoid`` also writes a second tensor of that size for its backward."""
+    exact and stable, one multiply and ``ops.log_sigmoid`` over the [particles, B, pixels] tensors
+    (vectorized kernels only, where PyTorch's log-sigmoid and softplus are not on the CPU)."""
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return F.softplus(self.logits * (2 * value - 1), beta=-1)
+        return log_sigmoid(self.logits * (2 * value - 1))
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -176,8 +176,8 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
         half = 0.5 / (self.num_bins - 1)
         upper = (value + half - self.loc) / self.scale
         lower = (value - half - self.loc) / self.scale
-        log_cdf_upper = F.logsigmoid(upper)
-        log_sf_lower = F.logsigmoid(-lower)
+        log_cdf_upper = log_sigmoid(upper)
+        log_sf_lower = log_sigmoid(-lower)
         # σ(u) − σ(l) = σ(u) σ(−l) (1 − e^{l−u}): stable in both tails
         log_mass = log_cdf_upper + log_sf_lower + torch.log(-torch.expm1(lower - upper))
         log_mass = torch.where(value < half, log_cdf_upper, log_mass)

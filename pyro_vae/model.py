@@ -10,6 +10,7 @@ around the per-example sites; latent sites and the observed site ``"x"``, each `
 that its log-prob has shape [B]. The unconditional VAE ignores ``y`` (and refuses one); the CVAE
 needs it.
 """
+import contextlib
 import dataclasses
 import itertools
 
@@ -55,6 +56,26 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.up = nn.ModuleList(up)  # q(z_{l+1} | z_l), bottom to top
         self.down = nn.ModuleList(down)  # p(z_l | z_{l+1}), bottom to top
+        self.precision = None  # torch.autocast's dtype for the encoder and decoder (``autocast``); None: float32
+
+    @contextlib.contextmanager
+    def autocast(self, dtype):
+        """Within it, model and guide run the encoder and decoder under ``torch.autocast(dtype)`` (None: off,
+        float32) and take their outputs back to float32, so that every log-density and the ELBO's sums
+        stay float32 (a Bernoulli log-mass of 784 pixels summed in bfloat16 would be off by nats)."""
+        before, self.precision = self.precision, dtype
+        try:
+            yield
+        finally:
+            self.precision = before
+
+    def network(self, net, *args):
+        """net(*args) at the precision of ``autocast``, its outputs (a tensor or a tuple of them) float32."""
+        if self.precision is None:
+            return net(*args)
+        with torch.autocast(self.device.type, dtype=self.precision):
+            out = net(*args)
+        return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
 
     @classmethod
     def from_config(cls, config, image_shape, num_classes):
@@ -116,7 +137,7 @@ class VAE(nn.Module):
                 z = pyro.sample("z", self.prior(c))
                 for name, layer in zip(reversed(sites[:-1]), reversed(self.down)):
                     z = pyro.sample(name, Normal(*layer(z)).to_event(1))
-            pyro.sample("x", self.likelihood(self.decoder(z, c)), obs=x)
+            pyro.sample("x", self.likelihood(self.network(self.decoder, z, c)), obs=x)
 
     def guide(self, x, y=None, beta=1.0):
         """q(z1|x,y) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) (q(z|x,y) from the encoder with one
@@ -126,7 +147,7 @@ class VAE(nn.Module):
         pyro.module(f"{self.pyro_name}.up", self.up)
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
-            params = self.encoder(x, c)
+            params = self.network(self.encoder, x, c)
             with poutine.scale(scale=beta):
                 for name, layer in zip(self.latent_sites, [*self.up, None]):
                     family = Normal if self.reparameterize else ScoreFunctionNormal

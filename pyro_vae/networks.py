@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import PyroVAEError
+from .ops import Softplus, softplus
 from .registry import Registry
 
 NETWORKS = Registry("network")
-ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def activation_class(name):
@@ -49,7 +50,7 @@ class GaussianHead(nn.Module):
 
     def forward(self, h):
         loc, raw_scale = self.linear(h).chunk(2, dim=-1)
-        return loc, F.softplus(raw_scale) + 1e-4
+        return loc, softplus(raw_scale) + 1e-4
 
 
 class GaussianMLP(nn.Module):

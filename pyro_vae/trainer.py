@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, plots
 from .board import Board
-from .config import config_differences, to_toml
+from .config import PRECISIONS, config_differences, to_toml
 from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
 from .distributed import World
@@ -62,6 +62,7 @@ class Trainer:
             raise distributed.agreed_error(f"train.batch_size = {config.train.batch_size} is the global batch; "
                                            f"{self.world.size} processes need at least one example each")
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)  # data order and binarization
+        self.precision = PRECISIONS[config.train.precision]  # the steps' networks only: test figures stay float32
         options = config.objective.options
         self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
         self.loss = VAELoss(self.vae, self.eager_elbo)
@@ -181,7 +182,7 @@ class Trainer:
         with forked_rng(self.device), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=FutureWarning)
             try:
-                with pyro.validation_enabled(False):
+                with pyro.validation_enabled(False), self.vae.autocast(self.precision):
                     self.loss.elbo = elbo  # one module, one bound model and guide: Pyro's JIT keys by their ids
                     self.loss(*traced, beta=beta)
                     for objective in (elbo, self.eager_elbo):
@@ -210,7 +211,7 @@ class Trainer:
         beta = self.beta()
         self.loss.elbo = self.jit_elbo if self.jit_elbo is not None and beta == self.config.train.beta else self.eager_elbo
         args = self.batch(index, self.generator)
-        with pyro.validation_enabled(False):  # the data were checked once when loaded
+        with pyro.validation_enabled(False), self.vae.autocast(self.precision):  # the data were checked once when loaded
             loss = self.module(*args, beta=beta)
         (loss * self.world.size if self.world.size > 1 else loss).backward()
         if self.config.train.clip_norm:

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from pyro_vae.bench import PlainTrainer, plain_log_likelihood
+from pyro_vae.bench import CarefulTrainer, PlainTrainer, plain_log_likelihood
 from pyro_vae.cli import main
 from pyro_vae.evaluate import importance_sample
 
@@ -12,11 +12,13 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(["bench", "--quick", "--out", str(out), "--device", "cpu"])
     report = json.loads(out.read_text())
+    variants = ("pyro", "pyro_bf16", "plain", "careful", "careful_bf16")
     assert set(report["training"]["32"]) == {
-        "pyro_images_per_s", "pyro_eager_images_per_s", "plain_images_per_s", "plain_same_data_images_per_s",
-        "pyro_ratio", "pyro_eager_ratio", "pyro_ratio_same_data", "pyro_uses_jit",
+        *(f"{v}_images_per_s" for v in variants), *(f"{v}_share_of_limit" for v in variants),
+        "ratio_careful", "ratio_careful_bf16", "ratio_plain", "pyro_uses_jit",
     }
     assert report["training"]["32"]["pyro_uses_jit"] is True
+    assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]
     assert {"pyro_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(report["evaluation"])
     assert "ratio" in capsys.readouterr().out
 
@@ -34,6 +36,24 @@ def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):
     # independent draws of two estimators with the same proposal: their difference has sd √2·stderr
     assert ((ours.log_likelihood - plain).abs() < 4 * 2**0.5 * ours.stderr + 1e-4).all()
     assert PlainTrainer(trainer).train_step(torch.arange(8)) > 0
+
+
+def test_careful_reference_computes_the_trainers_loss(tmp_path):
+    """The careful loop's flat module is the trainer's MLP: from the same draws its first loss is the
+    trainer's −ELBO (float32), and under bfloat16 autocast it stays within a nat of it."""
+    from pyro_vae import load_config
+    from pyro_vae.trainer import Trainer
+
+    trainer = Trainer(load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "objective.jit=false"]),
+                      tmp_path, progress=False)
+    index = torch.arange(8)
+    losses = []
+    for step in (CarefulTrainer(trainer).train_step, CarefulTrainer(trainer, torch.bfloat16).train_step,
+                 lambda i: trainer.train_step(i).item()):
+        trainer.generator.manual_seed(0)
+        torch.manual_seed(0)
+        losses.append(step(index))
+    assert abs(losses[0] - losses[2]) < 1e-3 * abs(losses[2]) and abs(losses[1] - losses[2]) < 1.0 * 8
 
 
 TINY = ["--set", "data.name=synthetic", "--set", "network.hidden=[16]", "--set", "model.z_dim=2", "--device", "cpu"]
