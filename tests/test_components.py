@@ -199,3 +199,14 @@ def test_training_images_are_held_as_bytes_only_where_that_is_exact():
     assert held.dtype == torch.uint8 and torch.equal(expand(held[[3, 0]]), eight_bit[[3, 0]])
     grey = torch.rand(5, 1, 4, 4)
     assert compact(grey) is grey and expand(grey) is grey
+
+
+def test_the_fast_softplus_and_log_sigmoid_equal_torch_s_with_their_gradients():
+    from pyro_vae.ops import log_sigmoid, softplus
+
+    x = torch.cat([torch.linspace(-100, 100, 2001), torch.zeros(1)]).double()
+    for ours, theirs in ((softplus, torch.nn.functional.softplus), (log_sigmoid, torch.nn.functional.logsigmoid)):
+        a, b = x.float().requires_grad_(), x.float().requires_grad_()
+        torch.testing.assert_close(ours(a), theirs(b), rtol=1e-6, atol=1e-6)
+        ours(a).sum().backward(), theirs(b).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)

@@ -269,3 +269,48 @@ def test_gradvar_reports_each_estimator_per_parameter_group(tiny, capsys):
     main(["gradvar", f"{tiny['runs_root']}/g", "--draws", "20", "--examples", "10", "--quiet", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "encoder" in out and "decoder" in out and "gradvar.json" in out
+
+
+def test_bfloat16_runs_the_networks_in_bfloat16_and_every_log_density_in_float32(tmp_path):
+    """Under ``VAE.autocast(bfloat16)`` the encoder's and decoder's matrix products run in bfloat16, while the
+    distributions' parameters, every site's log-density and the loss stay float32 and close to float32's
+    values; outside it (the test ELBO, evaluate) everything is float32."""
+    vae = make_vae("network.hidden=[32]")
+    x = (torch.rand(16, 1, 6, 6) < 0.5).float()
+    linear_dtypes = []
+    for linear in [m for m in vae.modules() if isinstance(m, torch.nn.Linear)]:
+        linear.register_forward_hook(lambda module, args, out: linear_dtypes.append(out.dtype))
+    traces = {}
+    for precision in (None, torch.bfloat16):
+        linear_dtypes.clear()
+        with vae.autocast(precision):
+            pyro.set_rng_seed(0)
+            guide = poutine.trace(vae.guide).get_trace(x)
+            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+        assert set(linear_dtypes) == {precision or torch.float32}
+        model.compute_log_prob(), guide.compute_log_prob()
+        for site in ("x", "z"):
+            assert model.nodes[site]["log_prob"].dtype == torch.float32
+        assert model.nodes["x"]["fn"].base_dist.logits.dtype == torch.float32
+        assert guide.nodes["z"]["log_prob"].dtype == torch.float32
+        traces[precision] = model.log_prob_sum() - guide.log_prob_sum()
+    assert vae.precision is None
+    assert traces[None] != traces[torch.bfloat16]  # autocast did act
+    assert traces[torch.bfloat16].item() == pytest.approx(traces[None].item(), rel=0.02)
+
+
+def test_a_bfloat16_trainer_steps_in_bfloat16_and_scores_the_test_set_in_float32(tmp_path):
+    from pyro_vae.trainer import test_elbo
+
+    assert tiny_trainer(tmp_path / "jit", "train.precision=bfloat16").jit_elbo is not None  # traced, and checked against eager
+    trainer = tiny_trainer(tmp_path / "eager", "train.precision=bfloat16", "objective.jit=false")  # Python hooks run
+    seen = []
+    trainer.vae.decoder.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    losses = [trainer.train_step(torch.arange(64)).item() for _ in range(20)]
+    assert set(seen) == {torch.bfloat16} and losses[-1] < losses[0]
+    e = trainer.experiment
+    seen.clear()
+    test_elbo(trainer.vae, e.test_x, e.test_y, 50)
+    assert set(seen) == {torch.float32}
+    with pytest.raises(PyroVAEError, match="train.precision must be one of float32, bfloat16"):
+        load_config(None, ["train.precision=float8"])
