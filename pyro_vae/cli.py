@@ -17,6 +17,7 @@ SHORTCUTS = {
     "dataset": "data.name", "data_root": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "train.lr", "device": "train.device", "seed": "train.seed", "prior": "prior.name",
     "likelihood": "likelihood.name", "network": "network.name", "objective": "objective.name", "z_dim": "model.z_dim",
+    "precision": "train.precision",
 }
 
 
