@@ -58,7 +58,8 @@ def check_images(images, labels, num_classes, where):
     if images.dim() not in (2, 4):
         raise PyroVAEError(f"{where}: data must be images [N, C, H, W] or points [N, D], got shape {list(images.shape)}")
     if not torch.isfinite(images).all():
-        raise PyroVAEError(f"{where}: data contain NaN or infinite values")
+        kind = "images contain NaN or infinite pixel values" if images.dim() == 4 else "points contain NaN or infinite values"
+        raise PyroVAEError(f"{where}: {kind}")
     if images.dim() == 4 and (images.min() < 0 or images.max() > 1):
         raise PyroVAEError(
             f"{where}: pixel values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]"
