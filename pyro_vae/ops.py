@@ -16,7 +16,9 @@ def softplus(x):
     if x.is_cuda:
         return F.softplus(x)
     a = x.abs()
-    return (x + a) * 0.5 + torch.log(torch.exp(-a) + 1)
+    if x.requires_grad and torch.is_grad_enabled():
+        return (x + a) * 0.5 + torch.log(torch.exp(-a) + 1)
+    return a.neg().exp_().add_(1).log_().add_(x.add(a).mul_(0.5))  # in place where no gradient is kept
 
 
 def log_sigmoid(x):
@@ -25,7 +27,9 @@ def log_sigmoid(x):
     if x.is_cuda:
         return F.logsigmoid(x)
     a = x.abs()
-    return (x - a) * 0.5 - torch.log(torch.exp(-a) + 1)
+    if x.requires_grad and torch.is_grad_enabled():
+        return (x - a) * 0.5 - torch.log(torch.exp(-a) + 1)
+    return a.neg().exp_().add_(1).log_().neg_().add_(x.sub(a).mul_(0.5))  # in place where no gradient is kept
 
 
 class Softplus(torch.nn.Module):

@@ -210,3 +210,5 @@ def test_the_fast_softplus_and_log_sigmoid_equal_torch_s_with_their_gradients():
         torch.testing.assert_close(ours(a), theirs(b), rtol=1e-6, atol=1e-6)
         ours(a).sum().backward(), theirs(b).sum().backward()
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+        with torch.no_grad():  # the in-place path
+            torch.testing.assert_close(ours(x.float()), theirs(x.float()), rtol=1e-6, atol=1e-6)
