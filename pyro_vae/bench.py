@@ -30,7 +30,7 @@ from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
 from .experiment import build, expand
 from .files import atomic_write
-from .networks import activation_class
+from .networks import activation_class, mlp
 from .runs import open_run_dir, save_checkpoint
 from .trainer import Trainer, test_elbo
 
@@ -91,17 +91,13 @@ class CarefulTrainer:
     networks with the loss summed in float32."""
 
     def __init__(self, trainer, dtype=None):
-        encoder, decoder = trainer.vae.encoder, trainer.vae.decoder
-        self.trainer, self.dtype, self.z_dim = trainer, dtype, trainer.vae.spec.z_dim
-        linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
-        act = type(next(m for m in encoder.modules() if not isinstance(m, (torch.nn.Linear, torch.nn.Sequential))
-                        and not list(m.children())))
-        self.encoder = flat_mlp(linears, act)
-        self.decoder = flat_mlp([m for m in decoder.modules() if isinstance(m, torch.nn.Linear)], act)
-        self.net = torch.nn.ModuleList([self.encoder, self.decoder])
-        fused = trainer.device.type == "cuda" or "fused" in torch.optim.Adam.__init__.__code__.co_varnames
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=trainer.config.train.lr,
-                                          eps=trainer.config.train.adam_eps, fused=fused)
+        encoder, decoder = trainer.vae.encoder, trainer.vae.decoder  # the MLP network's GaussianMLP encoder
+        self.trainer, self.dtype = trainer, dtype
+        self.encoder, self.decoder = (flat_mlp([m for m in net.modules() if isinstance(m, torch.nn.Linear)], type(encoder.act))
+                                      for net in (encoder, decoder))
+        params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=trainer.config.train.lr, eps=trainer.config.train.adam_eps,
+                                          fused=trainer.device.type in ("cpu", "cuda") or None)
 
     def train_step(self, index):
         trainer = self.trainer
@@ -363,10 +359,7 @@ def discriminative(config_name, overrides, device):
     torch.manual_seed(config.train.seed)
     x_dim = math.prod(experiment.vae.spec.image_shape)
     sizes = [x_dim, *options["hidden"], experiment.data.num_classes]
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        layers += [torch.nn.Linear(a, b)] + ([activation_class(options["activation"])()] if i < len(sizes) - 2 else [])
-    net = torch.nn.Sequential(torch.nn.Flatten(), *layers).to(experiment.vae.device)
+    net = torch.nn.Sequential(torch.nn.Flatten(), mlp(sizes, activation_class(options["activation"]))).to(experiment.vae.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.train.lr, eps=config.train.adam_eps)
     generator = torch.Generator(experiment.vae.device).manual_seed(config.train.seed)
     likelihood, n, batch_size = experiment.vae.likelihood, len(experiment.train_x), config.train.batch_size

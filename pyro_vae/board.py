@@ -58,7 +58,7 @@ class Board:
     def pictures(self, vae, x, y, step):
         """Test images beside their reconstructions, and samples (none for points in ℝ^D: their pictures
         are the run's scatter plots)."""
-        if len(vae.spec.image_shape) == 1:
+        if vae.spec.points:
             return
         labels = y if vae.spec.conditional else None
         pairs = torch.stack([x, vae.reconstruct(x, labels)], dim=1).reshape(-1, *x.shape[1:])

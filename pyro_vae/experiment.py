@@ -51,8 +51,8 @@ def build(config, device, dataset=None):
 
 def check_likelihood(data, likelihood, dataset):
     """Refuse a likelihood of grey levels in [0, 1] for points in ℝ^D."""
-    real = sorted(name for name in LIKELIHOODS.names() if getattr(LIKELIHOODS.get(name), "real", False))
-    if data.points and not getattr(LIKELIHOODS.get(likelihood), "real", False):
+    if data.points and not LIKELIHOODS.get(likelihood).real:
+        real = sorted(name for name in LIKELIHOODS.names() if LIKELIHOODS.get(name).real)
         raise PyroVAEError(f"{dataset} holds points in ℝ^{data.image_shape[0]}, which the {likelihood} likelihood "
                            f"cannot score (it models grey levels in [0, 1]); use {' or '.join(real)}")
 

@@ -44,7 +44,7 @@ class Likelihood(nn.Module):
         return grey
 
     def mean(self, params):
-        """E[x|z]: clamped to [0, 1] for images (grey levels), as it is for points in ℝ^D."""
+        """E[x|z], clamped to [0, 1] for images (grey levels) and left as it is for points in ℝ^D."""
         mean = self(params).mean
         return mean if len(self.image_shape) == 1 else mean.clamp(0, 1)
 

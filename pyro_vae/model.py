@@ -148,9 +148,9 @@ class VAE(nn.Module):
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
             params = self.network(self.encoder, x, c)
+            family = Normal if self.reparameterize else ScoreFunctionNormal
             with poutine.scale(scale=beta):
                 for name, layer in zip(self.latent_sites, [*self.up, None]):
-                    family = Normal if self.reparameterize else ScoreFunctionNormal
                     z = pyro.sample(name, family(*params).to_event(1))
                     params = layer(z) if layer is not None else None
 

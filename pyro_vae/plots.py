@@ -106,7 +106,7 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
     y = test_y if conditional else None
     if metrics:
         loss_curves(metrics, run_dir / "loss.png")
-    if len(vae.spec.image_shape) == 1:
+    if vae.spec.points:
         point_figures(vae, run_dir, test_x, y)
         return
     x, yb = test_x[:32], None if y is None else y[:32]

@@ -10,6 +10,11 @@ class ModelSpec:
     conditional: bool  # whether encoder, decoder and prior see y
 
     @property
+    def points(self):
+        """True where x is a point in ℝ^D (shape [D]) rather than a grey image."""
+        return len(self.image_shape) == 1
+
+    @property
     def cond_dim(self):
         """Width of the condition fed to the networks: one-hot y, or nothing."""
         return self.num_classes if self.conditional else 0
