@@ -306,7 +306,7 @@ def parity(epochs, config_name, overrides, device, keep=None):
     objective = config.objective
     if objective.name not in ("trace_elbo", "mean_field") or objective.options.get("num_particles", 1) != 1:
         raise PyroVAEError("--parity compares the one-sample ELBO; the plain loop has no other objective")
-    if config.model.layers or config.model.conditional or config.likelihood.name != "bernoulli":
+    if config.model.layers or config.condition.name != "none" or config.likelihood.name != "bernoulli":
         raise PyroVAEError("--parity's plain loop is the one-layer, unconditional Bernoulli VAE")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep) / "pyro" if keep else Path(tmp)

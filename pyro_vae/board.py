@@ -4,13 +4,15 @@ Into ``RUN/tensorboard/``, through ``torch.utils.tensorboard``: the run's config
 epoch the train loss, the learning rate and β, and, on the epochs that score the test set, the test
 ELBO with its two parts, E_q[log p(x|z)] (reconstruction) and the rest (the KL term, so that the two
 add up to the ELBO); every ``train.tensorboard_images_every`` epochs and after the last, test digits
-with their reconstructions and samples decoded from z ~ p(z).
+with their reconstructions and samples decoded from z ~ p(z) (completions of test digits for a
+condition on part of the image).
 """
 import pyro
 import torch
 from pyro import poutine
 from torchvision.utils import make_grid
 
+from . import plots
 from .config import to_toml
 from .datasets import TEST_SEED
 from .devices import forked_rng
@@ -59,6 +61,10 @@ class Board:
         """Test images beside their reconstructions, and samples (none for points in ℝ^D: their pictures
         are the run's scatter plots)."""
         if vae.spec.points:
+            return
+        if vae.conditioning.partial:
+            rows, _ = plots.completion_rows([("", vae)], x[:10])
+            self.writer.add_image("completions", make_grid(torch.cat(rows).float().cpu(), nrow=10, pad_value=1.0), step)
             return
         labels = y if vae.spec.conditional else None
         pairs = torch.stack([x, vae.reconstruct(x, labels)], dim=1).reshape(-1, *x.shape[1:])

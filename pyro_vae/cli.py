@@ -17,7 +17,7 @@ SHORTCUTS = {
     "dataset": "data.name", "data_root": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "train.lr", "device": "train.device", "seed": "train.seed", "prior": "prior.name",
     "likelihood": "likelihood.name", "network": "network.name", "objective": "objective.name", "z_dim": "model.z_dim",
-    "precision": "train.precision",
+    "precision": "train.precision", "condition": "condition.name",
 }
 
 
@@ -35,7 +35,7 @@ def parser():
     train.add_argument("--runs-root", default="runs", help="folder that holds the runs (default: runs)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    train.add_argument("--conditional", action="store_true", help="train a CVAE conditioned on the labels")
+    train.add_argument("--conditional", action="store_true", help="train a CVAE conditioned on the labels (--condition label)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     for flag, target in SHORTCUTS.items():
         train.add_argument("--" + flag.replace("_", "-"), help=f"shortcut for --set {target}=...")
@@ -105,7 +105,7 @@ def run_train(args):
     overrides = list(args.set)
     overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
     if args.conditional:
-        overrides.append("model.conditional=true")
+        overrides.append("condition.name=label")
     if args.resume and (args.config or args.name or args.overwrite):
         raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
     if distributed.launched() and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) and not (args.name or args.resume):
@@ -159,12 +159,12 @@ def run_evaluate(args):
                      seed=args.seed)
     if not world.main:
         return
-    what = "log p(x|y)" if s["conditional"] else "log p(x)"
+    what = s["what"]
     bpd = "n/a (continuous likelihood)" if s["bits_per_dim"] is None else f"{s['bits_per_dim']:.4f}"
     rows = [
         ("examples", f"{s['num_examples']} ({s['dataset']}, {s['split']})"),
         ("K", s["num_samples"]),
-        ("mean ELBO", f"{s['elbo']:.3f}"),
+        ("mean ELBO", f"{s['elbo']:.3f} (K samples); {s['elbo_10_particles']:.3f} (10 particles, Pyro's figure)"),
         (f"mean {what}", f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}"),
         ("gap (log p − ELBO)", f"{s['log_likelihood'] - s['elbo']:.3f}"),
         ("bits per dim", bpd),
@@ -208,6 +208,9 @@ def run_sample(args):
         raise PyroVAEError(f"a picture holds at most {MAX_GRID} samples; write {args.n} to an array with --out FILE.npy")
     check_writable(out.parent)
     _, vae = load_run(args.run, args.device)
+    if vae.conditioning.partial:
+        raise PyroVAEError(f"{args.run} completes images from a given part, so it has no samples of its own: see "
+                           f"{Path(args.run) / 'completions.png'} (test digits), or pyro-vae compare beside other runs")
     torch.manual_seed(args.seed)
     labels = None
     if vae.spec.conditional:
@@ -233,7 +236,8 @@ def run_compare(args):
     out = Path(args.out or Path("runs") / f"compare-{names}"[:200])
     compare_runs(args.runs, out, device=args.device)
     print((out / "compare.txt").read_text(), end="")
-    print(f"wrote {out / 'compare.md'}, compare.txt, loss.png, samples.png, latent.png")
+    pictures = "completions.png" if (out / "completions.png").exists() else "samples.png, latent.png"
+    print(f"wrote {out / 'compare.md'}, compare.txt, loss.png, {pictures}")
 
 
 def run_gradvar(args):
@@ -257,7 +261,7 @@ def run_configs(args):
         c = load_config(name)
         text = (resources.files("pyro_vae") / "configs" / f"{name}.toml").read_text()
         about = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
-        kind = "CVAE" if c.model.conditional else "VAE"
+        kind = "VAE" if c.condition.name == "none" else ("NN" if c.model.z_dim == 0 else "CVAE") + f" ({c.condition.name})"
         print(f"{name:<27} {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
               f"likelihood {c.likelihood.name}, {c.objective.name}\n{'':<27} {about}")
 

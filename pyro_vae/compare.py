@@ -5,7 +5,8 @@ settings in which the runs' configs differ and each run's figures (epochs, time,
 test ELBO, the test log p(x) with its standard error, ESS and Pareto k̂ where ``evaluate`` ran, the
 classifier's accuracy where it ran); ``loss.png``, every run's curves on one axis; ``samples.png``,
 each run's decoded z ~ p(z) from the same random stream; ``latent.png``, each run's test-set means of
-q(z|x) on shared axes. One more row says how much of each run's code space its prior reaches: the share
+q(z|x) on shared axes (for image-completion runs instead ``completions.png``: test digits' given part,
+truth and each run's completions). One more row says how much of each run's code space its prior reaches: the share
 of test codes inside the region that holds 95% of p(z)'s mass (``codes_where_the_prior_is``).
 """
 import json
@@ -91,6 +92,14 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     labels = list(dict.fromkeys(label for f in figures for label in f))
     rows += [(label, [f.get(label) for f in figures]) for label in labels]
     plots.compare_curves(names, metrics, out / "loss.png")
+    partial = [vae.conditioning.partial for _, vae, _, _ in loaded]
+    if any(partial):
+        if not all(partial) or len({str(c["condition"]) for c in configs}) > 1:
+            raise PyroVAEError("image-completion runs compare with runs of the same condition (their pictures are completions)")
+        _, _, x, y = loaded[0]
+        plots.completions([(name, vae) for name, (_, vae, _, _) in zip(names, loaded)], x[plots.one_per_class(y)],
+                          out / "completions.png", seed=seed)
+        return write_table(out, names, rows)
     samples = []
     for _, vae, _, _ in loaded:
         torch.manual_seed(seed)
@@ -101,6 +110,11 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     plots.compare_latents(names, codes, [y for *_, y in loaded], out / "latent.png")
     covered = [f"{codes_where_the_prior_is(vae, code, y, seed):.1%}" for (_, vae, _, y), code in zip(loaded, codes)]
     rows.append(("test codes in p(z)'s 95% region", covered))
+    return write_table(out, names, rows)
+
+
+def write_table(out, names, rows):
+    """compare.md and compare.txt of ``rows`` in ``out``; returns ``rows``."""
     markdown, text = table(names, rows)
     atomic_write(out / "compare.md", markdown)
     atomic_write(out / "compare.txt", text)

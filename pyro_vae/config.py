@@ -1,7 +1,7 @@
 """Configuration: TOML files read with ``tomllib`` into dataclasses, ``--set section.key=value`` overrides.
 
-A config has one section per component chosen by name from a registry (``data``, ``network``,
-``prior``, ``likelihood``, ``objective``, ``schedule``: ``name`` plus that component's options) and two plain
+A config has one section per component chosen by name from a registry (``data``, ``condition``,
+``network``, ``prior``, ``likelihood``, ``objective``, ``schedule``: ``name`` plus that component's options) and two plain
 sections (``model``, ``train``). Bundled configs live in ``pyro_vae/configs/*.toml``; the resolved
 config saved in a run folder is all that ``evaluate``, ``sample`` and ``--resume`` need.
 """
@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import torch
 
+from .conditions import CONDITIONS
 from .datasets import DATASETS
 from .errors import PyroVAEError
 from .files import os_error
@@ -29,7 +30,7 @@ from .priors import PRIORS
 from .registry import check_type
 from .schedules import SCHEDULES
 
-REGISTRIES = {"data": DATASETS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES,
+REGISTRIES = {"data": DATASETS, "condition": CONDITIONS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES,
               "schedule": SCHEDULES}
 
 
@@ -43,8 +44,8 @@ class Component:
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 50  # dimension of the (top) latent z, whose prior is [prior]
-    conditional: bool = False  # CVAE: q(z|x,y), p(x|z,y), p(z|y) with y the label
+    z_dim: int = 50  # dimension of the (top) latent z, whose prior is [prior]; 0: no latent (the deterministic
+    # baseline p(x_M|x_G) of image completion)
     layers: list[int] = field(default_factory=list)  # sizes of stochastic layers below z, from x up (Burda: [100])
     layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # hidden sizes between stochastic layers
     layer_activation: str = "tanh"
@@ -75,6 +76,7 @@ class TrainConfig:
 @dataclass
 class Config:
     data: Component = field(default_factory=lambda: Component("mnist-5k"))
+    condition: Component = field(default_factory=lambda: Component("none"))  # none | label | quadrants | column
     model: ModelConfig = field(default_factory=ModelConfig)
     network: Component = field(default_factory=lambda: Component("mlp"))
     prior: Component = field(default_factory=lambda: Component("standard_normal"))
@@ -96,9 +98,9 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # training precision → torch.autocast's dtype (None: off)
-POSITIVE = {"model.z_dim", "train.batch_size", "train.lr", "train.eval_batch_size", "train.beta", "train.adam_eps",
+POSITIVE = {"train.batch_size", "train.lr", "train.eval_batch_size", "train.beta", "train.adam_eps",
             "train.test_every", "train.tensorboard_images_every"}
-NON_NEGATIVE = {"train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every", "train.test_examples"}
+NON_NEGATIVE = {"model.z_dim", "train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every", "train.test_examples"}
 INT64 = {"model.z_dim", "train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size",
          "train.test_examples", "train.test_every", "train.tensorboard_images_every"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -194,6 +196,7 @@ def config_from_dict(table):
             raise PyroVAEError(f"unknown config section [{section}]; valid sections: {', '.join(SECTIONS)}")
     kwargs = {}
     hints = typing.get_type_hints(Config)
+    table = legacy_conditional(table)
     for section in SECTIONS:
         values = dict(table.get(section, {}))
         if section in REGISTRIES:
@@ -204,6 +207,21 @@ def config_from_dict(table):
     config = Config(**kwargs)
     check_ranges(config)
     return config
+
+
+def legacy_conditional(table):
+    """``table`` with the earlier spelling of the label CVAE, ``model.conditional = true`` (runs saved before the
+    [condition] section existed), read as ``condition.name = "label"``."""
+    model = dict(table.get("model", {}))
+    if "conditional" not in model:
+        return table
+    flag = check_type("model.conditional", model.pop("conditional"), bool)
+    condition = dict(table.get("condition", {"name": "none"}))
+    if flag and condition.get("name", "none") not in ("none", "label"):
+        raise PyroVAEError(f"model.conditional = true asks for the label condition, but condition.name is {condition['name']!r}")
+    if flag:
+        condition["name"] = "label"
+    return {**table, "model": model, "condition": condition}
 
 
 def section_from_dict(section, cls, values):

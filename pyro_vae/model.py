@@ -1,14 +1,19 @@
-"""The VAE as a Pyro model p(z|y) p(x|z,y) and guide q(z|x,y) that share the arguments ``(x, y=None)``.
+"""The VAE as a Pyro model p(z|c) p(t|z,c) and guide q(z|t,c) that share the arguments ``(x, y=None)``.
+
+The condition (``conditions.py``, chosen by name) splits an example x (and its label y) into the target t
+the model generates and what it is given, c: t = x and no c for the VAE; t = x and c = one-hot y for
+the label CVAE; t = the missing pixels x_M and c = the given ones x_G for image completion. With
+``model.z_dim = 0`` there is no latent: p(t|c) is the deterministic regressor (Pyro's "NN" baseline).
 
 With stochastic layers (``model.layers``, L ≥ 2) the model is p(z) p(z_{L−1}|z) … p(z1|z2) p(x|z1,y)
-and the guide q(z1|x,y) q(z2|z1) … q(z|z_{L−1}): the top latent is always ``"z"`` (its prior chosen by
+and the guide q(z1|t,c) q(z2|z1) … q(z|z_{L−1}): the top latent is always ``"z"`` (its prior chosen by
 name), the layers below it ``"z1"`` (next to x), ``"z2"``, … Each conditional between layers is a
 diagonal Gaussian from an MLP (``GaussianMLP``).
 
 Contract (kept by every model the evaluator and trainer accept): one ``pyro.plate("data", B)``
-around the per-example sites; latent sites and the observed site ``"x"``, each ``.to_event(...)`` so
-that its log-prob has shape [B]. The unconditional VAE ignores ``y`` (and refuses one); the CVAE
-needs it.
+around the per-example sites; latent sites and the observed site ``"x"`` (the target t), each
+``.to_event(...)`` so that its log-prob has shape [B]. A model without labels refuses a ``y``; the
+label CVAE needs it.
 """
 import contextlib
 import dataclasses
@@ -24,6 +29,7 @@ from torch import nn
 from .devices import free_memory
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS
+from .conditions import CONDITIONS
 from .networks import NETWORKS, GaussianMLP, activation_class
 from .priors import PRIORS
 from .spec import ModelSpec
@@ -43,13 +49,14 @@ class VAE(nn.Module):
 
     _names = itertools.count()
 
-    def __init__(self, spec, network, prior, likelihood, up=(), down=(), reparameterize=True):
+    def __init__(self, spec, network, prior, likelihood, up=(), down=(), reparameterize=True, condition=None):
         super().__init__()
         self.reparameterize = reparameterize
         self.pyro_name = f"vae{next(self._names)}"
-        if prior.conditional and not spec.conditional:
-            raise PyroVAEError(f"the {prior.registered_name} prior needs a conditional model (model.conditional = true)")
+        if prior.conditional and not spec.cond_dim:
+            raise PyroVAEError(f"the {prior.registered_name} prior needs a conditional model (a [condition], e.g. --conditional)")
         self.spec = spec
+        self.conditioning = condition or CONDITIONS.build("none", {}, spec.image_shape, spec.num_classes)
         self.encoder = network.encoder
         self.decoder = network.decoder
         self.prior = prior
@@ -81,37 +88,42 @@ class VAE(nn.Module):
     def from_config(cls, config, image_shape, num_classes):
         """The VAE a ``Config`` describes, for images of ``image_shape`` with ``num_classes`` labels."""
         m = config.model
+        condition = CONDITIONS.build(config.condition.name, config.condition.options, tuple(image_shape), num_classes)
+        if m.z_dim == 0 and (not condition.partial or m.layers or config.prior.name != "standard_normal"):
+            raise PyroVAEError("model.z_dim = 0 (no latent, no prior) is the deterministic baseline of image completion; "
+                               "use it with a condition on part of the image (quadrants, column), no model.layers and "
+                               "the standard_normal prior")
         sizes = [*m.layers, m.z_dim]  # latent sizes, bottom (next to x) to top
-        spec = ModelSpec(tuple(image_shape), m.z_dim, num_classes, m.conditional)
-        bottom = dataclasses.replace(spec, z_dim=sizes[0])  # what the x-level networks see
-        likelihood = LIKELIHOODS.build(config.likelihood.name, config.likelihood.options, spec.image_shape)
+        spec = ModelSpec(tuple(image_shape), m.z_dim, num_classes, condition.labels, condition.dim)
+        bottom = dataclasses.replace(spec, image_shape=condition.target_shape, z_dim=sizes[0])  # what the networks see
+        likelihood = LIKELIHOODS.build(config.likelihood.name, config.likelihood.options, bottom.image_shape)
         network = NETWORKS.build(config.network.name, config.network.options, bottom, likelihood.num_outputs)
         prior = PRIORS.build(config.prior.name, config.prior.options, spec, network.encoder)
         act = activation_class(m.layer_activation)
         up = [GaussianMLP(a, m.layer_hidden, b, act) for a, b in zip(sizes, sizes[1:])]
         down = [GaussianMLP(b, m.layer_hidden, a, act) for a, b in zip(sizes, sizes[1:])]
-        return cls(spec, network, prior, likelihood, up, down, m.reparameterize)
+        return cls(spec, network, prior, likelihood, up, down, m.reparameterize, condition)
 
     @property
     def latent_sites(self):
-        """Names of the latent sites, bottom (next to x) to top: ["z"], or ["z1", …, "z"]."""
-        return [f"z{l + 1}" for l in range(len(self.up))] + ["z"]
+        """Names of the latent sites, bottom (next to x) to top: ["z"], or ["z1", …, "z"]; none where z_dim = 0."""
+        return [f"z{l + 1}" for l in range(len(self.up))] + ["z"] if self.spec.z_dim else []
 
     def condition(self, x, y):
-        """The one-hot condition c [B, num_classes] of labels y [B] (None for an unconditional VAE),
-        after checking x [B, *image_shape] and y."""
+        """(t, c): the target t [B, *target_shape] the model generates and its condition c [B, cond_dim] (None
+        without one) of images x [B, *image_shape] and labels y [B], after checking both."""
         if tuple(x.shape[1:]) != self.spec.image_shape:
             raise PyroVAEError(
                 f"images of shape {tuple(x.shape[1:])} given to a model built for {self.spec.image_shape}"
             )
-        return self.label_condition(y, len(x), x.dtype)
+        return self.conditioning.split(x, self.label_condition(y, len(x), x.dtype))
 
     def label_condition(self, y, n, dtype):
         """The one-hot condition [n, num_classes] of labels y [n] (None for an unconditional VAE),
         after checking that a conditional VAE has n integer labels in range and an unconditional one none."""
         if not self.spec.conditional:
             if y is not None:
-                raise PyroVAEError("a label y was given to an unconditional model; train with --conditional to use labels")
+                raise PyroVAEError("a label y was given to a model without labels; train with --conditional to use labels")
             return None
         if y is None:
             raise PyroVAEError("this conditional model needs the label y of every image")
@@ -126,28 +138,33 @@ class VAE(nn.Module):
         return F.one_hot(y.long(), self.spec.num_classes).to(dtype)
 
     def model(self, x, y=None, beta=1.0):
-        """p(z|y) p(z_{L−1}|z) … p(z1|z2) p(x|z1,y): z ~ prior, each layer below from the one above, x ~
-        likelihood(decoder(z1, y)) (z1 = z with one layer); ``beta`` scales the latents' log-densities (β)."""
+        """p(z|c) p(z_{L−1}|z) … p(z1|z2) p(t|z1,c): z ~ prior, each layer below from the one above, the
+        target t (site "x") ~ likelihood(decoder(z1, c)) (z1 = z with one layer; z1 of width 0 where z_dim =
+        0: p(t|c)); ``beta`` scales the latents' log-densities (β)."""
         for part in ("decoder", "down", "prior", "likelihood"):
             pyro.module(f"{self.pyro_name}.{part}", getattr(self, part))
-        c = self.condition(x, y)
+        t, c = self.condition(x, y)
         sites = self.latent_sites
         with pyro.plate("data", x.shape[0]):
+            z = x.flatten(1)[:, :0]  # [B, 0]: no latent (sized by x, so that a traced model takes any batch)
             with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior(c))
+                if sites:
+                    z = pyro.sample("z", self.prior(c))
                 for name, layer in zip(reversed(sites[:-1]), reversed(self.down)):
                     z = pyro.sample(name, Normal(*layer(z)).to_event(1))
-            pyro.sample("x", self.likelihood(self.network(self.decoder, z, c)), obs=x)
+            pyro.sample("x", self.likelihood(self.network(self.decoder, z, c)), obs=t)
 
     def guide(self, x, y=None, beta=1.0):
-        """q(z1|x,y) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) (q(z|x,y) from the encoder with one
+        """q(z1|t,c) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) (q(z|t,c) from the encoder with one
         layer), sampled by reparameterization, or without it (``model.reparameterize = false``), when Pyro's
-        ELBOs differentiate log q instead: the score-function estimator."""
+        ELBOs differentiate log q instead: the score-function estimator. Empty where z_dim = 0."""
+        t, c = self.condition(x, y)
+        if not self.latent_sites:
+            return
         pyro.module(f"{self.pyro_name}.encoder", self.encoder)
         pyro.module(f"{self.pyro_name}.up", self.up)
-        c = self.condition(x, y)
         with pyro.plate("data", x.shape[0]):
-            params = self.network(self.encoder, x, c)
+            params = self.network(self.encoder, t, c)
             family = Normal if self.reparameterize else ScoreFunctionNormal
             with poutine.scale(scale=beta):
                 for name, layer in zip(self.latent_sites, [*self.up, None]):
@@ -156,8 +173,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x, y=None):
-        """(loc, scale) [B, z_dim] of q(z|x,y) for the top latent z, the layers below it set at their means."""
-        loc, scale = self.encoder(x, self.condition(x, y))
+        """(loc, scale) [B, z_dim] of q(z|t,c) for the top latent z, the layers below it set at their means."""
+        if self.conditioning.partial:
+            raise PyroVAEError("a completion model has no codes of whole images to draw; its pictures are completions")
+        loc, scale = self.encoder(*self.condition(x, y))
         for layer in self.up:
             loc, scale = layer(loc)
         return loc, scale
@@ -176,6 +195,8 @@ class VAE(nn.Module):
         """z [n, z_dim] drawn from p(z) (or p(z|y) with labels y [n], checked as the model checks them)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise PyroVAEError(f"the number of samples must be a positive integer, got {n!r}")
+        if self.conditioning.partial:
+            raise PyroVAEError("a completion model draws z ~ p(z|x_G) for the given part of an image; use complete(x, n)")
         c = self.label_condition(y, n, torch.float32)
         return self.prior(None if c is None else c.to(self.device)).expand([n]).sample()
 
@@ -183,6 +204,20 @@ class VAE(nn.Module):
     def sample(self, n, y=None):
         """New data: E[x|z,y] for z ~ p(z|y), shape [n, *image_shape]."""
         return self.decode(self.sample_prior(n, y), y)
+
+    @torch.no_grad()
+    def complete(self, x, num_samples, y=None):
+        """Completions [num_samples, B, *image_shape] of images x [B, …]: the given part of x, the rest
+        E[t|z,c] for z ~ p(z|c) (the layers below at their conditional means; one for all where z_dim = 0)."""
+        t, c = self.condition(x, y)
+        if self.latent_sites:
+            z = self.prior(c).expand([len(x)]).sample([num_samples])
+            for layer in reversed(self.down):
+                z = layer(z)[0]
+        else:
+            z = x.new_zeros(num_samples, len(x), 0)
+        images = self.conditioning.complete(x, self.likelihood.mean(self.decoder(z, c)))
+        return images if self.spec.points else images.clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):

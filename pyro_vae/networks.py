@@ -95,7 +95,7 @@ class MLP(nn.Module):
         if not hidden or min(hidden) < 1:
             raise PyroVAEError(f"network.hidden must be a non-empty list of positive sizes, got {hidden}")
         act = activation_class(activation)
-        self.encoder = MLPEncoder(spec, hidden, act)
+        self.encoder = MLPEncoder(spec, hidden, act) if spec.z_dim else None  # no latent: no q(z|x)
         self.decoder = MLPDecoder(spec, num_outputs, hidden, act)
 
 
@@ -144,7 +144,8 @@ class Conv(nn.Module):
     def __init__(self, spec, num_outputs, *, channels: int = 32, hidden: int = 256, activation: str = "relu"):
         super().__init__()
         if tuple(spec.image_shape[1:]) != (28, 28):
-            raise PyroVAEError(f"the conv network takes 28×28 images, got {spec.image_shape}; use the mlp network")
+            raise PyroVAEError(f"the conv network generates whole 28×28 images, not {spec.image_shape} (a condition on part "
+                               "of the image generates the missing pixels only); use the mlp network")
         act = activation_class(activation)
         self.encoder = ConvEncoder(spec, channels, hidden, act)
         self.decoder = ConvDecoder(spec, num_outputs, channels, hidden, act)

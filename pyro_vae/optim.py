@@ -14,7 +14,8 @@ def ordered_parameters(vae):
     VampPrior's encoder) is named by the part that registers it last, as in the param store."""
     names, params = {}, {}
     for part in PARTS:
-        for name, p in getattr(vae, part).named_parameters():
+        module = getattr(vae, part)  # the encoder is None in a model without a latent
+        for name, p in module.named_parameters() if module is not None else ():
             if p.requires_grad:
                 names[id(p)], params[id(p)] = f"{part}$$${name}", p
     return [params[key] for key in sorted(params, key=names.get)]

@@ -1,8 +1,9 @@
 """Pictures of a run: loss curves, reconstructions, samples, interpolations, the latent space,
-the Kingma–Welling manifold (z of dimension 2), CVAE class grids, log p̂(x) against K, and the
-generative classifier's confusion matrix; for points in ℝ², data against samples and the learned map
+the Kingma–Welling manifold (z of dimension 2), CVAE class grids, image completions, log p̂(x) against
+K, and the generative classifier's confusion matrix; for points in ℝ², data against samples and the learned map
 g(z) = E[x|z]. Each function writes one PNG."""
 import io
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -106,6 +107,9 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
     y = test_y if conditional else None
     if metrics:
         loss_curves(metrics, run_dir / "loss.png")
+    if vae.conditioning.partial:
+        completions([("completions", vae)], test_x[one_per_class(test_y)], run_dir / "completions.png")
+        return
     if vae.spec.points:
         point_figures(vae, run_dir, test_x, y)
         return
@@ -186,6 +190,36 @@ def class_grids(vae, run_dir, columns=10, seed=0):
     labels = torch.arange(num_classes, device=vae.device).repeat_interleave(columns)
     image_grid(vae.sample(len(labels), labels), Path(run_dir) / "class_samples.png", columns,
                "samples x ~ p(x|z,y), z ~ p(z|y), one row per label", row_labels=range(num_classes))
+
+
+def one_per_class(labels, n=10):
+    """Indices of ``n`` examples of labels [N] taken from the classes in turn (the first of each class, then
+    the second, …), so that a picture of test digits shows different digits."""
+    per_class = [(labels == c).nonzero().squeeze(-1).tolist() for c in labels.unique().tolist()]
+    order = [i for group in itertools.zip_longest(*per_class) for i in group if i is not None]
+    return torch.tensor(order[:n], dtype=torch.long, device=labels.device)
+
+
+@torch.no_grad()
+def completion_rows(runs, x, samples=6, seed=0):
+    """([images [B, …]] one per row, [row label]) of image completion for test images x [B, …]: the given
+    part (missing pixels grey), the truth, then each run's completions, E[x_M|z,x_G] for z ~ p(z|x_G) drawn
+    from the same random stream (``samples`` rows; one for a run without a latent, whose completion is
+    its one prediction). ``runs``: [(name, VAE)] of one condition."""
+    rows, labels = [runs[0][1].conditioning.given_part(x), x], ["given", "truth"]
+    for name, vae in runs:
+        n = samples if vae.latent_sites else 1
+        with forked_rng(vae.device):
+            torch.manual_seed(seed)
+            rows += list(vae.complete(x, n))
+        labels += [name] + [""] * (n - 1)
+    return rows, labels
+
+
+def completions(runs, x, path, samples=6, seed=0):
+    """``completion_rows`` as one picture, a column per test image."""
+    rows, labels = completion_rows(runs, x, samples, seed)
+    image_grid(torch.cat(rows), path, len(x), "image completion: each column one test digit", row_labels=labels)
 
 
 def bound_vs_k(ks, means, stderrs, num_examples, path):

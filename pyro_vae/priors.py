@@ -1,8 +1,8 @@
 """Priors p(z) (or p(z|y)) chosen by name.
 
 A prior is an ``nn.Module`` built from the ``ModelSpec`` and the encoder; calling it with the
-one-hot condition c ([B, num_classes], or None) gives a distribution with event shape (z_dim,)
-and batch shape [] (or [B] when it depends on c). Its parameters are learned with the VAE.
+condition c ([B, cond_dim]: one-hot y, or the given pixels; or None) gives a distribution with event
+shape (z_dim,) and batch shape [] (or [B] when it depends on c). Its parameters are learned with the VAE.
 """
 import math
 
@@ -14,6 +14,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from .errors import PyroVAEError
+from .networks import GaussianMLP, activation_class
 from .registry import Registry
 
 PRIORS = Registry("prior")
@@ -25,7 +26,7 @@ def positive(raw):
 
 
 class Prior(nn.Module):
-    conditional = False  # True where the prior depends on the label y
+    conditional = False  # True where the prior depends on the condition c
 
     def __init__(self, spec, encoder):
         super().__init__()
@@ -118,8 +119,9 @@ class VampPrior(Prior):
 
     def __init__(self, spec, encoder, *, num_components: int = 500):
         super().__init__(spec, encoder)
-        if spec.conditional:
-            raise PyroVAEError("the vamp prior is for unconditional models; use standard_normal or conditional_gaussian")
+        if spec.cond_dim:
+            raise PyroVAEError("the vamp prior is for models without a condition; use standard_normal, conditional_gaussian "
+                               "(labels) or network")
         if num_components < 1:
             raise PyroVAEError(f"prior.num_components must be positive, got {num_components}")
         # the VAE's encoder, held outside this module's submodules: the guide registers its parameters
@@ -172,9 +174,29 @@ class ConditionalGaussian(Prior):
     def __init__(self, spec, encoder):
         super().__init__(spec, encoder)
         if not spec.conditional:
-            raise PyroVAEError("the conditional_gaussian prior needs a conditional model (model.conditional = true)")
+            raise PyroVAEError("the conditional_gaussian prior needs labels (--conditional); for a condition on part of "
+                               "the image use the network prior")
         self.locs = nn.Parameter(torch.zeros(spec.num_classes, spec.z_dim))
         self.raw_scales = nn.Parameter(torch.full((spec.num_classes, spec.z_dim), SOFTPLUS_INV_1))
 
     def forward(self, c=None):
         return dist.Normal(c @ self.locs, positive(c @ self.raw_scales)).to_event(1)
+
+
+@PRIORS.register("network")
+class PriorNetwork(Prior):
+    """p(z|c) = N(loc(c), diag(scale(c)²)) from an MLP of the condition c (Doersch's p(z|X), the prior
+    network of Pyro's CVAE example): c → hidden… → (loc, scale) [B, z_dim]."""
+
+    conditional = True
+
+    def __init__(self, spec, encoder, *, hidden: list[int] = [500, 500], activation: str = "relu"):
+        super().__init__(spec, encoder)
+        if not spec.cond_dim:
+            raise PyroVAEError("the network prior maps a condition to p(z|c); it needs a [condition] (e.g. quadrants)")
+        if not hidden or min(hidden) < 1:
+            raise PyroVAEError(f"prior.hidden must be a non-empty list of positive sizes, got {hidden}")
+        self.net = GaussianMLP(spec.cond_dim, hidden, spec.z_dim, activation_class(activation))
+
+    def forward(self, c=None):
+        return dist.Normal(*self.net(c)).to_event(1)

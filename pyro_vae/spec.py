@@ -7,14 +7,10 @@ class ModelSpec:
     image_shape: tuple  # (C, H, W) of one x
     z_dim: int  # latent dimension
     num_classes: int  # label classes y ∈ {0, …, num_classes−1}
-    conditional: bool  # whether encoder, decoder and prior see y
+    conditional: bool  # whether the model takes the label y of every example
+    cond_dim: int = 0  # width of the condition c fed to the networks (one-hot y, given pixels; 0: none)
 
     @property
     def points(self):
         """True where x is a point in ℝ^D (shape [D]) rather than a grey image."""
         return len(self.image_shape) == 1
-
-    @property
-    def cond_dim(self):
-        """Width of the condition fed to the networks: one-hot y, or nothing."""
-        return self.num_classes if self.conditional else 0

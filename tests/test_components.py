@@ -15,7 +15,7 @@ UNCONDITIONAL_PRIORS = [n for n in PRIORS.names() if not PRIORS.get(n).condition
 
 def build_prior(name, z_dim, image_shape=(1, 4, 4), num_classes=3, **options):
     conditional = PRIORS.get(name).conditional
-    spec = ModelSpec(image_shape, z_dim, num_classes, conditional)
+    spec = ModelSpec(image_shape, z_dim, num_classes, conditional, num_classes if conditional else 0)
     network = NETWORKS.build("mlp", {"hidden": [8]}, spec, 1)
     return PRIORS.build(name, options, spec, network.encoder), spec
 

@@ -35,7 +35,7 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["nosuch.key=1"], "unknown config section \\[nosuch\\]; valid sections: data, model"),
+        (["nosuch.key=1"], "unknown config section \\[nosuch\\]; valid sections: data, condition, model"),
         (["train.nosuch=1"], "unknown key 'nosuch' in \\[train\\]; valid keys: epochs"),
         (["prior.name=nosuch"], "unknown prior 'nosuch'; valid choices: conditional_gaussian, flow, gaussian, mog"),
         (["likelihood.name=mse"], "unknown likelihood 'mse'; valid choices: bernoulli, continuous_bernoulli"),
@@ -48,7 +48,7 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["network.hidden=3"], "must be a list of int, got 3"),
         (["train.lr=0"], "train.lr must be positive, got 0.0"),
         (["train.batch_size=-4"], "train.batch_size must be positive"),
-        (["model.z_dim=0"], "model.z_dim must be positive"),
+        (["model.z_dim=-1"], "model.z_dim must be zero or more"),
         (["train.beta=0"], "train.beta must be positive"),
         (["train.warmup_epochs=-1"], "train.warmup_epochs must be zero or more"),
         (["train.device=tpu"], "train.device must be one of auto, cpu, cuda"),
@@ -87,4 +87,4 @@ def test_registry_refuses_duplicates_and_lists_names():
 
 
 def test_config_is_a_dataclass_of_sections():
-    assert [f for f in Config().to_dict()] == ["data", "model", "network", "prior", "likelihood", "objective", "schedule", "train"]
+    assert [f for f in Config().to_dict()] == ["data", "condition", "model", "network", "prior", "likelihood", "objective", "schedule", "train"]

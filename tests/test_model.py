@@ -46,7 +46,7 @@ def test_vectorized_particles_broadcast_through_the_networks():
     "conditional, images, labels, message",
     [
         (False, torch.zeros(2, 1, 5, 5), None, "images of shape \\(1, 5, 5\\) given to a model built for \\(1, 6, 6\\)"),
-        (False, torch.zeros(2, 1, 6, 6), torch.tensor([0, 1]), "label y was given to an unconditional model"),
+        (False, torch.zeros(2, 1, 6, 6), torch.tensor([0, 1]), "label y was given to a model without labels"),
         (True, torch.zeros(2, 1, 6, 6), None, "needs the label y of every image"),
         (True, torch.zeros(2, 1, 6, 6), torch.tensor([0, 3]), "labels must lie in 0..2"),
         (True, torch.zeros(2, 1, 6, 6), torch.tensor([0]), "1 labels for 2 images"),

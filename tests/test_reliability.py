@@ -61,14 +61,26 @@ BAD_INPUTS = {
     "wrong value type": (["--set", "train.epochs=ten"], "train.epochs must be int, got 'ten'"),
     "non-positive learning rate": (["--lr", "-0.1"], "train.lr must be positive, got -0.1"),
     "non-positive batch size": (["--batch-size", "0"], "train.batch_size must be positive, got 0"),
-    "non-positive latent size": (["--z-dim", "0"], "model.z_dim must be positive, got 0"),
+    "negative latent size": (["--z-dim", "-1"], "model.z_dim must be zero or more, got -1"),
+    "no latent without a condition on part of the image": (["--z-dim", "0"], "model.z_dim = 0 (no latent, no prior) is the "
+                                                           "deterministic baseline of image completion"),
+    "unknown condition": (["--condition", "half"], "unknown condition 'half'; valid choices: column, label, none, quadrants"),
+    "quadrants beyond three": (["--condition", "quadrants", "--set", "condition.given=4"],
+                               "condition.given must be 1, 2 or 3 quadrants, got 4"),
+    "part of an image of points": (["--dataset", "ring", "--likelihood", "gaussian", "--condition", "column"],
+                                   "the column condition takes part of an image [C, H, W]; this data has shape (2,)"),
+    "completion by the conv network": (["--condition", "quadrants", "--network", "conv"],
+                                       "the conv network generates whole 28×28 images, not (48,)"),
+    "prior network without a condition": (["--prior", "network"], "the network prior maps a condition to p(z|c); it needs"),
+    "legacy label flag against another condition": (["--set", "model.conditional=true", "--condition", "column"],
+                                                     "model.conditional = true asks for the label condition"),
     "missing data offline": (["--dataset", "mnist", "--data-root", "/nonexistent", "--set", "data.download=false"],
                              "mnist was not found under '/nonexistent'"),
-    "images of the wrong size": (["--network", "conv"], "the conv network takes 28×28 images, got (1, 8, 8)"),
+    "images of the wrong size": (["--network", "conv"], "the conv network generates whole 28×28 images, not (1, 8, 8)"),
     "NaN pixels": (["--dataset", "test-nan-pixels"], "images contain NaN or infinite pixel values"),
     "pixels outside [0, 1]": (["--dataset", "test-out-of-range"], "pixel values must lie in [0, 1]"),
     "labels outside the classes": (["--dataset", "test-bad-labels"], "labels must lie in 0..2"),
-    "conditional prior without labels": (["--prior", "conditional_gaussian"], "needs a conditional model"),
+    "conditional prior without labels": (["--prior", "conditional_gaussian"], "the conditional_gaussian prior needs labels"),
     "run name outside the runs root": (["--name", "../escape"], "must be letters, digits"),
     "existing run without --resume": (None, "exists; pass --resume"),
     "run folder that does not exist": ("evaluate /nonexistent/run", "run folder /nonexistent/run does not exist"),
@@ -113,7 +125,7 @@ def test_installed_entry_point_prints_no_traceback():
     done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--prior", "nope"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "pyro-vae: error: unknown prior 'nope'; valid choices: conditional_gaussian, flow, gaussian, mog, "
+        "pyro-vae: error: unknown prior 'nope'; valid choices: conditional_gaussian, flow, gaussian, mog, network, "
         "standard_normal, vamp"
     ]
     debug = subprocess.run([sys.executable, "-m", "pyro_vae", "--debug", "train", "--prior", "nope"],
