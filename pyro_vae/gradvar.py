@@ -56,6 +56,8 @@ def gradient_variance(run_dir, *, draws=200, examples=100, device="auto", progre
         raise PyroVAEError(f"gradvar needs at least 2 draws and 1 example, got {draws} and {examples}")
     run_dir = Path(run_dir)
     _, vae, x, y = run_examples(run_dir, limit=examples, device=device)
+    if not vae.latent_sites:
+        raise PyroVAEError(f"{run_dir} has no latent (model.z_dim = 0), so no draw of z whose gradient estimators could differ")
     check_writable(run_dir)
     args = (x, y) if vae.spec.conditional else (x,)
     results = {}

@@ -128,6 +128,9 @@ def test_baseline_and_cvae_train_evaluate_and_draw_completions(tiny, capsys):
     with pytest.raises(SystemExit) as refused:
         main(["sample", str(root / "cvae")])
     assert refused.value.code == 2 and "completes images from a given part" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["gradvar", str(root / "nn"), "--draws", "2", "--examples", "2", "--quiet"])
+    assert "has no latent" in capsys.readouterr().err
     main(cli_args("train", tiny, "--name", "vae", "--set", "condition.name=none"))
     with pytest.raises(SystemExit):
         main(["compare", str(root / "nn"), str(root / "vae"), "--out", str(root / "mixed")])
