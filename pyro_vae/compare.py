@@ -46,7 +46,8 @@ def run_figures(run_dir, metrics):
         "final test ELBO": round(tested[-1]["test_elbo"], 2) if tested else None,
     }
     if evaluation is not None:
-        figures["test log p(x)"] = f"{evaluation['log_likelihood']:.2f} ± {evaluation['log_likelihood_stderr']:.2f}"
+        figures[f"test {evaluation.get('what', 'log p(x)')}"] = (f"{evaluation['log_likelihood']:.2f} ± "
+                                                               f"{evaluation['log_likelihood_stderr']:.2f}")
         figures["K, examples"] = f"{evaluation['num_samples']}, {evaluation['num_examples']}"
         figures["mean ESS"] = round(evaluation["mean_ess"], 1)
         if evaluation.get("median_pareto_k") is not None:
