@@ -185,9 +185,14 @@ class VAE(nn.Module):
     def decode(self, z, y=None):
         """E[x|z,y] [..., B, *image_shape] for top latents z [..., B, z_dim] (the layers below at their
         conditional means; labels y broadcast over the leading dims)."""
+        c = None if y is None else F.one_hot(y, self.spec.num_classes).to(z.dtype)
+        return self.target_mean(z, c)
+
+    def target_mean(self, z, c):
+        """E[t|z,c] [..., B, *target_shape] for top latents z [..., B, z_dim] (width 0 without a latent) and the
+        condition c [B, cond_dim] (or None), the layers below z at their conditional means."""
         for layer in reversed(self.down):
             z = layer(z)[0]
-        c = None if y is None else F.one_hot(y, self.spec.num_classes).to(z.dtype)
         return self.likelihood.mean(self.decoder(z, c))
 
     @torch.no_grad()
@@ -209,15 +214,13 @@ class VAE(nn.Module):
     def complete(self, x, num_samples, y=None):
         """Completions [num_samples, B, *image_shape] of images x [B, …]: the given part of x, the rest
         E[t|z,c] for z ~ p(z|c) (the layers below at their conditional means; one for all where z_dim = 0)."""
-        t, c = self.condition(x, y)
+        _, c = self.condition(x, y)
         if self.latent_sites:
             z = self.prior(c).expand([len(x)]).sample([num_samples])
-            for layer in reversed(self.down):
-                z = layer(z)[0]
         else:
             z = x.new_zeros(num_samples, len(x), 0)
-        images = self.conditioning.complete(x, self.likelihood.mean(self.decoder(z, c)))
-        return images if self.spec.points else images.clamp(0, 1)
+        # the likelihood clamps only images, and a target of missing pixels is a vector: clamp the grey levels here
+        return self.conditioning.complete(x, self.target_mean(z, c)).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):
