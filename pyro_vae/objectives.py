@@ -15,6 +15,7 @@ import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBOModule
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.util import warn_if_nan
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -33,10 +34,23 @@ def build_elbo(cls, num_particles, jit=False, **options):
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, **options)
 
 
+class OneGradientJitTrace_ELBO(JitTrace_ELBO):
+    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient. In Pyro 1.9 it returns
+    loss + (surrogate − surrogate.detach()), as ``Trace_ELBO`` does; but there the loss is a Python
+    number, while the traced loss is a tensor on the same graph as the surrogate, so autograd adds the
+    two gradients: twice the ELBO's (a test shows it). Here the value is the loss and the gradient the
+    surrogate's alone: surrogate + (loss − surrogate).detach()."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        warn_if_nan(loss.detach(), "loss")  # the loss itself gets no gradient, which Pyro's hook on it would report
+        return surrogate_loss + (loss - surrogate_loss).detach()
+
+
 @OBJECTIVES.register("trace_elbo")
 def trace_elbo(*, num_particles: int = 1, jit: bool = True):
     """E_q[log p(x, z) − log q(z|x)], a Monte Carlo estimate with reparameterized z ~ q(z|x)."""
-    return build_elbo(JitTrace_ELBO if jit else Trace_ELBO, num_particles, jit)
+    return build_elbo(OneGradientJitTrace_ELBO if jit else Trace_ELBO, num_particles, jit)
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):

@@ -169,7 +169,7 @@ class Trainer:
     def checked_jit(self, elbo):
         """``elbo``, the JIT objective, traced here at the final β on the first training batch, then checked
         on a batch of other examples and another size: from the same random draws, the traced and the
-        eager objective must give the same loss. None, with a warning, where tracing fails or the losses
+        eager objective must give the same loss and the same gradient. None, with a warning, where tracing fails or the losses
         differ (say, a component whose Python control flow or Python numbers depend on tensor values),
         and training stays eager. Runs under a forked RNG and leaves no gradients behind, so a resumed
         run stays bit-identical to an uninterrupted one."""
@@ -178,7 +178,8 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(TEST_SEED)
         traced = self.batch(torch.arange(size, device=self.device), generator)
         checked = self.batch(torch.arange(n - max(self.world.size, size // 2), n, device=self.device), generator)
-        beta, losses, problem = self.config.train.beta, [], None
+        beta, losses, gradients, problem = self.config.train.beta, [], [], None
+        params = [p for p in self.vae.parameters() if p.requires_grad]
         with forked_rng(self.device), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=FutureWarning)
             try:
@@ -188,7 +189,11 @@ class Trainer:
                     for objective in (elbo, self.eager_elbo):
                         torch.manual_seed(TEST_SEED)
                         self.loss.elbo = objective
-                        losses.append(self.loss(*checked, beta=beta).item())
+                        loss = self.loss(*checked, beta=beta)
+                        grads = torch.autograd.grad(loss, params, allow_unused=True)  # into no .grad: none left behind
+                        losses.append(loss.item())
+                        gradients.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                                                    for g, p in zip(grads, params)]))
             except Exception as error:  # tracing fails in many ways: unsupported ops, Python values, new params
                 first_line = str(error).partition("\n")[0]  # Pyro appends whole trace-shape tables
                 problem = f"tracing failed ({type(error).__name__}: {first_line})"
@@ -196,6 +201,9 @@ class Trainer:
                 self.loss.elbo = self.eager_elbo
         if problem is None and not math.isclose(*losses, rel_tol=1e-4, abs_tol=1e-2):
             problem = f"the traced loss {losses[0]:.6g} differs from the eager loss {losses[1]:.6g} on the same draws"
+        elif problem is None and (gradients[0] - gradients[1]).norm() > 1e-3 * gradients[1].norm() + 1e-6:
+            ratio = (gradients[0].norm() / gradients[1].norm()).item()
+            problem = f"the traced gradient differs from the eager one on the same draws (norm {ratio:.3g}× the eager one's)"
         if problem is not None:
             if self.world.main:
                 warnings.warn(f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)",

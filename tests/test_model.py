@@ -160,21 +160,54 @@ def tiny_trainer(tmp_path, *overrides):
     return Trainer(config, tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("objective", ["trace_elbo", "mean_field"])
+@pytest.mark.parametrize("objective", ["trace_elbo", "mean_field", "trace_elbo@3"])
 def test_the_trainer_steps_through_the_jit_elbo_traced_once_and_exact(tmp_path, objective):
-    trainer = tiny_trainer(tmp_path, f"objective.name={objective}")
+    objective, _, particles = objective.partition("@")
+    trainer = tiny_trainer(tmp_path, f"objective.name={objective}", f"objective.num_particles={particles or 1}")
     jit_elbo = trainer.jit_elbo
     assert jit_elbo is not None
     for size in (64, 7, 64, 33):  # the last batch of an epoch is smaller
         assert torch.isfinite(trainer.train_step(torch.arange(size)))
     compiled = jit_elbo._differentiable_loss if objective == "mean_field" else jit_elbo._loss_and_surrogate_loss
     assert len(compiled.compiled) == 1
-    args, losses = trainer.batch(torch.arange(5), torch.Generator().manual_seed(0)), []
-    for elbo in (jit_elbo, trainer.eager_elbo):  # the same draws give the same loss
+    args, losses, gradients = trainer.batch(torch.arange(5), torch.Generator().manual_seed(0)), [], []
+    params = list(trainer.vae.parameters())
+    for elbo in (jit_elbo, trainer.eager_elbo):  # the same draws give the same loss and the same gradient
         pyro.set_rng_seed(3)
         trainer.loss.elbo = elbo
-        losses.append(trainer.loss(*args, beta=1.0).item())
+        loss = trainer.loss(*args, beta=1.0)
+        losses.append(loss.item())
+        gradients.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-4)
+
+
+def test_pyro_s_jit_trace_elbo_module_loss_has_twice_the_gradient_which_the_trainer_refuses(tmp_path):
+    """Documents the Pyro 1.9 bug ``OneGradientJitTrace_ELBO`` exists for: JitTrace_ELBO's
+    differentiable_loss has the same value as Trace_ELBO's and twice its gradient. The trainer's check
+    compares gradients too, so an objective built on it trains eagerly, with a warning."""
+    from pyro.infer import JitTrace_ELBO
+    from pyro_vae.objectives import build_elbo
+
+    vae = make_vae()
+    x = torch.bernoulli(torch.full((8, 1, 6, 6), 0.5))
+    model, guide, params = vae.model, vae.guide, list(vae.parameters())
+    gradients = []
+    jit_elbo = JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+    jit_elbo.differentiable_loss(model, guide, x)  # traced here, drawing noise of its own
+    for elbo in (jit_elbo, Trace_ELBO(max_plate_nesting=1)):
+        pyro.set_rng_seed(0)
+        loss = elbo.differentiable_loss(model, guide, x)
+        gradients.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    torch.testing.assert_close(gradients[0], 2 * gradients[1], rtol=1e-4, atol=1e-4)
+
+    if "pyro_jit_trace_elbo" not in OBJECTIVES:
+        OBJECTIVES.register("pyro_jit_trace_elbo")(
+            lambda *, jit=True: build_elbo(JitTrace_ELBO if jit else Trace_ELBO, 1, jit))
+    with pytest.warns(UserWarning, match=r"objective.jit: the traced gradient differs from the eager one on the "
+                                         r"same draws \(norm 2× the eager one's\); training without JIT"):
+        trainer = tiny_trainer(tmp_path, "objective.name=pyro_jit_trace_elbo")
+    assert trainer.jit_elbo is None
 
 
 def test_tracing_the_jit_elbo_leaves_the_random_stream_and_the_gradients_alone(tmp_path):
