@@ -15,7 +15,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from .errors import PyroVAEError
-from .ops import log_sigmoid
+from .ops import bernoulli_log_mass, log_sigmoid
 from .registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
@@ -51,13 +51,13 @@ class Likelihood(nn.Module):
 
 class LogitBernoulli(dist.Bernoulli):
     """Bernoulli(logits) with log p(x) = log σ(t) = −log(1 + e⁻ᵗ), t = logits·(2x − 1), for x ∈ {0, 1}:
-    exact and stable, one multiply and ``ops.log_sigmoid`` over the [particles, B, pixels] tensors
-    (vectorized kernels only, where PyTorch's log-sigmoid and softplus are not on the CPU)."""
+    exact and stable, ``ops.bernoulli_log_mass`` over the [particles, B, pixels] tensors (vectorized
+    kernels only, where PyTorch's log-sigmoid and softplus are not on the CPU)."""
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return log_sigmoid(self.logits * (2 * value - 1))
+        return bernoulli_log_mass(self.logits, value)
 
 
 @LIKELIHOODS.register("bernoulli")

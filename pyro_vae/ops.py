@@ -54,6 +54,44 @@ class _LogSigmoid(torch.autograd.Function):
         return torch.sub(y, t).exp_().mul_(grad)
 
 
+def _log_sigmoid_of_signed(logits, x):
+    """log σ(t), t = logits·(2x − 1) (broadcast), in place on t: min(t, 0) − log(1 + e^(−|t|))."""
+    t = x.mul(2).sub_(1).mul_(logits) if x.shape == logits.shape else logits * x.mul(2).sub_(1)
+    a = t.abs().neg_().exp_().add_(1).log_()
+    return t.clamp_(max=0).sub_(a)
+
+
+class _BernoulliLogMass(torch.autograd.Function):
+    """log p(x|logits) = log σ(logits·(2x − 1)) for x ∈ {0, 1}; d/dlogits = x − σ(logits), and
+    d/dx = 2·logits·σ(−t) where a caller differentiates the data too."""
+
+    @staticmethod
+    def forward(ctx, logits, x):
+        ctx.save_for_backward(logits, x)
+        return _log_sigmoid_of_signed(logits, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, x = ctx.saved_tensors
+        grad_logits = grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = x - torch.sigmoid(logits)
+            grad_logits = grad_logits * grad if torch.is_grad_enabled() else grad_logits.mul_(grad)
+        if ctx.needs_input_grad[1]:
+            grad_x = 2 * logits * torch.sigmoid(-logits * (2 * x - 1)) * grad
+        return grad_logits, grad_x
+
+
+def bernoulli_log_mass(logits, x):
+    """log p(x) of Bernoulli(σ(logits)) at x ∈ {0, 1}, elementwise (shapes broadcast): −log(1 + e^(−t)),
+    t = logits·(2x − 1), exact and stable; its gradient x − σ(logits) in three kernels."""
+    if logits.is_cuda:
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+    if (logits.requires_grad or x.requires_grad) and torch.is_grad_enabled():
+        return _BernoulliLogMass.apply(logits, x)
+    return _log_sigmoid_of_signed(logits, x)
+
+
 def softplus(x):
     """log(1 + eˣ), elementwise, any shape; its derivative σ(x) (½ at x = 0)."""
     if x.is_cuda:

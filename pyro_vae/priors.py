@@ -80,7 +80,17 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(spec.z_dim))
 
     def forward(self, c=None):
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return UnitNormal(self.loc, self.scale).to_event(1)
+
+
+class UnitNormal(dist.Normal):
+    """N(0, 1) (loc 0, scale 1, as ``StandardNormal`` holds them) with log p(z) = −½z² − ½ log 2π: three
+    kernels where Normal's density takes nine and their gradients."""
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return value.square().mul(-0.5) - 0.5 * math.log(2 * math.pi)
 
 
 @PRIORS.register("gaussian")

@@ -212,3 +212,41 @@ def test_the_fast_softplus_and_log_sigmoid_equal_torch_s_with_their_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
         with torch.no_grad():  # the in-place path
             torch.testing.assert_close(ours(x.float()), theirs(x.float()), rtol=1e-6, atol=1e-6)
+
+
+def test_the_bernoulli_log_mass_equals_torch_s_with_its_gradients_and_broadcasts_over_particles():
+    from pyro_vae.ops import bernoulli_log_mass
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((6, 5), 0.5), generator=generator)
+    for shape in ((6, 5), (3, 6, 5)):  # [B, D] and [K, B, D] logits against [B, D] data
+        logits = (torch.randn(shape, generator=generator) * 30).requires_grad_()
+        theirs = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x.expand(shape), reduction="none")
+        ours = bernoulli_log_mass(logits, x)
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(*(torch.autograd.grad(f.sum(), logits)[0] for f in (ours, theirs)), rtol=1e-6, atol=1e-6)
+        with torch.no_grad():  # the in-place path
+            torch.testing.assert_close(bernoulli_log_mass(logits, x), theirs, rtol=1e-6, atol=1e-6)
+    data = x.clone().requires_grad_()  # the data's gradient, where a caller asks for it
+    expected = torch.nn.functional.logsigmoid(logits.detach() * (2 * data - 1))
+    torch.testing.assert_close(torch.autograd.grad(bernoulli_log_mass(logits.detach(), data).sum(), data)[0],
+                               torch.autograd.grad(expected.sum(), data)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_value_and_total_gradient():
+    from pyro.distributions import Normal
+    from pyro_vae.model import ReparameterizedNormal
+    from pyro_vae.priors import UnitNormal
+
+    loc = torch.randn(5, 3, requires_grad=True)
+    scale = (torch.rand(5, 3) + 0.1).requires_grad_()
+    q = ReparameterizedNormal(loc, scale)
+    z = q.rsample()
+    ours, theirs = q.log_prob(z), Normal(loc, scale).log_prob(z)  # the second differentiates through z too
+    torch.testing.assert_close(ours, theirs)
+    gradients = [torch.autograd.grad(f.sum(), (loc, scale), retain_graph=True, allow_unused=True) for f in (ours, theirs)]
+    assert gradients[0][0] is None and gradients[1][0].abs().max() < 1e-5  # d/dloc log q(loc + scale·ε) = 0
+    torch.testing.assert_close(gradients[0][1], gradients[1][1])
+    other = torch.randn(5, 3)  # any other value: Normal's density
+    torch.testing.assert_close(q.log_prob(other), Normal(loc, scale).log_prob(other))
+    torch.testing.assert_close(UnitNormal(torch.zeros(3), torch.ones(3)).log_prob(other), Normal(0.0, 1.0).log_prob(other))
