@@ -19,6 +19,7 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     }
     assert report["training"]["32"]["pyro_uses_jit"] is True
     assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]
+    assert set(report["matmul_flops_per_s_after"]) == {"float32", "bfloat16"}
     assert {"pyro_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(report["evaluation"])
     assert "ratio" in capsys.readouterr().out
 
