@@ -32,8 +32,10 @@ class Likelihood(nn.Module):
         self.image_shape = tuple(image_shape)
 
     def outputs(self, params):
-        """The ``num_outputs`` tensors [..., *image_shape] held in decoder outputs [..., P, *image_shape]."""
-        return params.unbind(-len(self.image_shape) - 1)
+        """The ``num_outputs`` tensors [..., *image_shape] held in decoder outputs [..., P, *image_shape]
+        (one output as a view: unbind's backward would stack a copy of the gradient)."""
+        dim = -len(self.image_shape) - 1
+        return (params.squeeze(dim),) if params.shape[dim] == 1 else params.unbind(dim)
 
     def forward(self, params):
         """p(x|z) with batch shape params.shape[:-len(image_shape)-1] and event shape ``image_shape``."""

@@ -42,7 +42,8 @@ def mlp(sizes, activation):
 
 
 class GaussianHead(nn.Module):
-    """features [B, F] → (loc, scale) [B, z_dim] with scale = softplus(·) + 1e-4."""
+    """features [B, F] → (loc, scale) [B, z_dim] with scale = softplus(·) + 1e-4, in float32 under autocast
+    too (log scale enters log q(z|x), and a bfloat16 scale would round the 1e-4 floor away)."""
 
     def __init__(self, in_features, z_dim):
         super().__init__()
@@ -50,7 +51,7 @@ class GaussianHead(nn.Module):
 
     def forward(self, h):
         loc, raw_scale = self.linear(h).chunk(2, dim=-1)
-        return loc, softplus(raw_scale) + 1e-4
+        return loc, softplus(raw_scale.float()) + 1e-4
 
 
 class GaussianMLP(nn.Module):
