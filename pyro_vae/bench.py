@@ -423,7 +423,8 @@ def scaling(nproc, overrides, device, epochs=3):
 
 def compare_run(run_dir, num_samples, device):
     """``pyro-vae evaluate`` of a trained run against plain_log_likelihood of the same networks on
-    the same test images: both means, their difference and its standard error."""
+    the same test images: both means, their difference and its standard error, and the evaluator's
+    share of the float32 matrix-product limit (its FLOP/s: N·(encoder + K·decoder) forward FLOPs over its seconds)."""
     from .report import evaluate_run, run_examples
 
     summary = evaluate_run(run_dir, num_samples=num_samples, device=device)
@@ -433,11 +434,14 @@ def compare_run(run_dir, num_samples, device):
     plain_seconds = time.perf_counter() - started
     # the plain estimate's Monte Carlo error equals the project's in distribution: same proposal, same K
     stderr = math.sqrt(2) * summary["log_likelihood_stderr"]
+    flops = len(x) * (forward_flops(vae.encoder) + num_samples * forward_flops(vae.decoder))
+    limit = matmul_limit(device, torch.float32, (128, 256, 1024))
     return {
         "run": str(run_dir), "num_examples": len(x), "num_samples": num_samples,
         "pyro_log_likelihood": summary["log_likelihood"], "plain_log_likelihood": plain.mean().item(),
         "difference": summary["log_likelihood"] - plain.mean().item(), "difference_stderr": stderr,
         "pyro_elbo": summary["elbo"], "pyro_seconds": summary["seconds"], "plain_seconds": plain_seconds,
+        "flops": flops, "matmul_flops_per_s": limit, "share_of_limit": flops / summary["seconds"] / limit,
     }
 
 

@@ -69,6 +69,9 @@ def test_parity_keeps_both_models_as_runs_that_evaluate_reads(tmp_path):
     main(["evaluate", str(tmp_path / "kept" / "plain"), "-k", "10", "--limit", "5", "--quiet"])
     plain = json.loads((tmp_path / "kept" / "plain" / "eval.json").read_text())
     assert plain["num_examples"] == 5 and (tmp_path / "kept" / "pyro" / "checkpoint.pt").is_file()
+    main(["bench", "--compare-run", str(tmp_path / "kept" / "pyro"), "-k", "20", "--device", "cpu", "--out", str(out)])
+    compared = json.loads(out.read_text())
+    assert abs(compared["difference"]) < 4 * compared["difference_stderr"] and 0 < compared["share_of_limit"]
 
 
 def test_discriminative_baseline_learns_separated_classes(tmp_path):
