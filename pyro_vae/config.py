@@ -240,8 +240,9 @@ def check_ranges(config):
         if value < 0 or (value == 0 and path in POSITIVE):
             bound = "positive" if path in POSITIVE else "zero or more"
             raise PyroVAEError(f"{path} must be {bound}, got {value}")
-    if not 0 <= config.train.seed < 2**64:
-        raise PyroVAEError(f"train.seed must lie in 0 … 2^64 − 1, got {config.train.seed}")
+    if not 0 <= config.train.seed < 2**32:  # PyTorch's CPU generator keeps a seed's low 32 bits
+        raise PyroVAEError(f"train.seed must lie in 0 … 2^32 − 1 (PyTorch's CPU generator keeps 32 bits of a seed), "
+                           f"got {config.train.seed}")
     for path in INT64:
         section, key = path.split(".")
         if getattr(getattr(config, section), key) >= 2**63:

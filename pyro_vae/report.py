@@ -145,8 +145,10 @@ def particle_elbo(vae, x, labels, num_particles=10, batch_size=100):
 
 
 def example_seed(seed, index):
-    """The seed of example ``index``'s random stream in an evaluation seeded by ``seed``."""
-    return (seed * 2**32 + index) % 2**64
+    """The seed of example ``index``'s random stream in an evaluation seeded by ``seed`` (< 2³²): index + seed·φ
+    mod 2³², φ = 0x9E3779B1 odd, so the examples of one evaluation get distinct streams and seed 0's are
+    0, 1, 2, …. It stays below 2³² because PyTorch's CPU generator (mt19937) keeps only a seed's low 32 bits."""
+    return (index + seed * 0x9E3779B1) % 2**32
 
 
 def write_examples(path, labels, columns):

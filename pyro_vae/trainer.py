@@ -372,8 +372,8 @@ class Trainer:
 
 
 def rank_seed(seed, rank):
-    """The seed of rank r's latent noise (N > 1 processes): ``seed`` for rank 0, a different 64-bit number
-    for every other rank."""
+    """The seed of rank r's latent noise (N > 1 processes): ``seed`` for rank 0, another for every other rank,
+    different in the low 32 bits that PyTorch's CPU generator keeps (rank × 0x7F4A7C15, odd, mod 2³²)."""
     return (seed + rank * 0x9E3779B97F4A7C15) % 2**64
 
 

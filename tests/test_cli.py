@@ -48,6 +48,11 @@ def test_evaluate_and_sample(tiny, capsys):
     assert (folder / "eval_vs_k.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "mean log p(x)" in out and "bits per dim" in out
+    estimates = {}
+    for seed in (0, 1, 0):  # --seed chooses the draws; the same seed repeats them
+        main(["evaluate", str(folder), "-k", "50", "--limit", "5", "--seed", str(seed), "--quiet"])
+        estimates.setdefault(seed, []).append((folder / "eval_examples.csv").read_text())
+    assert estimates[0][0] == estimates[0][1] != estimates[1][0]
     main(["sample", str(folder), "-n", "9", "--out", str(folder / "nine.png")])
     assert (folder / "nine.png").stat().st_size > 0
 
