@@ -229,7 +229,7 @@ TRAINING_VARIANTS = {  # name → what it is, for the printed table
 def training_throughput(config_overrides, batch_sizes, repeats, steps, device, limits):
     """{batch size: images/s of each of ``TRAINING_VARIANTS`` (medians of interleaved repeats), the
     ratios of the project's trainer to the careful loops at the same precision (medians of per-repeat
-    ratios), and each variant's share of the matrix-product limit ``limits`` (FLOP/s by precision):
+    ratios, with their quartiles), and each variant's share of the matrix-product limit ``limits`` (FLOP/s by precision):
     images/s × ``step_flops`` / limit}."""
     results = {}
     for batch_size in batch_sizes:
@@ -254,7 +254,8 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
         r["pyro_uses_jit"] = trainer.jit_elbo is not None and bf16_trainer.jit_elbo is not None
         for key, (name, reference) in {"ratio_careful": ("pyro", "careful"), "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
                                        "ratio_plain": ("pyro", "plain")}.items():
-            r[key] = statistics.median(p / q for p, q in zip(rates[name], rates[reference]))
+            ratios = [p / q for p, q in zip(rates[name], rates[reference])]
+            r[key], r[f"{key}_quartiles"] = statistics.median(ratios), statistics.quantiles(ratios, n=4)[::2]
         flops = step_flops(trainer.vae)
         for name in variants:
             limit = limits["bfloat16" if name.endswith("bf16") else "float32"]
@@ -486,7 +487,7 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         "torch": torch.__version__,
         "pyro": pyro.__version__,
         "matmul_flops_per_s": limits,
-        "training": training_throughput(tiny, batch_sizes, 2 if quick else 7, 3 if quick else 30, device, limits),
+        "training": training_throughput(tiny, batch_sizes, 2 if quick else 11, 3 if quick else 30, device, limits),
         "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 5, device),
     }
     again = {name: matmul_limit(device, dtype, batch_sizes, seconds=0.1 if quick else 0.5) for name, dtype in precisions}
@@ -498,11 +499,13 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
           f"{again['float32'] / 1e12:.3f} and {again['bfloat16'] / 1e12:.3f} at the end)")
     for name, what in TRAINING_VARIANTS.items():
         print(f"  {name:>13}: {what}")
-    print(f"{'batch':>6} " + " ".join(f"{name:>13}" for name in TRAINING_VARIANTS) + "  (img/s, share of the limit)")
+    print(f"{'batch':>6} " + " ".join(f"{name:>13}" for name in TRAINING_VARIANTS)
+          + "  (img/s, share of the limit; ratios: median [quartiles] of the repeats' ratios)")
     for batch_size, r in report["training"].items():
         print(f"{batch_size:>6} " + " ".join(f"{r[f'{name}_images_per_s']:>7.0f} ({r[f'{name}_share_of_limit']:.0%})"
                                              for name in TRAINING_VARIANTS)
-              + f"   pyro/careful {r['ratio_careful']:.3f}, bf16 {r['ratio_careful_bf16']:.3f}, pyro/plain {r['ratio_plain']:.3f}"
+              + "   " + ", ".join(f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]" for label, key in (
+                  ("pyro/careful", "ratio_careful"), ("bf16", "ratio_careful_bf16"), ("pyro/plain", "ratio_plain")))
               + ("" if r["pyro_uses_jit"] else "  (JIT unavailable: eager)"))
     e = report["evaluation"]
     print(f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "

@@ -6,7 +6,7 @@ Several particles are drawn at once under an outer vectorized plate (one particl
 ``max_plate_nesting=1`` for the data plate. ``jit`` (on by default where Pyro has a JIT version)
 compiles the loss with ``pyro.ops.jit``: model and guide are traced once into a TorchScript graph, so
 a step no longer runs Pyro's Python machinery. The trainer checks the traced loss against the eager
-one before it uses it (``Trainer.compiled_svi``).
+one, loss and gradient, before it uses it (``Trainer.checked_jit``).
 """
 import math
 

@@ -16,6 +16,7 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert set(report["training"]["32"]) == {
         *(f"{v}_images_per_s" for v in variants), *(f"{v}_share_of_limit" for v in variants),
         "ratio_careful", "ratio_careful_bf16", "ratio_plain", "pyro_uses_jit",
+        "ratio_careful_quartiles", "ratio_careful_bf16_quartiles", "ratio_plain_quartiles",
     }
     assert report["training"]["32"]["pyro_uses_jit"] is True
     assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]

@@ -249,4 +249,7 @@ def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_val
     torch.testing.assert_close(gradients[0][1], gradients[1][1])
     other = torch.randn(5, 3)  # any other value: Normal's density
     torch.testing.assert_close(q.log_prob(other), Normal(loc, scale).log_prob(other))
-    torch.testing.assert_close(UnitNormal(torch.zeros(3), torch.ones(3)).log_prob(other), Normal(0.0, 1.0).log_prob(other))
+    other.requires_grad_()
+    unit, standard = UnitNormal(torch.zeros(3), torch.ones(3)).log_prob(other), Normal(0.0, 1.0).log_prob(other)
+    torch.testing.assert_close(unit, standard)
+    torch.testing.assert_close(*(torch.autograd.grad(f.sum(), other)[0] for f in (unit, standard)))
