@@ -127,7 +127,7 @@ def flat_mlp(linears, activation):
     return torch.nn.Sequential(*layers)
 
 
-def matmul_limit(device, dtype, batch_sizes=(256,), size=(784, 400), seconds=0.5):
+def matmul_limit(device, dtype, batch_sizes, size=(784, 400), seconds=0.5):
     """FLOP/s of the products [B × 784] · [784 × 400] in ``dtype`` on ``device``, B in ``batch_sizes``: the best
     of timed runs over ``seconds`` for each B, the arithmetic limit of the MLP's steps on this machine."""
     best = 0.0
@@ -216,6 +216,8 @@ def images_per_second(step, trainer, steps, batch_size):
     synchronize(trainer.device)
     return steps * batch_size / (time.perf_counter() - started)
 
+
+BATCH_SIZES = (128, 256, 1024)  # the training step's batch sizes; the matrix-product limit is the best over them
 
 TRAINING_VARIANTS = {  # name → what it is, for the printed table
     "pyro": "the project's trainer, default (float32, JIT)",
@@ -436,7 +438,7 @@ def compare_run(run_dir, num_samples, device):
     # the plain estimate's Monte Carlo error equals the project's in distribution: same proposal, same K
     stderr = math.sqrt(2) * summary["log_likelihood_stderr"]
     flops = len(x) * (forward_flops(vae.encoder) + num_samples * forward_flops(vae.decoder))
-    limit = matmul_limit(device, torch.float32, (128, 256, 1024))
+    limit = matmul_limit(device, torch.float32, BATCH_SIZES)
     return {
         "run": str(run_dir), "num_examples": len(x), "num_samples": num_samples,
         "pyro_log_likelihood": summary["log_likelihood"], "plain_log_likelihood": plain.mean().item(),
@@ -479,9 +481,13 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
     tiny = (["network.hidden=[32]", "model.z_dim=4"] if quick else []) + list(overrides)
-    batch_sizes = [32] if quick else [128, 256, 1024]
-    precisions = (("float32", torch.float32), ("bfloat16", torch.bfloat16))
-    limits = {name: matmul_limit(device, dtype, batch_sizes, seconds=0.1 if quick else 0.5) for name, dtype in precisions}
+    batch_sizes = [32] if quick else BATCH_SIZES
+
+    def read_limits():
+        return {name: matmul_limit(device, dtype, batch_sizes, seconds=0.1 if quick else 0.5)
+                for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+
+    limits = read_limits()
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
@@ -490,8 +496,7 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         "training": training_throughput(tiny, batch_sizes, 2 if quick else 11, 3 if quick else 30, device, limits),
         "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 5, device),
     }
-    again = {name: matmul_limit(device, dtype, batch_sizes, seconds=0.1 if quick else 0.5) for name, dtype in precisions}
-    report["matmul_flops_per_s_after"] = again  # a second reading: a limit far above the first means a noisy machine
+    again = report["matmul_flops_per_s_after"] = read_limits()  # a second reading far from the first: a noisy machine
     report["evaluation"]["share_of_limit"] = report["evaluation"]["flops"] / report["evaluation"]["pyro_seconds"] / limits["float32"]
     print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
     print(f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}): float32 "

@@ -311,7 +311,7 @@ FAULTS = {
     "beta inf": (lambda c: train_argv(c, "--set", "train.beta=inf"), "train.beta must be a finite number"),
     "clip norm nan": (lambda c: train_argv(c, "--set", "train.clip_norm=nan"), "train.clip_norm must be a finite number"),
     "seed beyond 64 bits": (lambda c: train_argv(c, "--seed", "99999999999999999999999"), "train.seed must fit in 64 bits"),
-    "negative seed": (lambda c: train_argv(c, "--seed", "-1"), "train.seed must lie in 0 … 2^32 − 1"),
+    "negative seed": (lambda c: train_argv(c, "--seed", "-1"), "train.seed must lie in 0 … 2^32 − 1 (PyTorch's CPU generator keeps 32 bits of a seed), got -1"),
     "seed beyond 32 bits": (lambda c: train_argv(c, "--seed", str(2**32)), "keeps 32 bits of a seed), got 4294967296"),
     "unknown device": (lambda c: train_argv(c, "--device", "tpu"), "train.device must be one of auto, cpu, cuda"),
     "config not UTF-8": (lambda c: train_argv(c, "--config", str(not_utf8(c["tmp"] / "bad.toml"))), "is not UTF-8 text"),
