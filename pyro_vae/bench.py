@@ -217,6 +217,19 @@ def images_per_second(step, trainer, steps, batch_size):
     return steps * batch_size / (time.perf_counter() - started)
 
 
+def interleaved_rates(variants, trainer, repeats, steps, batch_size):
+    """{name: [images/s of each repeat]} of the training steps ``variants`` (name → step(index)), each
+    warmed up by 5 steps, then ``repeats`` rounds of ``steps`` steps of each in turn, so that the
+    machine's noise hits every variant alike."""
+    for step in variants.values():
+        images_per_second(step, trainer, 5, batch_size)
+    rates = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, step in variants.items():
+            rates[name].append(images_per_second(step, trainer, steps, batch_size))
+    return rates
+
+
 BATCH_SIZES = (128, 256, 1024)  # the training step's batch sizes; the matrix-product limit is the best over them
 
 TRAINING_VARIANTS = {  # name → what it is, for the printed table
@@ -246,12 +259,7 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
                 "careful": CarefulTrainer(trainer).train_step,
                 "careful_bf16": CarefulTrainer(trainer, torch.bfloat16).train_step,
             }
-            for step in variants.values():
-                images_per_second(step, trainer, 5, batch_size)
-            rates = {name: [] for name in variants}
-            for _ in range(repeats):
-                for name, step in variants.items():
-                    rates[name].append(images_per_second(step, trainer, steps, batch_size))
+            rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
         r = results[batch_size] = {f"{name}_images_per_s": statistics.median(v) for name, v in rates.items()}
         r["pyro_uses_jit"] = trainer.jit_elbo is not None and bf16_trainer.jit_elbo is not None
         for key, (name, reference) in {"ratio_careful": ("pyro", "careful"), "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
@@ -263,6 +271,23 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
             limit = limits["bfloat16" if name.endswith("bf16") else "float32"]
             r[f"{name}_share_of_limit"] = r[f"{name}_images_per_s"] * flops / limit
     return results
+
+
+FIXED_COST_NETWORK = ["network.hidden=[8]", "model.z_dim=2", "train.batch_size=8"]  # where the arithmetic vanishes
+
+
+def fixed_cost(config_overrides, repeats, steps, device):
+    """Seconds per step of the project's trainer and of the careful loop on a network of width 8 with a
+    batch of 8 and z of 2, where the matrix products and elementwise passes vanish and what is left is
+    each loop's fixed cost (Python, Pyro's and TorchScript's machinery, kernel launches, the optimizer's
+    call): medians of interleaved repeats."""
+    overrides = config_overrides + FIXED_COST_NETWORK + [f"train.device={device}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(load_config(None, overrides), tmp, progress=False)
+        variants = {"pyro": lambda index: trainer.train_step(index).item(), "careful": CarefulTrainer(trainer).train_step}
+        batch_size = trainer.config.train.batch_size
+        rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
+    return {f"{name}_seconds_per_step": batch_size / statistics.median(v) for name, v in rates.items()}
 
 
 def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device):
@@ -494,6 +519,7 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         "pyro": pyro.__version__,
         "matmul_flops_per_s": limits,
         "training": training_throughput(tiny, batch_sizes, 2 if quick else 11, 3 if quick else 30, device, limits),
+        "fixed_cost": fixed_cost(list(overrides), 2 if quick else 11, 3 if quick else 100, device),
         "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 5, device),
     }
     again = report["matmul_flops_per_s_after"] = read_limits()  # a second reading far from the first: a noisy machine
@@ -512,6 +538,12 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
               + "   " + ", ".join(f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]" for label, key in (
                   ("pyro/careful", "ratio_careful"), ("bf16", "ratio_careful_bf16"), ("pyro/plain", "ratio_plain")))
               + ("" if r["pyro_uses_jit"] else "  (JIT unavailable: eager)"))
+    f = report["fixed_cost"]
+    extra = f["pyro_seconds_per_step"] - f["careful_seconds_per_step"]
+    print(f"fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): pyro {f['pyro_seconds_per_step'] * 1e3:.2f} ms, "
+          f"careful {f['careful_seconds_per_step'] * 1e3:.2f} ms; the difference, {extra * 1e3:.2f} ms, is "
+          + ", ".join(f"{extra * r['careful_images_per_s'] / b:.1%}" for b, r in report["training"].items())
+          + f" of a careful step at batch {', '.join(map(str, report['training']))}")
     e = report["evaluation"]
     print(f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "
           f"pyro {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit), plain {e['plain_seconds']:.2f} s, "

@@ -21,8 +21,11 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert report["training"]["32"]["pyro_uses_jit"] is True
     assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]
     assert set(report["matmul_flops_per_s_after"]) == {"float32", "bfloat16"}
+    assert set(report["fixed_cost"]) == {"pyro_seconds_per_step", "careful_seconds_per_step"}
+    assert all(0 < seconds < 1 for seconds in report["fixed_cost"].values())
     assert {"pyro_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(report["evaluation"])
-    assert "ratio" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "fixed cost per step" in printed
 
 
 def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):
