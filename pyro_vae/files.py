@@ -4,6 +4,7 @@ becomes a one-line ``PyroVAEError`` naming the path and the cause."""
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -73,6 +74,21 @@ def check_writable(folder):
         os.unlink(probe)
     except OSError as e:
         raise os_error("write into", folder, e) from None
+
+
+def check_space(folder, size, what):
+    """Refuse, before any work, ``what`` (a file of ``size`` bytes) where ``folder``'s file system has less free."""
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise PyroVAEError(f"{what} need {size_text(size)} in {folder}, which has {size_text(free)} free")
+
+
+def size_text(size):
+    """``size`` bytes for a reader: '512 B', '3.4 MiB', '25.6 GiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 class RunLock:

@@ -4,6 +4,7 @@ K, and the generative classifier's confusion matrix; for points in ℝ², data a
 g(z) = E[x|z]. Each function writes one PNG."""
 import io
 import itertools
+import math
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from .devices import forked_rng  # noqa: E402
-from .files import atomic_file, atomic_write  # noqa: E402
+from .files import atomic_file, atomic_write, check_space  # noqa: E402
 
 
 def save(fig, path):
@@ -43,16 +44,22 @@ def image_grid(images, path, nrow, title, row_labels=None):
 @torch.no_grad()
 def sample_file(vae, n, labels, path, batch_size=1000):
     """n samples E[x|z,y], z ~ p(z|y), as a float32 .npy array [n, *image_shape], drawn ``batch_size`` at a
-    time into a memory-mapped file (memory does not grow with n), then renamed into place whole."""
+    time and appended to the file (memory does not grow with n), then renamed into place whole. A folder
+    without room for the array is refused before any sampling; a disk that fills meanwhile ends in a
+    one-line error and leaves no file."""
     import numpy as np
 
+    shape = (n, *vae.spec.image_shape)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    check_space(Path(path).parent, len(header.getvalue()) + 4 * math.prod(shape), f"{n} samples")
     with atomic_file(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *vae.spec.image_shape))
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            array[start:stop] = vae.sample(stop - start, None if labels is None else labels[start:stop]).float().cpu().numpy()
-        array.flush()
-        del array
+        with open(tmp, "wb") as f:
+            f.write(header.getvalue())
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                images = vae.sample(stop - start, None if labels is None else labels[start:stop])
+                f.write(images.float().cpu().numpy().astype("<f4", copy=False).tobytes())
 
 
 def loss_curves(metrics, path):

@@ -266,6 +266,42 @@ def damage_checkpoint(run, key, value=None):
     torch.save(state, run / "checkpoint.pt")
 
 
+def disk_with_free(monkeypatch, free):
+    """Make the project's free-space check see ``free`` bytes."""
+    import types
+
+    from pyro_vae import files
+
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: types.SimpleNamespace(total=2**40, used=2**40 - free, free=free))
+
+
+def full_after(monkeypatch, size):
+    """Make the files that plots.py opens fail with 'No space left on device' once ``size`` bytes are written,
+    as a disk that fills while samples are written."""
+    import errno
+    import os as real_os
+
+    from pyro_vae import plots
+
+    class Filling:
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > size:
+                raise OSError(errno.ENOSPC, real_os.strerror(errno.ENOSPC))
+            return self.file.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(plots, "open", lambda *args, **kwargs: Filling(open(*args, **kwargs)), raising=False)
+
+
 def mnist_files(tmp_path, damage):
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -356,6 +392,12 @@ FAULTS = {
     "disk full while writing a checkpoint": (
         lambda c: (failing_at(c["monkeypatch"], "fsync", 28, "checkpoint.pt"), train_argv(c, "--name", "full"))[1],
         "full/checkpoint.pt: No space left on device"),
+    "samples larger than the free space": (
+        lambda c: (disk_with_free(c["monkeypatch"], 1000), ["sample", str(c["run"]), "-n", "2500"])[1],
+        "2500 samples need 625.1 KiB in"),
+    "disk full while writing samples": (
+        lambda c: (full_after(c["monkeypatch"], 100_000), ["sample", str(c["run"]), "-n", "2500"])[1],
+        "samples-2500.npy: No space left on device"),
     "run in use by another process": (lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1], "is in use by process"),
     "latent too large for memory": (lambda c: train_argv(c, "--z-dim", "100000000"), "GiB for its weights, gradients and optimizer state"),
     "network too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"), "lower model.z_dim or the network sizes"),
