@@ -36,7 +36,7 @@ from .config import PRECISIONS, config_differences, to_toml
 from .datasets import TEST_SEED
 from .devices import forked_rng, resolve_device
 from .distributed import World
-from .errors import Interrupted
+from .errors import Interrupted, PyroVAEError
 from .experiment import build, expand, seeded_batches
 from .files import RunLock, atomic_write
 from .objectives import OBJECTIVES, VAELoss
@@ -97,6 +97,7 @@ class Trainer:
                     torn.unlink()
                 if (self.run_dir / "checkpoint.pt").is_file():
                     state = load_checkpoint(self.run_dir, self.config, "cpu")
+                    self.check_epochs(state)
                 elif self.progress:
                     tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
             atomic_write(self.run_dir / "config.toml", to_toml(self.config))
@@ -104,6 +105,19 @@ class Trainer:
         except BaseException:
             self.release()
             raise
+
+    def check_epochs(self, state):
+        """A resume trains up to train.epochs in all: refuse a total below what checkpoint ``state`` has begun
+        (an epoch stopped midway counts), before anything in the run folder changes; say so where the run
+        has trained them all."""
+        done, midway = state["epoch"], state["position"] > 0
+        if self.config.train.epochs < done + midway:
+            raise PyroVAEError(f"{self.run_dir} has trained {done} epoch{'s' * (done != 1)}"
+                               f"{' and part of the next' if midway else ''}; --epochs is the total to reach, so pass "
+                               f"{done + midway} or more (got {self.config.train.epochs})")
+        if self.config.train.epochs == done and not midway and self.progress:
+            tqdm.write(f"{self.run_dir} has trained all {done} of its epochs: nothing to train "
+                       f"(--epochs {done + 10} would train 10 more)")
 
     def release(self):
         if self.board is not None:

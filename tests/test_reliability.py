@@ -375,6 +375,11 @@ FAULTS = {
                                  "is not a folder"),
     "run name too long": (lambda c: train_argv(c, "--name", "n" * 300), "run name is 300 bytes long; file names stop at 255"),
     "resume of a folder that is not a run": (lambda c: ["train", "--resume", str(c["tmp"])], "is not a run folder"),
+    "resume to fewer epochs than trained": (lambda c: ["train", "--resume", str(c["run"]), "--epochs", "0"],
+                                            "has trained 1 epoch; --epochs is the total to reach, so pass 1 or more (got 0)"),
+    "resume that would drop an epoch begun": (
+        lambda c: (damage_checkpoint(c["run"], "position", 100), ["train", "--resume", str(c["run"]), "--epochs", "1"])[1],
+        "has trained 1 epoch and part of the next; --epochs is the total to reach, so pass 2 or more (got 1)"),
     "sample into a missing folder": (lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "no" / "x.png")],
                                      "/no: no such folder"),
     "sample to another format": (lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "x.jpg")], "--out must end in .png"),
@@ -557,6 +562,15 @@ def test_a_signal_during_start_up_is_one_line(tiny, signum):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
     assert err.count("\n") == 1 and f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny, capsys):
+    run = trained(tiny, "finished")
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    main(["train", "--resume", str(run)])
+    assert "has trained all 1 of its epochs: nothing to train (--epochs 11 would train 10 more)" in capsys.readouterr().out
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
 
 
 def test_a_refused_resume_releases_the_run(tiny):
