@@ -29,7 +29,7 @@ from .devices import resolve_device
 from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
 from .experiment import build, expand
-from .files import atomic_write
+from .files import atomic_write, make_folder
 from .networks import activation_class, mlp
 from .runs import open_run_dir, save_checkpoint
 from .trainer import Trainer, test_elbo
@@ -476,12 +476,12 @@ def compare_run(run_dir, num_samples, device):
 def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=(), compare=None, num_samples=5000,
          nproc=0, config=None, keep=None, classifier=False):
     """Run the benchmark, print a table and write JSON to ``out``."""
+    make_folder(Path(out).parent)  # before minutes of measuring
     device = str(resolve_device(device))
     torch.manual_seed(0)
     if classifier:
         result = discriminative(config, overrides, device)
         print(json.dumps(result, indent=2))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
     if nproc:
@@ -496,13 +496,11 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
             print(f"{n:>10} {r[f'images_per_s_{n}']:>10.0f} {r[f'threads_per_process_{n}']:>13} {r[f'test_elbo_{n}']:>10.3f}")
         print(f"speed-up {r['speedup']:.3f}, scaling efficiency {r['efficiency']:.3f} (batch {r['batch_size']}, "
               f"{r['train_examples']} examples, median of {r['epochs_timed']} epochs after the first)")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(r, indent=2) + "\n")
         return r
     if parity_epochs or compare:
         result = compare_run(compare, num_samples, device) if compare else parity(parity_epochs, config, list(overrides), device, keep)
         print(json.dumps(result, indent=2))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
     tiny = (["network.hidden=[32]", "model.z_dim=4"] if quick else []) + list(overrides)
@@ -549,7 +547,6 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
           f"pyro {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit), plain {e['plain_seconds']:.2f} s, "
           f"speed ratio {e['speed_ratio']:.3f}; "
           f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return report

@@ -150,6 +150,8 @@ def run_evaluate(args):
         raise PyroVAEError(f"--num-samples must be positive, got {args.num_samples}")
     if args.batch_size < 1:
         raise PyroVAEError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise PyroVAEError(f"--chunk-size must be positive, got {args.chunk_size}")
     if not 0 <= args.seed < 2**32:
         raise PyroVAEError(f"--seed must lie in 0 … 2^32 − 1, got {args.seed}")
     run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining

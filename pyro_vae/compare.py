@@ -17,7 +17,7 @@ import torch
 from . import plots
 from .config import config_differences
 from .errors import PyroVAEError
-from .files import atomic_write, check_writable
+from .files import atomic_write, make_folder
 from .report import run_examples
 
 SAMPLES = 16
@@ -78,11 +78,7 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     if len(set(names)) < len(names):
         names = [str(r) for r in run_dirs]
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PyroVAEError(f"cannot create {out}: {e.strerror}") from None
-    check_writable(out)
+    make_folder(out)
     loaded = [run_examples(r, limit=LATENT_EXAMPLES, device=device) for r in run_dirs]  # (config, vae, x, y)
     metrics = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in run_dirs]
     configs = [config.to_dict() for config, *_ in loaded]

@@ -76,6 +76,17 @@ def check_writable(folder):
         raise os_error("write into", folder, e) from None
 
 
+def make_folder(folder):
+    """Create ``folder`` (and its parents) where it is missing and check that files can be written into it,
+    before any work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error("create", folder, e) from None
+    check_writable(folder)
+
+
 def check_space(folder, size, what):
     """Refuse, before any work, ``what`` (a file of ``size`` bytes) where ``folder``'s file system has less free."""
     free = shutil.disk_usage(folder).free

@@ -18,7 +18,7 @@ import torch
 from .config import config_differences, load_config
 from .devices import resolve_device
 from .errors import PyroVAEError
-from .files import RunLock, atomic_write, os_error
+from .files import RunLock, atomic_write, make_folder, os_error
 from .model import build_vae
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
@@ -63,10 +63,7 @@ def open_run_dir(run_dir, overwrite=False):
     ``overwrite``, remove the files of the run it replaces (only a run's own files). Returns the held
     ``RunLock``; a run held by another process, or an existing run without ``overwrite``, is refused."""
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise os_error("create", run_dir, e) from None
+    make_folder(run_dir)
     lock = RunLock(run_dir).acquire()
     try:
         if holds_run(run_dir) and not overwrite:

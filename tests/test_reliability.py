@@ -86,6 +86,8 @@ BAD_INPUTS = {
     "run folder that does not exist": ("evaluate /nonexistent/run", "run folder /nonexistent/run does not exist"),
     "folder that is not a run": ("evaluate {runs_root}", "is not a run folder: it has no config.toml"),
     "non-positive K": ("evaluate {run} -k 0", "--num-samples must be positive, got 0"),
+    "chunks of no samples": ("evaluate {run} --chunk-size 0", "--chunk-size must be positive, got 0"),
+    "bench output where no folder can be made": ("bench --quick --out /proc/no/bench.json", "cannot create /proc/no: No such file"),
     "truncated checkpoint": ("evaluate {run}", "is corrupt or truncated"),
     "checkpoint of another config": ("evaluate {run}", "was trained with model.z_dim = 2 but config.toml says 3"),
     "label for an unconditional model": ("sample {run} --label 1", "--label was given for an unconditional run"),
