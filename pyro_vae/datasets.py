@@ -154,8 +154,10 @@ class TorchvisionImages:
                 ds = cls(root=self.root, train=train, download=self.download)
             except (RuntimeError, OSError) as e:
                 action = "could not be downloaded" if self.download else "was not found"
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+                cause = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # torchvision's first line, then why
                 raise PyroVAEError(
-                    f"{self.registered_name} {action} under {self.root!r} ({str(e).splitlines()[0]}); "
+                    f"{self.registered_name} {action} under {self.root!r} ({cause}); "
                     f"point --data-root at a folder that holds {self.dataset_class}/raw, "
                     "or use the offline default with --dataset mnist-5k"
                 ) from None

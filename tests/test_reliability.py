@@ -268,6 +268,18 @@ def damage_checkpoint(run, key, value=None):
     torch.save(state, run / "checkpoint.pt")
 
 
+def failing_download(monkeypatch):
+    """Make torchvision's FashionMNIST fail as its download does without a network."""
+    import torchvision.datasets
+
+    class Offline(torchvision.datasets.FashionMNIST):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://example.org/, got:\n"
+                               "<urlopen error [Errno -2] Name or service not known>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+
+
 def disk_with_free(monkeypatch, free):
     """Make the project's free-space check see ``free`` bytes."""
     import types
@@ -405,6 +417,9 @@ FAULTS = {
     "disk full while writing samples": (
         lambda c: (full_after(c["monkeypatch"], 100_000), ["sample", str(c["run"]), "-n", "2500"])[1],
         "samples-2500.npy: No space left on device"),
+    "download that fails": (
+        lambda c: (failing_download(c["monkeypatch"]), train_argv(c, "--dataset", "fashion-mnist", "--data-root", str(c["tmp"])))[1],
+        "(Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name or service not known>); point --data-root"),
     "run in use by another process": (lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1], "is in use by process"),
     "latent too large for memory": (lambda c: train_argv(c, "--z-dim", "100000000"), "GiB for its weights, gradients and optimizer state"),
     "network too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"), "lower model.z_dim or the network sizes"),
