@@ -1,6 +1,6 @@
-"""The project's own files: atomic writes that respect the umask, early write checks, and the lock
-that keeps two processes from training one run folder. Every operating-system error on these files
-becomes a one-line ``PyroVAEError`` naming the path and the cause."""
+"""The project's own files: atomic writes that respect the umask, early write and free-space checks,
+and the lock that keeps two processes from training one run folder. Every operating-system error on
+these files becomes a one-line ``PyroVAEError`` naming the path and the cause."""
 import contextlib
 import fcntl
 import os
