@@ -17,21 +17,11 @@ import torch
 from . import plots
 from .config import config_differences
 from .errors import PyroVAEError
-from .files import atomic_write, make_folder
+from .files import atomic_write, make_folder, read_json
 from .report import run_examples
 
 SAMPLES = 16
 LATENT_EXAMPLES = 2000
-
-
-def read_json(path):
-    """The JSON file at ``path`` (None where there is none)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise PyroVAEError(f"{path} cannot be read ({type(e).__name__}); evaluate the run again") from None
 
 
 def run_figures(run_dir, metrics):

@@ -3,6 +3,7 @@ and the lock that keeps two processes from training one run folder. Every operat
 these files becomes a one-line ``PyroVAEError`` naming the path and the cause."""
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -60,6 +61,16 @@ def atomic_write(path, data):
     """Write bytes or text to ``path`` whole or not at all (``atomic_file``)."""
     with atomic_file(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def read_json(path):
+    """The JSON file at ``path`` (None where there is none)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise PyroVAEError(f"{path} cannot be read ({type(e).__name__}); evaluate the run again") from None
 
 
 def check_writable(folder):

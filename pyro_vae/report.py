@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .devices import resolve_device
 from .errors import PyroVAEError
 from .evaluate import PARETO_K_WARNING, importance_sample, inspect_model, measured_chunk_size
 from .experiment import build, dataset_component
-from .files import atomic_write, check_writable
+from .files import atomic_write, check_writable, os_error, read_json
 from .runs import load_checkpoint, load_weights, run_config
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
@@ -49,6 +50,30 @@ def output_stem(config, split, dataset):
     """``eval`` for the run's own test split, else ``eval-<dataset>-<split>``, so no evaluation overwrites another."""
     name = dataset or config.data.name
     return "eval" if name == config.data.name and split == "test" else f"eval-{name}-{split}"
+
+
+EVALUATION_FILES = (".json", "_examples.csv", "_vs_k.png")
+
+
+def keep_earlier(run_dir, stem, summary):
+    """Rename an earlier evaluation under ``stem`` made with other settings than ``summary``'s (K, number
+    of examples, seed) to ``<stem>-k<K>-n<examples>-seed<seed>``, so that no evaluation is lost to
+    another, and return that name; one with the same settings (or unreadable) is replaced: None."""
+    try:
+        earlier = read_json(run_dir / f"{stem}.json")
+    except PyroVAEError:
+        return None
+    settings = ("num_samples", "num_examples", "seed")
+    if earlier is None or all(earlier.get(key, 0) == summary[key] for key in settings):
+        return None
+    kept = f"{stem}-k{earlier.get('num_samples')}-n{earlier.get('num_examples')}-seed{earlier.get('seed', 0)}"
+    for suffix in EVALUATION_FILES:
+        if (run_dir / f"{stem}{suffix}").exists():
+            try:
+                os.replace(run_dir / f"{stem}{suffix}", run_dir / f"{kept}{suffix}")
+            except OSError as e:
+                raise os_error("rename", run_dir / f"{stem}{suffix}", e) from None
+    return kept
 
 
 def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_size=None, device="auto", progress=True,
@@ -122,11 +147,14 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
     }
+    kept = keep_earlier(run_dir, stem, summary)
     atomic_write(run_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
     write_examples(run_dir / f"{stem}_examples.csv", y.cpu(), columns)
     torch.manual_seed(seed)
     curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / f"{stem}_vs_k.png")
-    summary["files"] = [f"{stem}.json", f"{stem}_examples.csv", f"{stem}_vs_k.png"]
+    summary["files"] = [f"{stem}{suffix}" for suffix in EVALUATION_FILES]
+    if kept:
+        summary["kept"] = f"{kept}.json"
     return summary
 
 

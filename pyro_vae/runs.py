@@ -4,7 +4,8 @@
     runs/<name>/checkpoint.pt   weights, optimizer, epoch/step, data order, RNG states, metrics
     runs/<name>/metrics.jsonl   one line per epoch (and one per resume that changed a setting)
     runs/<name>/*.png           pictures
-    runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data)
+    runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data;
+                                an earlier one with other K, examples or seed kept as eval-k<K>-n<N>-seed<s>.json)
     runs/<name>/.lock           held by the process that trains the run
 """
 import io

@@ -53,6 +53,13 @@ def test_evaluate_and_sample(tiny, capsys):
         main(["evaluate", str(folder), "-k", "50", "--limit", "5", "--seed", str(seed), "--quiet"])
         estimates.setdefault(seed, []).append((folder / "eval_examples.csv").read_text())
     assert estimates[0][0] == estimates[0][1] != estimates[1][0]
+    # each evaluation with other settings was kept under a name that says them; the latest is eval.json
+    assert json.loads((folder / "eval-k50-n30-seed0.json").read_text())["num_examples"] == 30
+    assert (folder / "eval-k50-n5-seed1_examples.csv").read_text() == estimates[1][0]
+    assert sorted(p.name for p in folder.glob("eval*.json")) == [
+        "eval-k50-n30-seed0.json", "eval-k50-n5-seed0.json", "eval-k50-n5-seed1.json", "eval.json"]
+    assert json.loads((folder / "eval.json").read_text())["seed"] == 0
+    assert "kept the earlier evaluation, made with other settings, as eval-k50-n5-seed1.json" in capsys.readouterr().out
     main(["sample", str(folder), "-n", "9", "--out", str(folder / "nine.png")])
     assert (folder / "nine.png").stat().st_size > 0
 
