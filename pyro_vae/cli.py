@@ -177,13 +177,15 @@ def run_evaluate(args):
     for name, value in rows:
         print(f"{name:>20}  {value}")
     print(f"wrote {Path(args.run) / s['files'][0]}, {', '.join(s['files'][1:])}")
-    if "kept" in s:
-        print(f"kept the earlier evaluation, made with other settings, as {s['kept']} (and its _examples.csv, _vs_k.png)")
+    if s["kept"]:
+        print(f"kept the earlier evaluation, made with other settings, as {', '.join(s['kept'])}")
     if args.classify:
         c = classify_run(args.run, num_samples=args.classify_samples, split=args.split, limit=args.limit,
                          batch_size=args.batch_size, device=args.device, progress=not args.quiet)
         print(f"{'accuracy':>20}  {c['accuracy']:.4f} ({c['num_examples']} examples, K={c['num_samples']} per class)")
         print(f"wrote {Path(args.run) / 'classify.json'}, confusion.png")
+        if c["kept"]:
+            print(f"kept the earlier classification, made with other settings, as {', '.join(c['kept'])}")
 
 
 def pareto_line(summary):

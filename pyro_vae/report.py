@@ -52,27 +52,36 @@ def output_stem(config, split, dataset):
     return "eval" if name == config.data.name and split == "test" else f"eval-{name}-{split}"
 
 
-EVALUATION_FILES = (".json", "_examples.csv", "_vs_k.png")
+EVALUATION_SETTINGS = {"num_samples": "k", "num_examples": "n", "seed": "seed"}  # what names a kept evaluation
+CLASSIFICATION_SETTINGS = {"split": "", "num_samples": "k", "num_examples": "n"}
 
 
-def keep_earlier(run_dir, stem, summary):
-    """Rename an earlier evaluation under ``stem`` made with other settings than ``summary``'s (K, number
-    of examples, seed) to ``<stem>-k<K>-n<examples>-seed<seed>``, so that no evaluation is lost to
-    another, and return that name; one with the same settings (or unreadable) is replaced: None."""
+def evaluation_files(stem):
+    """The files of an evaluation under ``stem``, as (stem, suffix) pairs, its JSON first."""
+    return [(stem, ".json"), (stem, "_examples.csv"), (stem, "_vs_k.png")]
+
+
+def keep_earlier(run_dir, files, summary, settings):
+    """Where ``run_dir`` holds an earlier result in ``files`` [(stem, suffix)…] whose JSON (the first) was
+    made with other ``settings`` (summary keys → name prefixes) than ``summary``, rename its files to
+    ``<stem>-<tag><suffix>``, the tag naming those settings (``k5000-n5000-seed0``), so that no result
+    is lost to another, and return their new names; one with the same settings, or unreadable, is
+    replaced ([])."""
     try:
-        earlier = read_json(run_dir / f"{stem}.json")
+        earlier = read_json(run_dir / "".join(files[0]))
     except PyroVAEError:
-        return None
-    settings = ("num_samples", "num_examples", "seed")
+        return []
     if earlier is None or all(earlier.get(key, 0) == summary[key] for key in settings):
-        return None
-    kept = f"{stem}-k{earlier.get('num_samples')}-n{earlier.get('num_examples')}-seed{earlier.get('seed', 0)}"
-    for suffix in EVALUATION_FILES:
+        return []
+    tag = "-".join(f"{prefix}{earlier.get(key, 0)}" for key, prefix in settings.items())
+    kept = []
+    for stem, suffix in files:
         if (run_dir / f"{stem}{suffix}").exists():
             try:
-                os.replace(run_dir / f"{stem}{suffix}", run_dir / f"{kept}{suffix}")
+                os.replace(run_dir / f"{stem}{suffix}", run_dir / f"{stem}-{tag}{suffix}")
             except OSError as e:
                 raise os_error("rename", run_dir / f"{stem}{suffix}", e) from None
+            kept.append(f"{stem}-{tag}{suffix}")
     return kept
 
 
@@ -147,14 +156,13 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
     }
-    kept = keep_earlier(run_dir, stem, summary)
+    kept = keep_earlier(run_dir, evaluation_files(stem), summary, EVALUATION_SETTINGS)
     atomic_write(run_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
     write_examples(run_dir / f"{stem}_examples.csv", y.cpu(), columns)
     torch.manual_seed(seed)
     curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / f"{stem}_vs_k.png")
-    summary["files"] = [f"{stem}{suffix}" for suffix in EVALUATION_FILES]
-    if kept:
-        summary["kept"] = f"{kept}.json"
+    summary["files"] = ["".join(name) for name in evaluation_files(stem)]
+    summary["kept"] = kept
     return summary
 
 
@@ -202,7 +210,8 @@ def curve(vae, x, labels, num_samples, path):
 
 def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_size=100, device="auto", progress=True):
     """Accuracy of the generative classifier argmax_y p(y|x) of a conditional run, with p(y) the
-    training label frequencies; writes classify.json and confusion.png into the run folder."""
+    training label frequencies; writes classify.json and confusion.png into the run folder (keeping an
+    earlier pair made with another split, K or number of examples as classify-<split>-k<K>-n<N>.json, …)."""
     run_dir = Path(run_dir)
     config, vae, x, y = run_examples(run_dir, split, limit, device)
     check_writable(run_dir)
@@ -224,6 +233,8 @@ def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_si
     accuracy = (predicted == truth).double().mean().item()
     summary = {"split": split, "num_examples": len(x), "num_samples": num_samples, "accuracy": accuracy,
                "seconds": time.perf_counter() - started}
+    kept = keep_earlier(run_dir, [("classify", ".json"), ("confusion", ".png")], summary, CLASSIFICATION_SETTINGS)
     atomic_write(run_dir / "classify.json", json.dumps(summary, indent=2) + "\n")
     plots.confusion_matrix(matrix, accuracy, run_dir / "confusion.png")
+    summary["kept"] = kept
     return summary

@@ -59,7 +59,8 @@ def test_evaluate_and_sample(tiny, capsys):
     assert sorted(p.name for p in folder.glob("eval*.json")) == [
         "eval-k50-n30-seed0.json", "eval-k50-n5-seed0.json", "eval-k50-n5-seed1.json", "eval.json"]
     assert json.loads((folder / "eval.json").read_text())["seed"] == 0
-    assert "kept the earlier evaluation, made with other settings, as eval-k50-n5-seed1.json" in capsys.readouterr().out
+    assert ("kept the earlier evaluation, made with other settings, as eval-k50-n5-seed1.json, "
+            "eval-k50-n5-seed1_examples.csv, eval-k50-n5-seed1_vs_k.png") in capsys.readouterr().out
     main(["sample", str(folder), "-n", "9", "--out", str(folder / "nine.png")])
     assert (folder / "nine.png").stat().st_size > 0
 
@@ -74,6 +75,12 @@ def test_conditional_run_class_grid_log_p_x_given_y_and_classifier(tiny, capsys)
     assert classified["num_examples"] == 20 and 0 <= classified["accuracy"] <= 1
     assert (folder / "confusion.png").stat().st_size > 0
     assert "log p(x|y)" in capsys.readouterr().out
+    main(["evaluate", str(folder), "-k", "20", "--limit", "10", "--split", "train", "--classify", "--classify-samples", "10",
+          "--quiet"])  # the train split: eval-synthetic-train.json beside eval.json; the test split's classification kept
+    assert json.loads((folder / "classify.json").read_text())["split"] == "train"
+    assert json.loads((folder / "classify-test-k10-n20.json").read_text()) == classified
+    assert (folder / "confusion-test-k10-n20.png").is_file() and (folder / "eval.json").is_file()
+    assert "as classify-test-k10-n20.json, confusion-test-k10-n20.png" in capsys.readouterr().out
     main(["sample", str(folder), "-n", "8", "--label", "2"])
     assert (folder / "samples-8.png").exists()
 
