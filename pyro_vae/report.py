@@ -156,13 +156,14 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
     }
-    kept = keep_earlier(run_dir, evaluation_files(stem), summary, EVALUATION_SETTINGS)
-    atomic_write(run_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
-    write_examples(run_dir / f"{stem}_examples.csv", y.cpu(), columns)
+    files = evaluation_files(stem)
+    kept = keep_earlier(run_dir, files, summary, EVALUATION_SETTINGS)
+    json_name, examples_name, curve_name = ("".join(name) for name in files)
+    atomic_write(run_dir / json_name, json.dumps(summary, indent=2) + "\n")
+    write_examples(run_dir / examples_name, y.cpu(), columns)
     torch.manual_seed(seed)
-    curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / f"{stem}_vs_k.png")
-    summary["files"] = ["".join(name) for name in evaluation_files(stem)]
-    summary["kept"] = kept
+    curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / curve_name)
+    summary["files"], summary["kept"] = [json_name, examples_name, curve_name], kept
     return summary
 
 
