@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.distributions import Normal
 from torch import nn
-from torch.distributions.utils import _standard_normal
 
 from .devices import free_memory
 from .errors import PyroVAEError
@@ -38,14 +37,17 @@ from .spec import ModelSpec
 
 
 class ReparameterizedNormal(Normal):
-    """N(loc, diag(scale²)) that keeps the standard noise ε of its latest draw z = loc + scale·ε (drawn
-    as ``Normal.rsample`` draws it) and scores that z from it: log q(z) = −½ε² − log scale − ½ log 2π,
-    with ε held constant, so that its gradient is the total derivative of log q(z(θ); θ) (the pathwise
-    one Pyro's ELBOs form) in three kernels, where Normal's density differentiates (z − loc)/scale. Any
-    other value is scored by Normal's log_prob."""
+    """N(loc, diag(scale²)) that keeps the standard noise ε of its latest draw z = loc + scale·ε and
+    scores that z from it: log q(z) = −½ε² − log scale − ½ log 2π, with ε held constant, so that its
+    gradient is the total derivative of log q(z(θ); θ) (the pathwise one Pyro's ELBOs form) in three
+    kernels, where Normal's density differentiates (z − loc)/scale. Any other value is scored by
+    Normal's log_prob. ε is drawn by ``randn_like``, the same numbers ``Normal.rsample`` draws, without
+    the zeros, ones and ``torch.normal`` it traces into (whose check of the ones reads two numbers
+    back from the device at every step)."""
 
     def rsample(self, sample_shape=torch.Size()):
-        eps = _standard_normal(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn_like(self.loc if self.loc.shape == shape else self.loc.expand(shape))
         z = self.loc + eps * self.scale
         self._draw = z, eps
         return z

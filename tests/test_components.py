@@ -247,6 +247,12 @@ def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_val
     gradients = [torch.autograd.grad(f.sum(), (loc, scale), retain_graph=True, allow_unused=True) for f in (ours, theirs)]
     assert gradients[0][0] is None and gradients[1][0].abs().max() < 1e-5  # d/dloc log q(loc + scale·ε) = 0
     torch.testing.assert_close(gradients[0][1], gradients[1][1])
+    for shape, q_scale in (((), scale), ((2,), scale), ((), torch.tensor(0.5))):  # a sample shape; a scale that broadcasts
+        draws = []
+        for normal in (ReparameterizedNormal, Normal):
+            torch.manual_seed(1)
+            draws.append(normal(loc, q_scale).rsample(shape))
+        torch.testing.assert_close(*draws, rtol=0, atol=0)  # the numbers Normal draws
     other = torch.randn(5, 3)  # any other value: Normal's density
     torch.testing.assert_close(q.log_prob(other), Normal(loc, scale).log_prob(other))
     other.requires_grad_()
