@@ -21,6 +21,7 @@ from .files import atomic_write, make_folder, read_json
 from .report import run_examples
 
 SAMPLES = 16
+COMPARE_FILES = ("compare.md", "compare.txt", "loss.png", "samples.png", "latent.png", "completions.png")  # what it writes
 LATENT_EXAMPLES = 2000
 
 
@@ -64,14 +65,21 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
         raise PyroVAEError("compare needs two runs or more")
+    seen = {}
+    for run_dir in run_dirs:
+        if seen.setdefault(run_dir.resolve(), run_dir) is not run_dir:
+            raise PyroVAEError(f"{run_dir} is given twice (as {seen[run_dir.resolve()]} too)")
     names = [r.name for r in run_dirs]
     if len(set(names)) < len(names):
         names = [str(r) for r in run_dirs]
     out = Path(out)
-    make_folder(out)
+    check_out(out)
     loaded = [run_examples(r, limit=LATENT_EXAMPLES, device=device) for r in run_dirs]  # (config, vae, x, y)
     metrics = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in run_dirs]
     configs = [config.to_dict() for config, *_ in loaded]
+    partial = [vae.conditioning.partial for _, vae, _, _ in loaded]
+    if any(partial) and (not all(partial) or len({str(c["condition"]) for c in configs}) > 1):
+        raise PyroVAEError("image-completion runs compare with runs of the same condition (their pictures are completions)")
     differing = sorted({key for other in configs[1:] for key in config_differences(configs[0], other)})
     flat = [{f"{s}.{k}": v for s, values in c.items() for k, v in values.items()} for c in configs]
     rows = [(key, [f.get(key) for f in flat]) for key in differing]
@@ -79,14 +87,11 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     labels = list(dict.fromkeys(label for f in figures for label in f))
     rows += [(label, [f.get(label) for f in figures]) for label in labels]
     plots.compare_curves(names, metrics, out / "loss.png")
-    partial = [vae.conditioning.partial for _, vae, _, _ in loaded]
     if any(partial):
-        if not all(partial) or len({str(c["condition"]) for c in configs}) > 1:
-            raise PyroVAEError("image-completion runs compare with runs of the same condition (their pictures are completions)")
         _, _, x, y = loaded[0]
         plots.completions([(name, vae) for name, (_, vae, _, _) in zip(names, loaded)], x[plots.one_per_class(y)],
                           out / "completions.png", seed=seed)
-        return write_table(out, names, rows)
+        return write_table(out, names, rows, ("loss.png", "completions.png"))
     samples = []
     for _, vae, _, _ in loaded:
         torch.manual_seed(seed)
@@ -97,14 +102,33 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     plots.compare_latents(names, codes, [y for *_, y in loaded], out / "latent.png")
     covered = [f"{codes_where_the_prior_is(vae, code, y, seed):.1%}" for (_, vae, _, y), code in zip(loaded, codes)]
     rows.append(("test codes in p(z)'s 95% region", covered))
-    return write_table(out, names, rows)
+    return write_table(out, names, rows, ("loss.png", "samples.png", "latent.png"))
 
 
-def write_table(out, names, rows):
-    """compare.md and compare.txt of ``rows`` in ``out``; returns ``rows``."""
+def check_out(out):
+    """Make the output folder ``out`` (``files.make_folder``), refusing a run folder and any other folder
+    that holds files of ``COMPARE_FILES``' names but is not an earlier comparison (has no compare.md):
+    compare would replace them."""
+    make_folder(out)
+    if (out / "config.toml").exists():
+        raise PyroVAEError(f"{out} is a run folder, whose own pictures compare would replace; choose another --out")
+    if not (out / "compare.md").exists():
+        taken = [name for name in COMPARE_FILES if (out / name).exists()]
+        if taken:
+            raise PyroVAEError(f"{out} holds {', '.join(taken)} that compare would replace and is not an earlier "
+                               "comparison; choose another --out")
+
+
+def write_table(out, names, rows, pictures):
+    """compare.md and compare.txt of ``rows`` in ``out``, beside the ``pictures`` just drawn; any other
+    picture of ``COMPARE_FILES`` that an earlier comparison left there (samples.png beside
+    completions.png, say) is removed. Returns ``rows``."""
     markdown, text = table(names, rows)
     atomic_write(out / "compare.md", markdown)
     atomic_write(out / "compare.txt", text)
+    for name in COMPARE_FILES[2:]:
+        if name not in pictures:
+            (out / name).unlink(missing_ok=True)
     return rows
 
 

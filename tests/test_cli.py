@@ -170,11 +170,37 @@ def test_compare_names_exactly_what_differs_and_draws_the_runs_side_by_side(tiny
 
 def test_compare_refuses_a_single_run_or_a_folder_that_is_no_run(tiny, capsys, tmp_path):
     main(cli_args("train", tiny, "--name", "one"))
-    for runs, message in (([str(Path(tiny["runs_root"]) / "one")], "compare needs two runs or more"),
-                          ([str(Path(tiny["runs_root"]) / "one"), str(tmp_path)], "is not a run folder")):
+    one = str(Path(tiny["runs_root"]) / "one")
+    for runs, message in (([one], "compare needs two runs or more"),
+                          ([one, str(tmp_path)], "is not a run folder"),
+                          ([one, one + "/../one"], "is given twice")):
         with pytest.raises(SystemExit) as exit_info:
             main(["compare", *runs, "--out", str(tmp_path / "cmp")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_compare_replaces_only_an_earlier_comparison(tiny, capsys, tmp_path):
+    main(cli_args("train", tiny, "--name", "one"))
+    main(cli_args("train", tiny, "--name", "two", "--seed", "1"))
+    runs = [str(Path(tiny["runs_root"]) / name) for name in ("one", "two")]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "loss.png").write_text("the user's picture")
+    pictures = {p: p.read_bytes() for p in Path(runs[0]).glob("*.png")}
+    for out, message in ((runs[0], "is a run folder, whose own pictures compare would replace"),
+                         (mine, "holds loss.png that compare would replace and is not an earlier comparison")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", *runs, "--out", str(out)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert (mine / "loss.png").read_text() == "the user's picture" and not (mine / "compare.md").exists()
+    assert {p: p.read_bytes() for p in Path(runs[0]).glob("*.png")} == pictures
+    earlier = tmp_path / "cmp"  # an earlier comparison of image-completion runs: its picture does not outlive it
+    earlier.mkdir()
+    (earlier / "compare.md").write_text("earlier")
+    (earlier / "completions.png").write_text("earlier")
+    main(["compare", *runs, "--out", str(earlier)])
+    assert sorted(p.name for p in earlier.iterdir()) == ["compare.md", "compare.txt", "latent.png", "loss.png", "samples.png"]
+    assert capsys.readouterr().out.endswith("loss.png, samples.png, latent.png\n")
 
 
 def test_tensorboard_logs_the_scalars_pictures_and_config(tiny):
