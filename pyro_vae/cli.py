@@ -256,6 +256,8 @@ def run_gradvar(args):
         r, f = g["reparameterized"], g["score_function"]
         print(f"{name:<12} {r['variance']:>19.3e} {f['variance']:>15.3e} {g['variance_ratio']:>9.1f} {r['snr']:>14.3f} {f['snr']:>15.3f}")
     print(f"wrote {Path(args.run) / 'gradvar.json'}")
+    if s["kept"]:
+        print(f"kept the earlier gradient variances, made with other settings, as {', '.join(s['kept'])}")
 
 
 def run_configs(args):

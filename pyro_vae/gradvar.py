@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 
 from .errors import PyroVAEError
 from .files import atomic_write, check_writable
-from .report import run_examples
+from .report import keep_earlier, run_examples
+
+SETTINGS = {"draws": "d", "examples": "n"}  # what names a kept earlier gradvar.json
 
 ESTIMATORS = {"reparameterized": True, "score_function": False}
 
@@ -51,7 +53,8 @@ def summarize(draws):
 
 def gradient_variance(run_dir, *, draws=200, examples=100, device="auto", progress=True, seed=0):
     """{group: {estimator: {variance, snr}, "variance_ratio": score function / reparameterized}} at the run's
-    parameters on its first ``examples`` test examples; also written to RUN/gradvar.json."""
+    parameters on its first ``examples`` test examples; also written to RUN/gradvar.json, where an earlier one
+    made with other draws or examples is kept as gradvar-d<draws>-n<examples>.json (the returned "kept")."""
     if draws < 2 or examples < 1:
         raise PyroVAEError(f"gradvar needs at least 2 draws and 1 example, got {draws} and {examples}")
     run_dir = Path(run_dir)
@@ -68,5 +71,6 @@ def gradient_variance(run_dir, *, draws=200, examples=100, device="auto", progre
     for stats in results.values():
         stats["variance_ratio"] = stats["score_function"]["variance"] / stats["reparameterized"]["variance"]
     summary = {"draws": draws, "examples": len(x), "groups": results}
+    kept = keep_earlier(run_dir, [("gradvar", ".json")], summary, SETTINGS)
     atomic_write(run_dir / "gradvar.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {**summary, "kept": kept}

@@ -28,7 +28,7 @@ RESUMABLE_KEYS = {"train.epochs", "train.device", "train.lr", "train.clip_norm",
                   "train.test_examples", "train.test_every", "train.tensorboard", "train.tensorboard_images_every"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 255  # bytes in one file name on common file systems
-RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval*.json", "eval*_examples.csv", "classify*.json", "gradvar.json",
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval*.json", "eval*_examples.csv", "classify*.json", "gradvar*.json",
              "samples-*.npy", "*.png", "tensorboard/events.out.tfevents.*")  # what the project writes into a run folder
 
 

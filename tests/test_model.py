@@ -1,4 +1,7 @@
 """The VAE's model/guide contract, its checks, and training by SVI."""
+import json
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
@@ -302,6 +305,10 @@ def test_gradvar_reports_each_estimator_per_parameter_group(tiny, capsys):
     main(["gradvar", f"{tiny['runs_root']}/g", "--draws", "20", "--examples", "10", "--quiet", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "encoder" in out and "decoder" in out and "gradvar.json" in out
+    main(["gradvar", f"{tiny['runs_root']}/g", "--draws", "10", "--examples", "10", "--quiet", "--device", "cpu"])
+    assert "kept the earlier gradient variances, made with other settings, as gradvar-d20-n10.json" in capsys.readouterr().out
+    folder = Path(tiny["runs_root"]) / "g"
+    assert [json.loads((folder / name).read_text())["draws"] for name in ("gradvar-d20-n10.json", "gradvar.json")] == [20, 10]
 
 
 def test_bfloat16_runs_the_networks_in_bfloat16_and_every_log_density_in_float32(tmp_path):

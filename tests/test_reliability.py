@@ -242,8 +242,8 @@ def test_a_run_that_cannot_start_creates_nothing_and_overwrite_keeps_the_old_run
         main(cli_args("train", tiny, "--name", "never", "--dataset", "test-nan-pixels"))
     assert not (Path(tiny["runs_root"]) / "never").exists()
     (folder / "notes.txt").write_text("mine")
-    old_outputs = ["gradvar.json", "classify-test-k10-n20.json", "eval-k10-n5-seed0_examples.csv", "samples-2000.npy",
-                   "tensorboard/events.out.tfevents.1.host.2.0"]  # names the project gives what it writes
+    old_outputs = ["gradvar.json", "gradvar-d20-n10.json", "classify-test-k10-n20.json", "eval-k10-n5-seed0_examples.csv",
+                   "samples-2000.npy", "tensorboard/events.out.tfevents.1.host.2.0"]  # names the project gives what it writes
     (folder / "tensorboard").mkdir()
     for name in old_outputs:
         (folder / name).write_text("the old run's")
