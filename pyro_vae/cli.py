@@ -143,6 +143,7 @@ def resumed_config(run_dir, overrides):
 
 def run_evaluate(args):
     from . import distributed
+    from .conditions import CONDITIONS
     from .report import classify_run, evaluate_run
     from .runs import run_config
 
@@ -154,7 +155,11 @@ def run_evaluate(args):
         raise PyroVAEError(f"--chunk-size must be positive, got {args.chunk_size}")
     if not 0 <= args.seed < 2**32:
         raise PyroVAEError(f"--seed must lie in 0 … 2^32 − 1, got {args.seed}")
-    run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
+    if args.classify and args.classify_samples < 1:
+        raise PyroVAEError(f"--classify-samples must be positive, got {args.classify_samples}")
+    config = run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
+    if args.classify and not CONDITIONS.get(config.condition.name).labels:
+        raise PyroVAEError(f"{args.run} is a model without labels; --classify needs a run trained with --conditional")
     world = distributed.join()
     s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit, chunk_size=args.chunk_size,
                      device=args.device, progress=not args.quiet, dataset=args.dataset, data_root=args.data_root,

@@ -87,6 +87,8 @@ BAD_INPUTS = {
     "folder that is not a run": ("evaluate {runs_root}", "is not a run folder: it has no config.toml"),
     "non-positive K": ("evaluate {run} -k 0", "--num-samples must be positive, got 0"),
     "chunks of no samples": ("evaluate {run} --chunk-size 0", "--chunk-size must be positive, got 0"),
+    "classifying a model without labels": ("evaluate {run} --classify", "is a model without labels; --classify needs"),
+    "classifying with no samples": ("evaluate {cvae} --classify --classify-samples 0", "--classify-samples must be positive"),
     "bench output where no folder can be made": ("bench --quick --out /proc/no/bench.json", "cannot create /proc/no: No such file"),
     "truncated checkpoint": ("evaluate {run}", "is corrupt or truncated"),
     "checkpoint of another config": ("evaluate {run}", "was trained with model.z_dim = 2 but config.toml says 3"),
@@ -115,12 +117,14 @@ def test_bad_input_is_one_line_with_status_2(case, tiny, capsys):
         argv = args.format(run=run, cvae=cvae, runs_root=tiny["runs_root"]).split()
     else:
         argv = cli_args("train", tiny, *args)
+    before = snapshot(run) if run else {}
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pyro-vae: error: ") and "Traceback" not in err
     assert message in err, err
+    assert (snapshot(run) if run else {}) == before, "a refused command changed the run"
 
 
 def test_installed_entry_point_prints_no_traceback():
@@ -479,7 +483,7 @@ def test_api_refuses_to_replace_a_run_without_overwrite(tiny):
     from pyro_vae import PyroVAEError, load_config, train
 
     run = trained(tiny, "kept")
-    before = snapshot(run)
+    before = snapshot(run) if run else {}
     config = load_config(None, tiny["set"])
     with pytest.raises(PyroVAEError, match="exists; pass overwrite=True"):
         train(config, run, progress=False)
