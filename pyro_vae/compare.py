@@ -80,6 +80,7 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     partial = [vae.conditioning.partial for _, vae, _, _ in loaded]
     if any(partial) and (not all(partial) or len({str(c["condition"]) for c in configs}) > 1):
         raise PyroVAEError("image-completion runs compare with runs of the same condition (their pictures are completions)")
+    make_folder(out)
     differing = sorted({key for other in configs[1:] for key in config_differences(configs[0], other)})
     flat = [{f"{s}.{k}": v for s, values in c.items() for k, v in values.items()} for c in configs]
     rows = [(key, [f.get(key) for f in flat]) for key in differing]
@@ -106,10 +107,8 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
 
 
 def check_out(out):
-    """Make the output folder ``out`` (``files.make_folder``), refusing a run folder and any other folder
-    that holds files of ``COMPARE_FILES``' names but is not an earlier comparison (has no compare.md):
-    compare would replace them."""
-    make_folder(out)
+    """Refuse as the output folder ``out`` a run folder and any other folder that holds files of
+    ``COMPARE_FILES``' names but is not an earlier comparison (has no compare.md): compare would replace them."""
     if (out / "config.toml").exists():
         raise PyroVAEError(f"{out} is a run folder, whose own pictures compare would replace; choose another --out")
     if not (out / "compare.md").exists():

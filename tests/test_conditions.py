@@ -135,6 +135,7 @@ def test_baseline_and_cvae_train_evaluate_and_draw_completions(tiny, capsys):
     with pytest.raises(SystemExit):
         main(["compare", str(root / "nn"), str(root / "vae"), "--out", str(root / "mixed")])
     assert "compare with runs of the same condition" in capsys.readouterr().err
+    assert not (root / "mixed").exists()  # refused before any folder is made
 
 
 def test_label_cvae_reads_the_earlier_spelling():
