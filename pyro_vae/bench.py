@@ -473,9 +473,31 @@ def compare_run(run_dir, num_samples, device):
     }
 
 
-def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, overrides=(), compare=None, num_samples=5000,
-         nproc=0, config=None, keep=None, classifier=False):
+def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier):
+    """Refuse, before any measuring, a benchmark's arguments that do not fit together: at most one of the
+    separate benchmarks (``--parity``, ``--compare-run``, ``--nproc``, ``--discriminative``), each
+    number in its range, and the options that belong to one of them only with it."""
+    modes = [flag for flag, given in (("--parity", parity_epochs is not None), ("--compare-run", compare is not None),
+                                      ("--nproc", nproc is not None), ("--discriminative", classifier)) if given]
+    if len(modes) > 1:
+        raise PyroVAEError(f"{' and '.join(modes)} are separate benchmarks; run them one at a time")
+    if parity_epochs is not None and parity_epochs < 1:
+        raise PyroVAEError(f"--parity must be a positive number of epochs, got {parity_epochs}")
+    if nproc is not None and nproc < 2:
+        raise PyroVAEError(f"--nproc compares 1 process with N ≥ 2, got {nproc}")
+    if num_samples < 1:
+        raise PyroVAEError(f"--num-samples must be positive, got {num_samples}")
+    if keep is not None and parity_epochs is None:
+        raise PyroVAEError("--keep keeps the two models that --parity trains; it needs --parity")
+    if config is not None and parity_epochs is None and not classifier:
+        raise PyroVAEError("--config picks the config of --parity or --discriminative; the other benchmarks use "
+                           "the default config with --set overrides")
+
+
+def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, overrides=(), compare=None, num_samples=5000,
+         nproc=None, config=None, keep=None, classifier=False):
     """Run the benchmark, print a table and write JSON to ``out``."""
+    check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier)
     make_folder(Path(out).parent)  # before minutes of measuring
     device = str(resolve_device(device))
     torch.manual_seed(0)
@@ -484,9 +506,7 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
         print(json.dumps(result, indent=2))
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
-    if nproc:
-        if nproc < 2:
-            raise PyroVAEError(f"--nproc compares 1 process with N ≥ 2, got {nproc}")
+    if nproc is not None:
         if device == "cuda" and nproc > torch.cuda.device_count():
             raise PyroVAEError(f"--nproc {nproc} needs {nproc} GPUs; this machine has {torch.cuda.device_count()}")
         tiny = ["data.name=synthetic", "network.hidden=[32]", "model.z_dim=4", "train.batch_size=32"] if quick else []
@@ -498,7 +518,7 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=0, ove
               f"{r['train_examples']} examples, median of {r['epochs_timed']} epochs after the first)")
         atomic_write(out, json.dumps(r, indent=2) + "\n")
         return r
-    if parity_epochs or compare:
+    if parity_epochs is not None or compare is not None:
         result = compare_run(compare, num_samples, device) if compare else parity(parity_epochs, config, list(overrides), device, keep)
         print(json.dumps(result, indent=2))
         atomic_write(out, json.dumps(result, indent=2) + "\n")

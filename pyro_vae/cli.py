@@ -81,7 +81,7 @@ def parser():
     bench.add_argument("--quick", action="store_true", help="a tiny setting that only checks the benchmark runs")
     bench.add_argument("--out", default="runs/bench.json", help="JSON file for the results")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("--parity", type=int, default=0, metavar="EPOCHS",
+    bench.add_argument("--parity", type=int, metavar="EPOCHS",
                        help="instead: train project and plain PyTorch side by side for EPOCHS epochs, compare test ELBOs")
     bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     bench.add_argument("--config", help="with --parity or --discriminative: the config (default: the default config)")
@@ -91,7 +91,7 @@ def parser():
     bench.add_argument("--compare-run", metavar="RUN",
                        help="instead: evaluate RUN's test log p(x) and a plain-PyTorch IWAE estimate of the same networks")
     bench.add_argument("--num-samples", "-k", type=int, default=5000, help="K for --compare-run")
-    bench.add_argument("--nproc", type=int, default=0, metavar="N",
+    bench.add_argument("--nproc", type=int, metavar="N",
                        help="instead: training throughput of 1 and N processes (torchrun, this machine) and the scaling efficiency")
     return top
 
@@ -141,6 +141,12 @@ def resumed_config(run_dir, overrides):
     return config
 
 
+def check_seed(seed):
+    """Refuse a --seed that PyTorch's CPU generator would not keep as given (it keeps 32 bits)."""
+    if not 0 <= seed < 2**32:
+        raise PyroVAEError(f"--seed must lie in 0 … 2^32 − 1, got {seed}")
+
+
 def run_evaluate(args):
     from . import distributed
     from .conditions import CONDITIONS
@@ -153,8 +159,7 @@ def run_evaluate(args):
         raise PyroVAEError(f"--batch-size must be positive, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise PyroVAEError(f"--chunk-size must be positive, got {args.chunk_size}")
-    if not 0 <= args.seed < 2**32:
-        raise PyroVAEError(f"--seed must lie in 0 … 2^32 − 1, got {args.seed}")
+    check_seed(args.seed)
     if args.classify and args.classify_samples < 1:
         raise PyroVAEError(f"--classify-samples must be positive, got {args.classify_samples}")
     config = run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
@@ -212,6 +217,7 @@ def run_sample(args):
 
     if args.n < 1:
         raise PyroVAEError(f"-n must be positive, got {args.n}")
+    check_seed(args.seed)
     out = Path(args.out or Path(args.run) / f"samples-{args.n}.{'png' if args.n <= MAX_GRID else 'npy'}")
     if out.suffix not in (".png", ".npy"):
         raise PyroVAEError(f"--out must end in .png (a picture) or .npy (an array of images), got {out.name}")

@@ -1,6 +1,7 @@
 """The benchmark runs end to end on a tiny setting (its timings are reported, never asserted)."""
 import json
 
+import pytest
 import torch
 
 from pyro_vae.bench import CarefulTrainer, PlainTrainer, plain_log_likelihood
@@ -84,12 +85,20 @@ def test_discriminative_baseline_learns_separated_classes(tmp_path):
     assert json.loads(out.read_text())["test_accuracy"] > 0.9  # the synthetic classes are far apart
 
 
-def test_nproc_bench_refuses_one_process(capsys):
-    import pytest
-
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "1"], "--nproc compares 1 process with N ≥ 2, got 1"),
+    (["--nproc", "0"], "--nproc compares 1 process with N ≥ 2, got 0"),  # it ran the whole default benchmark
+    (["--parity", "0"], "--parity must be a positive number of epochs, got 0"),
+    (["--parity", "2", "--nproc", "2"], "--parity and --nproc are separate benchmarks"),
+    (["--compare-run", "runs/x", "-k", "0"], "--num-samples must be positive, got 0"),
+    (["--keep", "kept"], "--keep keeps the two models that --parity trains"),
+    (["--nproc", "2", "--config", "mnist-cvae"], "--config picks the config of --parity or --discriminative"),
+])
+def test_bench_refuses_arguments_that_do_not_fit_before_measuring(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--nproc", "1", "--device", "cpu"])
-    assert exit_info.value.code == 2 and "compares 1 process with N ≥ 2" in capsys.readouterr().err
+        main(["bench", *args, "--device", "cpu", "--out", str(tmp_path / "new" / "bench.json")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_nproc_bench_times_one_and_two_processes(tmp_path):

@@ -410,6 +410,8 @@ FAULTS = {
     "too many samples for a picture": (lambda c: ["sample", str(c["run"]), "-n", "5000", "--out", str(c["tmp"] / "x.png")],
                                        "a picture holds at most 1024 samples"),
     "no samples": (lambda c: ["sample", str(c["run"]), "-n", "0"], "-n must be positive, got 0"),
+    "sample seed beyond 64 bits": (lambda c: ["sample", str(c["run"]), "--seed", str(10**23)], "--seed must lie in 0 … 2^32 − 1"),
+    "negative sample seed": (lambda c: ["sample", str(c["run"]), "--seed", "-1"], "--seed must lie in 0 … 2^32 − 1, got -1"),
     "evaluate no examples": (lambda c: ["evaluate", str(c["run"]), "--limit", "0"], "--limit must be positive, got 0"),
     "evaluate batches of zero": (lambda c: ["evaluate", str(c["run"]), "--batch-size", "0"], "--batch-size must be positive"),
     "evaluate an unknown dataset": (lambda c: ["evaluate", str(c["run"]), "--dataset", "nope"], "unknown dataset 'nope'"),
