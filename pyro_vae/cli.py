@@ -234,13 +234,15 @@ def run_sample(args):
         classes = vae.spec.num_classes
         if args.label is not None and not 0 <= args.label < classes:
             raise PyroVAEError(f"--label must lie in 0..{classes - 1}, got {args.label}")
-        labels = torch.arange(args.n) % classes if args.label is None else torch.full((args.n,), args.label)
-        labels = labels.to(vae.device)
+
+        def labels(start, stop):  # samples start … stop − 1: the classes in turn, or --label
+            index = torch.arange(start, stop, device=vae.device)
+            return index % classes if args.label is None else torch.full_like(index, args.label)
     elif args.label is not None:
         raise PyroVAEError("--label was given for an unconditional run; labels need a run trained with --conditional")
     if out.suffix == ".png":
         nrow = vae.spec.num_classes if labels is not None and args.label is None else 8
-        image_grid(vae.sample(args.n, labels), out, nrow, f"{args.n} samples from {args.run}")
+        image_grid(vae.sample(args.n, labels and labels(0, args.n)), out, nrow, f"{args.n} samples from {args.run}")
     else:
         sample_file(vae, args.n, labels, out)
     print(f"wrote {out}")

@@ -44,9 +44,10 @@ def image_grid(images, path, nrow, title, row_labels=None):
 @torch.no_grad()
 def sample_file(vae, n, labels, path, batch_size=1000):
     """n samples E[x|z,y], z ~ p(z|y), as a float32 .npy array [n, *image_shape], drawn ``batch_size`` at a
-    time and appended to the file (memory does not grow with n), then renamed into place whole. A folder
-    without room for the array is refused before any sampling; a disk that fills meanwhile ends in a
-    one-line error and leaves no file."""
+    time and appended to the file (memory does not grow with n), then renamed into place whole; the labels
+    y of samples start … stop − 1 are ``labels(start, stop)`` (None: no labels). A folder without room for
+    the array is refused before any sampling; a disk that fills meanwhile ends in a one-line error and
+    leaves no file."""
     import numpy as np
 
     shape = (n, *vae.spec.image_shape)
@@ -58,7 +59,7 @@ def sample_file(vae, n, labels, path, batch_size=1000):
             f.write(header.getvalue())
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
-                images = vae.sample(stop - start, None if labels is None else labels[start:stop])
+                images = vae.sample(stop - start, None if labels is None else labels(start, stop))
                 f.write(images.float().cpu().numpy().astype("<f4", copy=False).tobytes())
 
 

@@ -94,6 +94,8 @@ BAD_INPUTS = {
     "checkpoint of another config": ("evaluate {run}", "was trained with model.z_dim = 2 but config.toml says 3"),
     "label for an unconditional model": ("sample {run} --label 1", "--label was given for an unconditional run"),
     "label outside the classes": ("sample {cvae} --label 9", "--label must lie in 0..3, got 9"),
+    "labelled samples beyond the disk": ("sample {cvae} -n 100000000000 --out {runs_root}/big.npy",
+                                         "100000000000 samples need"),  # their labels alone filled the memory
     "resume that changes the model": ("train --resume {run} --prior mog", "can change only train.checkpoint_every, train.clip_norm, train.device, train.epochs"),
 }
 
