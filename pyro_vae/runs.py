@@ -3,7 +3,7 @@
     runs/<name>/config.toml     the resolved config
     runs/<name>/checkpoint.pt   weights, optimizer, epoch/step, data order, RNG states, metrics
     runs/<name>/metrics.jsonl   one line per epoch (and one per resume that changed a setting)
-    runs/<name>/*.png           pictures
+    runs/<name>/*.png           pictures (``PICTURES``: loss.png, samples.png, …)
     runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data;
                                 an earlier one with other K, examples or seed kept as eval-k<K>-n<N>-seed<s>.json)
     runs/<name>/.lock           held by the process that trains the run
@@ -28,8 +28,10 @@ RESUMABLE_KEYS = {"train.epochs", "train.device", "train.lr", "train.clip_norm",
                   "train.test_examples", "train.test_every", "train.tensorboard", "train.tensorboard_images_every"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 255  # bytes in one file name on common file systems
+PICTURES = ("loss.png", "samples.png", "latent.png", "reconstructions.png", "interpolations.png", "manifold.png",
+            "completions.png", "class_grid.png", "class_samples.png", "samples-*.png", "eval*_vs_k.png", "confusion*.png")
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval*.json", "eval*_examples.csv", "classify*.json", "gradvar*.json",
-             "samples-*.npy", "*.png", "tensorboard/events.out.tfevents.*")  # what the project writes into a run folder
+             "samples-*.npy", *PICTURES, "tensorboard/events.out.tfevents.*")  # what the project writes into a run folder
 
 
 def new_run_dir(runs_root, name=None, overwrite=False):

@@ -11,6 +11,7 @@ import torch
 from conftest import cli_args, wait_for
 
 from pyro_vae.cli import main
+from pyro_vae.runs import RUN_FILES
 from pyro_vae.datasets import DATASETS, ImageData, Split
 
 
@@ -248,14 +249,40 @@ def test_a_run_that_cannot_start_creates_nothing_and_overwrite_keeps_the_old_run
         main(cli_args("train", tiny, "--name", "never", "--dataset", "test-nan-pixels"))
     assert not (Path(tiny["runs_root"]) / "never").exists()
     (folder / "notes.txt").write_text("mine")
+    (folder / "sketch.png").write_text("mine")
     old_outputs = ["gradvar.json", "gradvar-d20-n10.json", "classify-test-k10-n20.json", "eval-k10-n5-seed0_examples.csv",
                    "samples-2000.npy", "tensorboard/events.out.tfevents.1.host.2.0"]  # names the project gives what it writes
     (folder / "tensorboard").mkdir()
     for name in old_outputs:
         (folder / name).write_text("the old run's")
     main(cli_args("train", tiny, "--name", "keep", "--overwrite"))
-    assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "notes.txt").read_text() == (folder / "sketch.png").read_text() == "mine"
     assert not [name for name in old_outputs if (folder / name).exists()], "the old run's outputs outlived it"
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("vae", ["--set", "train.tensorboard=true"]), ("cvae", ["--config", "mnist-cvae", "--set", "data.name=synthetic"]),
+    ("completion", ["--condition", "quadrants"]), ("ring", ["--dataset", "ring", "--likelihood", "gaussian"]),
+])
+def test_every_file_the_commands_write_into_a_run_is_one_the_run_owns(kind, extra, tiny, capsys):
+    """RUN_FILES names all that training, evaluate (twice: the first kept), classify, gradvar (twice) and
+    sample write into a run folder, so that --overwrite removes every one of them and nothing else."""
+    if kind == "vae":
+        pytest.importorskip("tensorboard")
+    folder = trained(tiny, kind, *extra)
+    commands = [["evaluate", "-k", "4", "--limit", "3"], ["evaluate", "-k", "5", "--limit", "3"]]
+    if kind == "cvae":
+        commands += [["evaluate", "-k", "4", "--limit", "3", "--classify", "--classify-samples", "2"],
+                     ["evaluate", "-k", "5", "--limit", "3", "--classify", "--classify-samples", "3"]]
+    if kind != "completion":
+        commands += [["sample", "-n", "4"], ["sample", "-n", "1025"]]
+    if kind == "vae":
+        commands += [["gradvar", "--draws", "2", "--examples", "2"], ["gradvar", "--draws", "3", "--examples", "2"]]
+    for command in commands:
+        main([command[0], str(folder), *command[1:]] + (["--quiet"] if command[0] != "sample" else []))
+    owned = {p for pattern in RUN_FILES for p in folder.glob(pattern)}
+    written = {p for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert written - owned == set(), "files the run does not own"
 
 
 # --- second round: the file system, malformed files, non-finite settings, sizes, locks ---------------------
