@@ -148,6 +148,10 @@ class Trainer:
         """Train until ``train.epochs``; returns the metrics, one dict per epoch."""
         handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if self.config.train.epochs == 0:  # nothing to train: the run is its initial weights, to evaluate or resume
+                self.checkpoint()
+                if self.world.main:
+                    write_metrics(self.run_dir, self.metrics)
             while self.epoch < self.config.train.epochs:
                 self.train_epoch()
                 self.end_epoch()

@@ -1,4 +1,5 @@
 """Bad input gets one clear line and exit status 2; faults lose nothing; resume is bit-identical."""
+import json
 import os
 import signal
 import subprocess
@@ -629,6 +630,17 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny, capsys):
     main(["train", "--resume", str(run)])
     assert "has trained all 1 of its epochs: nothing to train (--epochs 11 would train 10 more)" in capsys.readouterr().out
     assert (run / "checkpoint.pt").read_bytes() == checkpoint
+
+
+def test_a_run_of_zero_epochs_is_its_initial_weights_to_evaluate_compare_and_resume(tiny, capsys):
+    zero = trained(tiny, "zero", "--epochs", "0")  # it said "done" and left no checkpoint: evaluate and resume refused it
+    one = trained(tiny, "one")
+    main(["evaluate", str(zero), "-k", "5", "--limit", "5", "--quiet"])
+    main(["compare", str(zero), str(one), "--out", str(Path(tiny["runs_root"]) / "cmp")])
+    main(["train", "--resume", str(zero), "--epochs", "1", "--quiet"])
+    losses = [[m["train_loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in m]
+              for run in (zero, one)]
+    assert losses[0] == losses[1] and len(losses[0]) == 1  # resumed from its initial weights: the same epoch, to the bit
 
 
 def test_a_refused_resume_releases_the_run(tiny):
