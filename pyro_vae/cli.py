@@ -242,7 +242,7 @@ def run_sample(args):
         raise PyroVAEError("--label was given for an unconditional run; labels need a run trained with --conditional")
     if out.suffix == ".png":
         nrow = vae.spec.num_classes if labels is not None and args.label is None else 8
-        image_grid(vae.sample(args.n, labels and labels(0, args.n)), out, nrow, f"{args.n} samples from {args.run}")
+        image_grid(vae.sample(args.n, None if labels is None else labels(0, args.n)), out, nrow, f"{args.n} samples from {args.run}")
     else:
         sample_file(vae, args.n, labels, out)
     print(f"wrote {out}")

@@ -65,10 +65,10 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
         raise PyroVAEError("compare needs two runs or more")
-    seen = {}
-    for run_dir in run_dirs:
-        if seen.setdefault(run_dir.resolve(), run_dir) is not run_dir:
-            raise PyroVAEError(f"{run_dir} is given twice (as {seen[run_dir.resolve()]} too)")
+    resolved = [r.resolve() for r in run_dirs]
+    for i, folder in enumerate(resolved):
+        if folder in resolved[:i]:
+            raise PyroVAEError(f"{run_dirs[i]} is given twice (as {run_dirs[resolved.index(folder)]} too)")
     names = [r.name for r in run_dirs]
     if len(set(names)) < len(names):
         names = [str(r) for r in run_dirs]
