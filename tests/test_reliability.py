@@ -515,7 +515,7 @@ def test_api_refuses_to_replace_a_run_without_overwrite(tiny):
     from pyro_vae import PyroVAEError, load_config, train
 
     run = trained(tiny, "kept")
-    before = snapshot(run) if run else {}
+    before = snapshot(run)
     config = load_config(None, tiny["set"])
     with pytest.raises(PyroVAEError, match="exists; pass overwrite=True"):
         train(config, run, progress=False)
