@@ -149,8 +149,7 @@ def check_seed(seed):
 
 def run_evaluate(args):
     from . import distributed
-    from .conditions import CONDITIONS
-    from .report import classify_run, evaluate_run
+    from .report import check_labelled, classify_run, evaluate_run
     from .runs import run_config
 
     if args.num_samples < 1:
@@ -163,8 +162,8 @@ def run_evaluate(args):
     if args.classify and args.classify_samples < 1:
         raise PyroVAEError(f"--classify-samples must be positive, got {args.classify_samples}")
     config = run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
-    if args.classify and not CONDITIONS.get(config.condition.name).labels:
-        raise PyroVAEError(f"{args.run} is a model without labels; --classify needs a run trained with --conditional")
+    if args.classify:
+        check_labelled(args.run, config)
     world = distributed.join()
     s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit, chunk_size=args.chunk_size,
                      device=args.device, progress=not args.quiet, dataset=args.dataset, data_root=args.data_root,

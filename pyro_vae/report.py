@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, plots
 from .classifier import class_log_posterior
+from .conditions import CONDITIONS
 from .datasets import observed_split
 from .devices import resolve_device
 from .errors import PyroVAEError
@@ -209,6 +210,12 @@ def curve(vae, x, labels, num_samples, path):
     plots.bound_vs_k(ks, means, stderrs, len(x), path)
 
 
+def check_labelled(run_dir, config):
+    """Refuse to classify with a run whose model takes no labels (only a label CVAE has p(x|y))."""
+    if not CONDITIONS.get(config.condition.name).labels:
+        raise PyroVAEError(f"{run_dir} is a model without labels; --classify needs a run trained with --conditional")
+
+
 def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_size=100, device="auto", progress=True):
     """Accuracy of the generative classifier argmax_y p(y|x) of a conditional run, with p(y) the
     training label frequencies; writes classify.json and confusion.png into the run folder (keeping an
@@ -216,8 +223,7 @@ def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_si
     run_dir = Path(run_dir)
     config, vae, x, y = run_examples(run_dir, split, limit, device)
     check_writable(run_dir)
-    if not vae.spec.conditional:
-        raise PyroVAEError(f"{run_dir} is a model without labels; --classify needs a run trained with --conditional")
+    check_labelled(run_dir, config)
     counts = load_checkpoint(run_dir, config, vae.device)["label_counts"].double()
     log_prior = (counts / counts.sum()).log()
     num_classes = vae.spec.num_classes
