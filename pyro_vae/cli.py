@@ -30,7 +30,8 @@ def parser():
 
     train = commands.add_parser("train", help="train a VAE (or CVAE) by SVI into runs/<name>")
     train.add_argument("--config", help=f"bundled config name or TOML path (bundled: {', '.join(bundled_configs())})")
-    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value (a shortcut flag such as --epochs wins over --set of its key)")
     train.add_argument("--name", help="run name (default: a timestamp)")
     train.add_argument("--runs-root", default="runs", help="folder that holds the runs (default: runs)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
@@ -96,16 +97,34 @@ def parser():
     return top
 
 
+def check_not_empty(args):
+    """Refuse an empty value: ``--resume "$RUN"`` with RUN unset would start a new run, ``--out ""`` write
+    where no --out writes."""
+    for key, value in vars(args).items():
+        if "" in (value if isinstance(value, list) else [value]):
+            name = {"run": "RUN", "runs": "a RUN"}.get(key, "--" + key.replace("_", "-"))
+            raise PyroVAEError(f"{name} is empty")
+
+
+def train_overrides(args):
+    """The --set overrides, then the shortcut flags' (--epochs 3: train.epochs=3; --conditional:
+    condition.name=label), which win over --set of the same key."""
+    if args.conditional and args.condition not in (None, "label"):
+        raise PyroVAEError(f"--conditional asks for --condition label; it cannot be combined with --condition {args.condition}")
+    overrides = list(args.set)
+    overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
+    if args.conditional:
+        overrides.append("condition.name=label")
+    return overrides
+
+
 def run_train(args):
     from . import distributed
     from .config import load_config
     from .runs import new_run_dir
     from .trainer import train
 
-    overrides = list(args.set)
-    overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
-    if args.conditional:
-        overrides.append("condition.name=label")
+    overrides = train_overrides(args)
     if args.resume and (args.config or args.name or args.overwrite):
         raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
     if distributed.launched() and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) and not (args.name or args.resume):
@@ -320,6 +339,7 @@ def main(argv=None):
     args = None
     try:
         args = parser().parse_args(argv)
+        check_not_empty(args)
         handler[args.command](args)
         if RECEIVED:  # raised while a library was loading, and swallowed there
             raise Stopped(RECEIVED[0])

@@ -84,6 +84,9 @@ BAD_INPUTS = {
     "labels outside the classes": (["--dataset", "test-bad-labels"], "labels must lie in 0..2"),
     "conditional prior without labels": (["--prior", "conditional_gaussian"], "the conditional_gaussian prior needs labels"),
     "run name outside the runs root": (["--name", "../escape"], "must be letters, digits"),
+    "empty run to resume": (["--resume", ""], "--resume is empty"),  # it started a new run
+    "label flag against another condition": (["--conditional", "--condition", "column"],
+                                             "--conditional asks for --condition label; it cannot be combined with"),
     "existing run without --resume": (None, "exists; pass --resume"),
     "run folder that does not exist": ("evaluate /nonexistent/run", "run folder /nonexistent/run does not exist"),
     "folder that is not a run": ("evaluate {runs_root}", "is not a run folder: it has no config.toml"),
@@ -129,6 +132,24 @@ def test_bad_input_is_one_line_with_status_2(case, tiny, capsys):
     assert err.count("\n") == 1 and err.startswith("pyro-vae: error: ") and "Traceback" not in err
     assert message in err, err
     assert (snapshot(run) if run else {}) == before, "a refused command changed the run"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--runs-root", ""], "--runs-root"), (["evaluate", ""], "RUN"), (["sample", "{run}", "--out", ""], "--out"),
+    (["compare", "{run}", ""], "a RUN"), (["bench", "--out", ""], "--out"),
+])
+def test_an_empty_value_is_refused(argv, flag, tiny, capsys, monkeypatch, tmp_path):
+    """An empty value, as an unset shell variable gives, is refused, not read as the flag's absence
+    (``--out ""`` wrote where no --out writes, ``--runs-root ""`` into the working folder)."""
+    monkeypatch.chdir(tmp_path)
+    run = trained(tiny, "existing").resolve()
+    before = snapshot(run)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(run=run) for a in argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"pyro-vae: error: {flag} is empty\n"
+    assert snapshot(run) == before
 
 
 def test_installed_entry_point_prints_no_traceback():
