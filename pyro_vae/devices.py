@@ -9,7 +9,8 @@ def resolve_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise PyroVAEError("train.device is cuda but no CUDA GPU is available; use --device cpu or auto")
+        raise PyroVAEError("device cuda was asked for (--device or train.device), but no CUDA GPU is available; "
+                           "use --device cpu or auto")
     return torch.device(name)
 
 

@@ -152,6 +152,16 @@ def test_an_empty_value_is_refused(argv, flag, tiny, capsys, monkeypatch, tmp_pa
     assert snapshot(run) == before
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")
+@pytest.mark.parametrize("command", ["evaluate", "sample", "gradvar"])
+def test_a_gpu_where_there_is_none_is_refused_by_the_flag_it_came_from(command, tiny, capsys):
+    run = trained(tiny, "existing")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([command, str(run), "--device", "cuda"])
+    assert capsys.readouterr().err.startswith("pyro-vae: error: device cuda was asked for (--device or train.device), but no")
+
+
 def test_installed_entry_point_prints_no_traceback():
     done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--prior", "nope"], capture_output=True, text=True)
     assert done.returncode == 2
