@@ -148,11 +148,13 @@ class TorchvisionImages:
             path = raw / Path(url).stem  # the file torchvision reads, e.g. train-images-idx3-ubyte
             if path.is_file():
                 check_idx(path, ndim=3 if "images" in path.name else 1)
+        new_folders = [folder for folder in (raw, raw.parent, Path(self.root)) if not folder.exists()]
         splits = []
         for train in (True, False):
             try:
                 ds = cls(root=self.root, train=train, download=self.download)
             except (RuntimeError, OSError) as e:
+                remove_empty(new_folders)  # those a failed download made
                 action = "could not be downloaded" if self.download else "was not found"
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
                 cause = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # torchvision's first line, then why
@@ -166,6 +168,13 @@ class TorchvisionImages:
                                    f"{str(e).partition(chr(10))[0]}); restore its files") from None
             splits.append(Split(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()))
         return ImageData(*splits, num_classes=len(ds.classes))
+
+
+def remove_empty(folders):
+    """Remove each of ``folders`` (innermost first) that exists and is empty."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 @DATASETS.register("mnist")

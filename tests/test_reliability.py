@@ -12,6 +12,7 @@ import torch
 from conftest import cli_args, wait_for
 
 from pyro_vae.cli import main
+from pyro_vae.errors import PyroVAEError
 from pyro_vae.runs import RUN_FILES
 from pyro_vae.datasets import DATASETS, ImageData, Split
 
@@ -344,11 +345,23 @@ def failing_download(monkeypatch):
     import torchvision.datasets
 
     class Offline(torchvision.datasets.FashionMNIST):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, root, **kwargs):
+            (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)  # as its download does first
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://example.org/, got:\n"
                                "<urlopen error [Errno -2] Name or service not known>\n")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    from pyro_vae.datasets import DATASETS
+
+    failing_download(monkeypatch)
+    (tmp_path / "mine").mkdir()
+    for root in (tmp_path / "mine", tmp_path / "mine" / "data"):
+        with pytest.raises(PyroVAEError, match="could not be downloaded"):
+            DATASETS.build("fashion-mnist", {"root": str(root)}).load()
+        assert [p.name for p in tmp_path.rglob("*")] == ["mine"]  # the user's folder kept, those made removed
 
 
 def disk_with_free(monkeypatch, free):
