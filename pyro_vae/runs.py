@@ -97,6 +97,8 @@ def write_metrics(run_dir, metrics):
 def run_config(run_dir, overrides=()):
     """The resolved config saved in a run folder, with ``overrides`` applied."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PyroVAEError(f"{run_dir} is a file, not a run folder")
     if not run_dir.is_dir():
         raise PyroVAEError(f"run folder {run_dir} does not exist")
     if not (run_dir / "config.toml").is_file():

@@ -91,6 +91,7 @@ BAD_INPUTS = {
     "existing run without --resume": (None, "exists; pass --resume"),
     "run folder that does not exist": ("evaluate /nonexistent/run", "run folder /nonexistent/run does not exist"),
     "folder that is not a run": ("evaluate {runs_root}", "is not a run folder: it has no config.toml"),
+    "a run's file given as the run": ("train --resume {run}/checkpoint.pt", "checkpoint.pt is a file, not a run folder"),
     "non-positive K": ("evaluate {run} -k 0", "--num-samples must be positive, got 0"),
     "chunks of no samples": ("evaluate {run} --chunk-size 0", "--chunk-size must be positive, got 0"),
     "classifying a model without labels": ("evaluate {run} --classify", "is a model without labels; --classify needs"),
