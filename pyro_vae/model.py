@@ -142,7 +142,21 @@ class VAE(nn.Module):
             raise PyroVAEError(
                 f"images of shape {tuple(x.shape[1:])} given to a model built for {self.spec.image_shape}"
             )
+        x = self.as_weights(x)
         return self.conditioning.split(x, self.label_condition(y, len(x), x.dtype))
+
+    def as_weights(self, x):
+        """Images x in the dtype of the VAE's weights (float64 images, as NumPy gives, or booleans, scored by a
+        float32 model), refusing integer pixels (0…255 or 0…1?) and images on another device than the weights."""
+        weight = next(self.parameters())
+        if x.device != weight.device:
+            raise PyroVAEError(f"images on {x.device} given to a model on {weight.device}; "
+                               f"move them with .to({str(weight.device)!r})")
+        if x.dtype == weight.dtype:
+            return x
+        if not (x.is_floating_point() or x.dtype == torch.bool):
+            raise PyroVAEError(f"images of integer type {x.dtype} given to the model; pass grey levels in [0, 1] as floats")
+        return x.to(weight.dtype)
 
     def label_condition(self, y, n, dtype):
         """The one-hot condition [n, num_classes] of labels y [n] (None for an unconditional VAE),
@@ -172,7 +186,7 @@ class VAE(nn.Module):
         t, c = self.condition(x, y)
         sites = self.latent_sites
         with pyro.plate("data", x.shape[0]):
-            z = x.flatten(1)[:, :0]  # [B, 0]: no latent (sized by x, so that a traced model takes any batch)
+            z = t.flatten(1)[:, :0]  # [B, 0]: no latent (sized by the data, so that a traced model takes any batch)
             with poutine.scale(scale=beta):
                 if sites:
                     z = pyro.sample("z", self.prior(c))

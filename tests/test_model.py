@@ -53,12 +53,30 @@ def test_vectorized_particles_broadcast_through_the_networks():
         (True, torch.zeros(2, 1, 6, 6), None, "needs the label y of every image"),
         (True, torch.zeros(2, 1, 6, 6), torch.tensor([0, 3]), "labels must lie in 0..2"),
         (True, torch.zeros(2, 1, 6, 6), torch.tensor([0]), "1 labels for 2 images"),
+        (False, torch.zeros(2, 1, 6, 6, dtype=torch.uint8), None, "images of integer type torch.uint8 given to the model"),
     ],
 )
 def test_bad_inputs_name_the_problem(conditional, images, labels, message):
     vae = make_vae(f"model.conditional={str(conditional).lower()}")
     with pytest.raises(PyroVAEError, match=message):
         vae.guide(images, labels)
+
+
+@pytest.mark.parametrize("condition", ["none", "label", "column"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bool])
+def test_images_of_another_type_are_scored_as_the_weights_type(condition, dtype):
+    """float64 images (as NumPy gives) or booleans score as the float32 images they equal: log p(x, z) − log q(z|x)
+    on the same draws."""
+    vae = make_vae(f"condition.name={condition}")
+    x, y = torch.bernoulli(torch.full((5, 1, 6, 6), 0.4)), torch.tensor([0, 1, 2, 1, 0])
+    log_w = []
+    for images in (x, x.to(dtype)):
+        pyro.set_rng_seed(0)
+        guide_trace = poutine.trace(vae.guide).get_trace(images, y if condition == "label" else None)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
+            images, y if condition == "label" else None)
+        log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    assert log_w[1].dtype == torch.float32 and torch.equal(log_w[0], log_w[1])
 
 
 def test_kl_weight_scales_only_the_latent_sites():
