@@ -149,6 +149,8 @@ class VAE(nn.Module):
         """Images x in the dtype of the VAE's weights (float64 images, as NumPy gives, or booleans, scored by a
         float32 model), refusing integer pixels (0…255 or 0…1?) and images on another device than the weights."""
         weight = next(self.parameters())
+        if not isinstance(x, torch.Tensor):
+            raise PyroVAEError(f"images must be a tensor [B, *image_shape], got {type(x).__name__}")
         if x.device != weight.device:
             raise PyroVAEError(f"images on {x.device} given to a model on {weight.device}; "
                                f"move them with .to({str(weight.device)!r})")
@@ -254,6 +256,7 @@ class VAE(nn.Module):
     def complete(self, x, num_samples, y=None):
         """Completions [num_samples, B, *image_shape] of images x [B, …]: the given part of x, the rest
         E[t|z,c] for z ~ p(z|c) (the layers below at their conditional means; one for all where z_dim = 0)."""
+        x = self.as_weights(x)
         _, c = self.condition(x, y)
         if self.latent_sites:
             z = self.prior(c).expand([len(x)]).sample([num_samples])

@@ -77,6 +77,12 @@ def test_images_of_another_type_are_scored_as_the_weights_type(condition, dtype)
             images, y if condition == "label" else None)
         log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
     assert log_w[1].dtype == torch.float32 and torch.equal(log_w[0], log_w[1])
+    if condition == "column":  # completions too: the given part kept, the rest drawn as for float32 images
+        completions = []
+        for images in (x, x.to(dtype)):
+            pyro.set_rng_seed(0)
+            completions.append(vae.complete(images, 2))
+        assert completions[1].dtype == torch.float32 and torch.equal(*completions)
 
 
 def test_kl_weight_scales_only_the_latent_sites():
