@@ -7,7 +7,8 @@ classifier's accuracy where it ran); ``loss.png``, every run's curves on one axi
 each run's decoded z ~ p(z) from the same random stream; ``latent.png``, each run's test-set means of
 q(z|x) on shared axes (for image-completion runs instead ``completions.png``: test digits' given part,
 truth and each run's completions). One more row says how much of each run's code space its prior reaches: the share
-of test codes inside the region that holds 95% of p(z)'s mass (``codes_where_the_prior_is``).
+of test codes inside the region that holds 95% of p(z)'s mass (``codes_where_the_prior_is``). Above the
+table, a line for each way the runs' likelihood figures do not compare (``caveats``).
 """
 import json
 from pathlib import Path
@@ -106,6 +107,30 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
     return write_table(out, names, rows, ("loss.png", "samples.png", "latent.png"))
 
 
+TEST_SET_KEYS = ("data.name", "data.test_size", "data.seed", "data.num_classes", "data.size")  # what makes the test set
+
+
+def caveats(rows):
+    """Where the figures in ``rows`` [(label, [value per run])] do not compare between the runs: a test
+    set of another dataset, a likelihood that scores another thing (binarized pixels, 8-bit levels,
+    densities), log p(x) estimated on other examples."""
+    values = dict(rows)
+    notes = []
+    data = [key for key in TEST_SET_KEYS if key in values]
+    if data:
+        notes.append(f"the runs are tested on different data ({', '.join(data)} differ): their ELBOs and log p(x) "
+                     "do not compare")
+    if "likelihood.name" in values:
+        notes.append(f"the runs' likelihoods differ ({', '.join(map(str, values['likelihood.name']))}): each scores "
+                     "its own kind of x, so their ELBOs and log p(x) do not compare")
+    estimates = [v.split(", ") for v in values.get("K, examples", []) if v is not None]  # run_figures' "K, examples"
+    if len({k for k, _ in estimates}) > 1 or len({n for _, n in estimates}) > 1:
+        notes.append(f"log p(x) was estimated with other K or on other test examples (K, examples: "
+                     f"{'; '.join(', '.join(e) for e in estimates)}): evaluate each run with the same -k and --limit "
+                     "to compare them")
+    return notes
+
+
 def check_out(out):
     """Refuse as the output folder ``out`` a run folder and any other folder that holds files of
     ``COMPARE_FILES``' names but is not an earlier comparison (has no compare.md): compare would replace them."""
@@ -119,12 +144,13 @@ def check_out(out):
 
 
 def write_table(out, names, rows, pictures):
-    """compare.md and compare.txt of ``rows`` in ``out``, beside the ``pictures`` just drawn; any other
+    """compare.md and compare.txt of ``rows`` (under the ``caveats`` they call for) in ``out``, beside the ``pictures`` just drawn; any other
     picture of ``COMPARE_FILES`` that an earlier comparison left there (samples.png beside
     completions.png, say) is removed. Returns ``rows``."""
     markdown, text = table(names, rows)
-    atomic_write(out / "compare.md", markdown)
-    atomic_write(out / "compare.txt", text)
+    notes = "".join(f"Note: {note}.\n" for note in caveats(rows))
+    atomic_write(out / "compare.md", notes + "\n" * bool(notes) + markdown)
+    atomic_write(out / "compare.txt", notes + text)
     for name in COMPARE_FILES[2:]:
         if name not in pictures:
             (out / name).unlink(missing_ok=True)

@@ -168,6 +168,24 @@ def test_compare_names_exactly_what_differs_and_draws_the_runs_side_by_side(tiny
     assert "final test ELBO" in capsys.readouterr().out
 
 
+def test_compare_says_above_the_table_where_the_figures_do_not_compare(tiny, capsys, tmp_path):
+    from pyro_vae.compare import caveats
+
+    assert caveats([("prior.name", ["standard_normal", "mog"]), ("data.root", ["data", "../shared/data"]),
+                    ("K, examples", ["20, 10", "20, 10"])]) == []
+    notes = caveats([("data.name", ["mnist-5k", "ring"]), ("K, examples", ["20, 10", None, "5000, 10"])])
+    assert notes[0].startswith("the runs are tested on different data (data.name differ)")
+    assert notes[1].startswith("log p(x) was estimated with other K or on other test examples (K, examples: 20, 10; 5000, 10)")
+    main(cli_args("train", tiny, "--name", "bernoulli"))
+    main(cli_args("train", tiny, "--name", "gaussian", "--likelihood", "gaussian"))
+    root = Path(tiny["runs_root"])
+    main(["compare", str(root / "bernoulli"), str(root / "gaussian"), "--out", str(tmp_path / "cmp")])
+    note = ("Note: the runs' likelihoods differ (bernoulli, gaussian): each scores its own kind of x, so their ELBOs "
+            "and log p(x) do not compare.\n")
+    assert (tmp_path / "cmp" / "compare.md").read_text().startswith(note + "\n|  | bernoulli | gaussian |")
+    assert (tmp_path / "cmp" / "compare.txt").read_text().startswith(note) and note in capsys.readouterr().out
+
+
 def test_compare_refuses_a_single_run_or_a_folder_that_is_no_run(tiny, capsys, tmp_path):
     main(cli_args("train", tiny, "--name", "one"))
     one = str(Path(tiny["runs_root"]) / "one")
