@@ -106,6 +106,15 @@ def check_not_empty(args):
             raise PyroVAEError(f"{name} is empty")
 
 
+def check_one_process(command):
+    """Refuse to run a command other than train and evaluate in several torchrun processes: each would do
+    the whole job and write the same files."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size > 1 and command not in ("train", "evaluate"):
+        raise PyroVAEError(f"pyro-vae {command} runs in one process; run it without torchrun "
+                           f"(train and evaluate share their work among {world_size} processes)")
+
+
 def train_overrides(args):
     """The --set overrides, then the shortcut flags' (--epochs 3: train.epochs=3; --conditional:
     condition.name=label), which win over --set of the same key."""
@@ -340,6 +349,7 @@ def main(argv=None):
     try:
         args = parser().parse_args(argv)
         check_not_empty(args)
+        check_one_process(args.command)
         handler[args.command](args)
         if RECEIVED:  # raised while a library was loading, and swallowed there
             raise Stopped(RECEIVED[0])

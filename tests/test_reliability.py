@@ -164,6 +164,23 @@ def test_a_gpu_where_there_is_none_is_refused_by_the_flag_it_came_from(command, 
     assert capsys.readouterr().err.startswith("pyro-vae: error: device cuda was asked for (--device or train.device), but no")
 
 
+@pytest.mark.parametrize("command", ["sample {run}", "compare {run} {run}", "gradvar {run}", "configs", "bench --quick"])
+def test_a_one_process_command_refuses_several_torchrun_processes(command, tiny, capsys, monkeypatch):
+    """Each process would do the whole job and write the same files (sample wrote its picture twice)."""
+    run = trained(tiny, "existing")
+    before = snapshot(run)
+    capsys.readouterr()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_info:
+        main(command.format(run=run).split())
+    assert exit_info.value.code == 2
+    name = command.split()[0]
+    assert capsys.readouterr().err == (f"pyro-vae: error: pyro-vae {name} runs in one process; run it without torchrun "
+                                       "(train and evaluate share their work among 2 processes)\n")
+    assert snapshot(run) == before
+
+
 def test_installed_entry_point_prints_no_traceback():
     done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--prior", "nope"], capture_output=True, text=True)
     assert done.returncode == 2
