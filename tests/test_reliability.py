@@ -165,9 +165,10 @@ def test_a_gpu_where_there_is_none_is_refused_by_the_flag_it_came_from(command, 
 
 
 @pytest.mark.parametrize("command", ["sample {run}", "compare {run} {run}", "gradvar {run}", "configs", "bench --quick"])
-def test_a_one_process_command_refuses_several_torchrun_processes(command, tiny, capsys, monkeypatch):
+def test_a_one_process_command_refuses_several_torchrun_processes(command, tiny, capsys, monkeypatch, tmp_path):
     """Each process would do the whole job and write the same files (sample wrote its picture twice)."""
-    run = trained(tiny, "existing")
+    monkeypatch.chdir(tmp_path)  # bench writes runs/bench.json here
+    run = trained(tiny, "existing").resolve()
     before = snapshot(run)
     capsys.readouterr()
     monkeypatch.setenv("WORLD_SIZE", "2")
