@@ -148,13 +148,16 @@ class Trainer:
         """Train until ``train.epochs``; returns the metrics, one dict per epoch."""
         handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if self.config.train.epochs == 0:  # nothing to train: the run is its initial weights, to evaluate or resume
-                self.checkpoint()
-                if self.world.main:
-                    write_metrics(self.run_dir, self.metrics)
-            while self.epoch < self.config.train.epochs:
-                self.train_epoch()
-                self.end_epoch()
+            with warnings.catch_warnings():
+                # a non-finite loss stops training with its step and the way out; Pyro's warning of it would come first
+                warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]?inf)", category=UserWarning)
+                if self.config.train.epochs == 0:  # the run is its initial weights, to evaluate or resume
+                    self.checkpoint()
+                    if self.world.main:
+                        write_metrics(self.run_dir, self.metrics)
+                while self.epoch < self.config.train.epochs:
+                    self.train_epoch()
+                    self.end_epoch()
         except (RuntimeError, distributed.PeerLost) as e:  # RuntimeError: DDP's all-reduce inside backward()
             if isinstance(e, RuntimeError) and not (self.world.size > 1 and distributed.is_collective_failure(e)):
                 raise

@@ -613,6 +613,18 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts(tiny, capsys):
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.parametrize("jit", ["true", "false"])
+def test_a_diverging_run_stops_in_one_line(tiny, capsys, jit):
+    """A learning rate that sends the loss to NaN: the trainer's own line, without Pyro's warning of the NaN
+    before it (pytest turns that warning into an error, so it would fail here too)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("train", tiny, "--name", "diverged", "--lr", "1e30", "--set", "train.epochs=3",
+                      "--set", "train.batch_size=50", "--set", f"objective.jit={jit}"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pyro-vae: error: loss became "), err
+
+
 def test_nan_advice_works_lr_and_clipping_change_on_resume_and_are_recorded(tiny, capsys):
     import json
 
