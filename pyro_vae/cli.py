@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import Interrupted, PyroVAEError, Reported
@@ -346,8 +347,11 @@ def main(argv=None):
     previous = {s: signal.signal(s, raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     RECEIVED.clear()
     args = None
+    format_before = warnings.formatwarning
     try:
         args = parser().parse_args(argv)
+        if not args.debug:
+            warnings.formatwarning = one_line_warning
         check_not_empty(args)
         check_one_process(args.command)
         handler[args.command](args)
@@ -373,6 +377,7 @@ def main(argv=None):
             print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     finally:
+        warnings.formatwarning = format_before
         for s, handler_before in previous.items():
             signal.signal(s, handler_before)
         if "torch" in sys.modules:
@@ -396,6 +401,11 @@ def user_facing(error):
     import torch
 
     return not isinstance(error, RuntimeError) or isinstance(error, torch.OutOfMemoryError)
+
+
+def one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the command line prints it: one line, as its errors (``--debug`` shows where it arose)."""
+    return f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: warning: {' '.join(str(message).split())}\n"
 
 
 def one_line(error):

@@ -182,6 +182,19 @@ def test_a_one_process_command_refuses_several_torchrun_processes(command, tiny,
     assert snapshot(run) == before
 
 
+def test_a_warning_prints_as_one_line_under_the_command_line(monkeypatch):
+    import warnings
+
+    from pyro_vae import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_configs", lambda args: seen.append(warnings.formatwarning(
+        "objective.jit: the traced loss differs;\n  training without JIT", UserWarning, "trainer.py", 227)))
+    main(["configs"])
+    assert seen == ["pyro-vae: warning: objective.jit: the traced loss differs; training without JIT\n"]
+    assert warnings.formatwarning is not cli.one_line_warning  # the caller's format is back
+
+
 def test_installed_entry_point_prints_no_traceback():
     done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--prior", "nope"], capture_output=True, text=True)
     assert done.returncode == 2
