@@ -38,7 +38,7 @@ from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .devices import forked_rng
+from .devices import forked_rng, free_memory
 from .errors import PyroVAEError
 
 PARTICLES = "_importance_particles"
@@ -313,11 +313,10 @@ class AllocatedBytes(TorchDispatchMode):
         return out
 
 
-def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=DEFAULT_MEMORY):
-    """How many samples fit in ``memory`` bytes (1 ≤ size ≤ num_samples), from the bytes that trial
-    chunks of 1 and 2 samples allocate: memory(n) = fixed + n · per_sample, whatever the networks.
-    On the CPU the chunk also stays within ``CPU_CHUNK_BYTES``, where it is fastest. The trial draws
-    from a forked random stream, so the estimate's draws do not depend on it."""
+def chunk_memory(model, guide, args, kwargs, layout):
+    """(fixed, per_sample, device): a chunk of n samples allocates fixed + n · per_sample bytes on
+    ``device``, whatever the networks, measured from the bytes that trial chunks of 1 and 2 samples
+    allocate. The trial draws from a forked random stream, so the estimate's draws do not depend on it."""
     device = next((t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)), torch.device("cpu"))
     counts = []
     with forked_rng(device), pyro.validation_enabled(False):
@@ -325,8 +324,25 @@ def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=
             with AllocatedBytes() as counter:
                 log_weights(model, guide, args, kwargs, n, layout)
             counts.append(counter.total)
+    per_sample = max(1, counts[1] - counts[0])
+    return max(0, counts[0] - per_sample), per_sample, device
+
+
+def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=DEFAULT_MEMORY):
+    """How many samples fit in ``memory`` bytes (1 ≤ size ≤ num_samples), by ``chunk_memory``. On the CPU
+    the chunk also stays within ``CPU_CHUNK_BYTES``, where it is fastest."""
+    fixed, per_sample, device = chunk_memory(model, guide, args, kwargs, layout)
     if device.type == "cpu":
         memory = min(memory, CPU_CHUNK_BYTES)
-    per_sample = max(1, counts[1] - counts[0])
-    fixed = max(0, counts[0] - per_sample)
     return max(1, min(num_samples, (memory - fixed) // per_sample))
+
+
+def check_chunk_size(model, guide, args, kwargs, layout, chunk_size, num_samples):
+    """Refuse a ``chunk_size`` whose chunks (of min(chunk_size, num_samples) samples) would not fit in
+    the device's free memory, by ``chunk_memory``: the process would be killed, not told."""
+    fixed, per_sample, device = chunk_memory(model, guide, args, kwargs, layout)
+    need, free = fixed + min(chunk_size, num_samples) * per_sample, free_memory(device)
+    if need > free:
+        raise PyroVAEError(f"a chunk of {min(chunk_size, num_samples)} samples needs {need / 2**30:.1f} GiB, more than "
+                           f"the {free / 2**30:.1f} GiB free on {device}; choose a smaller chunk size (without one, "
+                           "the evaluator picks one that fits)")

@@ -18,7 +18,7 @@ from .conditions import CONDITIONS
 from .datasets import observed_split
 from .devices import resolve_device
 from .errors import PyroVAEError
-from .evaluate import PARETO_K_WARNING, importance_sample, inspect_model, measured_chunk_size
+from .evaluate import PARETO_K_WARNING, check_chunk_size, importance_sample, inspect_model, measured_chunk_size
 from .experiment import build, dataset_component
 from .files import atomic_write, check_writable, os_error, read_json
 from .runs import load_checkpoint, load_weights, run_config
@@ -106,9 +106,11 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
     def args(i):
         return (x[i : i + 1],) if labels is None else (x[i : i + 1], labels[i : i + 1])
 
+    layout = inspect_model(vae.model, vae.guide, args(0), {})
     if chunk_size is None:
-        chunk_size = measured_chunk_size(vae.model, vae.guide, args(0), {}, inspect_model(vae.model, vae.guide, args(0), {}),
-                                         num_samples)
+        chunk_size = measured_chunk_size(vae.model, vae.guide, args(0), {}, layout, num_samples)
+    else:
+        check_chunk_size(vae.model, vae.guide, args(0), {}, layout, chunk_size, num_samples)
     begin, end = world.shard(0, len(x))
     started = time.perf_counter()
     results = []

@@ -538,6 +538,10 @@ FAULTS = {
     "download that fails": (
         lambda c: (failing_download(c["monkeypatch"]), train_argv(c, "--dataset", "fashion-mnist", "--data-root", str(c["tmp"])))[1],
         "(Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name or service not known>); point --data-root"),
+    "chunks beyond the free memory": (  # the process was killed, not told
+        lambda c: (c["monkeypatch"].setattr("pyro_vae.evaluate.free_memory", lambda device: 2**20),
+                   ["evaluate", str(c["run"]), "-k", "100000", "--chunk-size", "100000"])[1],
+        "a chunk of 100000 samples needs"),
     "run in use by another process": (lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1], "is in use by process"),
     "latent too large for memory": (lambda c: train_argv(c, "--z-dim", "100000000"), "GiB for its weights, gradients and optimizer state"),
     "network too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"), "lower model.z_dim or the network sizes"),
