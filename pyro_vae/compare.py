@@ -144,9 +144,9 @@ def check_out(out):
 
 
 def write_table(out, names, rows, pictures):
-    """compare.md and compare.txt of ``rows`` (under the ``caveats`` they call for) in ``out``, beside the ``pictures`` just drawn; any other
-    picture of ``COMPARE_FILES`` that an earlier comparison left there (samples.png beside
-    completions.png, say) is removed. Returns ``rows``."""
+    """compare.md and compare.txt of ``rows`` (under the ``caveats`` they call for) in ``out``, beside the
+    ``pictures`` just drawn; any other picture of ``COMPARE_FILES`` that an earlier comparison left there
+    (samples.png beside completions.png, say) is removed. Returns ``rows``."""
     markdown, text = table(names, rows)
     notes = "".join(f"Note: {note}.\n" for note in caveats(rows))
     atomic_write(out / "compare.md", notes + "\n" * bool(notes) + markdown)

@@ -154,7 +154,7 @@ def test_an_empty_value_is_refused(argv, flag, tiny, capsys, monkeypatch, tmp_pa
     assert snapshot(run) == before
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present, so --device cuda is rightly accepted")
 @pytest.mark.parametrize("command", ["evaluate", "sample", "gradvar"])
 def test_a_gpu_where_there_is_none_is_refused_by_the_flag_it_came_from(command, tiny, capsys):
     run = trained(tiny, "existing")
