@@ -364,6 +364,9 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         if getattr(args, "debug", False):
             raise
+        if isinstance(e.__context__, PyroVAEError):  # the signal came while our error was on its way out: torchrun
+            report(e.__context__)                    # stops the other ranks once one has failed; the error is the news
+            sys.exit(2)
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"pyro-vae: stopped by {signal.Signals(signum).name}; files are written whole or not at all, "
               "so nothing written before is damaged", file=sys.stderr)
@@ -371,10 +374,7 @@ def main(argv=None):
     except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not user_facing(e):
             raise
-        # under torchrun, rank 0 prints what every rank stopped for: mistakes found before the ranks joined
-        # (the same on every rank) and those rank 0 reported; another rank prints what only it met
-        if rank() == 0 or (joined() and not isinstance(e, Reported)):
-            print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(e)}", file=sys.stderr)
+        report(e)
         sys.exit(2)
     finally:
         warnings.formatwarning = format_before
@@ -384,6 +384,14 @@ def main(argv=None):
             from .distributed import leave
 
             leave()
+
+
+def report(error):
+    """Print ``error`` as one line. Under torchrun, rank 0 prints what every rank stopped for: mistakes found
+    before the ranks joined (the same on every rank) and those rank 0 reported; another rank prints what
+    only it met."""
+    if rank() == 0 or (joined() and not isinstance(error, Reported)):
+        print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(error)}", file=sys.stderr)
 
 
 def rank():

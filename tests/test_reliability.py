@@ -715,6 +715,26 @@ def test_a_signal_during_start_up_is_one_line(tiny, signum):
     assert err.count("\n") == 1 and f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
 
 
+def test_a_signal_while_an_error_is_on_its_way_out_reports_the_error(monkeypatch, capsys):
+    """Once one rank has failed, torchrun stops the others with SIGTERM: where it reaches a rank that is
+    leaving with its own error (a lost peer), that error is the one line, not "stopped by SIGTERM"."""
+    import pyro_vae.cli as cli
+
+    lost = "process 0: another process of this run stopped or timed out (Connection closed by peer)"
+
+    def failing_train(args):
+        try:
+            raise PyroVAEError(lost)
+        finally:  # the launcher's SIGTERM arrives during the clean-up on the way out
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "run_train", failing_train)
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--quiet"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == f"pyro-vae: error: {lost}\n"
+
+
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny, capsys):
     run = trained(tiny, "finished")
     checkpoint = (run / "checkpoint.pt").read_bytes()
