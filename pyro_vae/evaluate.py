@@ -341,8 +341,9 @@ def check_chunk_size(model, guide, args, kwargs, layout, chunk_size, num_samples
     """Refuse a ``chunk_size`` whose chunks (of min(chunk_size, num_samples) samples) would not fit in
     the device's free memory, by ``chunk_memory``: the process would be killed, not told."""
     fixed, per_sample, device = chunk_memory(model, guide, args, kwargs, layout)
-    need, free = fixed + min(chunk_size, num_samples) * per_sample, free_memory(device)
+    size = min(chunk_size, num_samples)
+    need, free = fixed + size * per_sample, free_memory(device)
     if need > free:
-        raise PyroVAEError(f"a chunk of {min(chunk_size, num_samples)} samples needs {need / 2**30:.1f} GiB, more than "
+        raise PyroVAEError(f"a chunk of {size} samples needs {need / 2**30:.1f} GiB, more than "
                            f"the {free / 2**30:.1f} GiB free on {device}; choose a smaller chunk size (without one, "
                            "the evaluator picks one that fits)")
