@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from .config import load_config, to_toml
 from .datasets import load_data
 from .devices import resolve_device
-from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .errors import PyroVAEError
+from .evaluate import importance_sample, inspect_model, measured_chunk_size
 from .experiment import build, expand
 from .files import atomic_write, make_folder
 from .networks import activation_class, mlp
-from .runs import open_run_dir, save_checkpoint
+from .runs import holds_run, open_run_dir, save_checkpoint, write_metrics
 from .trainer import Trainer, test_elbo
 
 
@@ -326,11 +326,16 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     }
 
 
-def parity(epochs, config_name, overrides, device, keep=None):
+def parity(epochs, config_name, overrides, device, keep=None, overwrite=False):
     """Train the project's VAE (its Trainer) and the plain-PyTorch loop from the same initial weights
     for ``epochs`` epochs, interleaved epoch by epoch, the plain loop at the schedule's learning rate
     of each epoch; both are scored by the same test ELBO. With ``keep`` (a folder), both are kept as
-    run folders ``keep/pyro`` and ``keep/plain`` that ``pyro-vae evaluate`` reads."""
+    run folders ``keep/pyro`` and ``keep/plain`` that every command reads like any other run; runs already
+    there are replaced only with ``overwrite``."""
+    for name in ("pyro", "plain") if keep else ():  # before minutes of training
+        if holds_run(Path(keep) / name) and not overwrite:
+            raise PyroVAEError(f"{Path(keep) / name} holds a run; pass --overwrite to replace the runs that --keep names, "
+                               "or --keep another folder")
     config = load_config(config_name, overrides + [f"train.epochs={epochs}", f"train.device={device}"])
     objective = config.objective
     if objective.name not in ("trace_elbo", "mean_field") or objective.options.get("num_particles", 1) != 1:
@@ -339,10 +344,10 @@ def parity(epochs, config_name, overrides, device, keep=None):
         raise PyroVAEError("--parity's plain loop is the one-layer, unconditional Bernoulli VAE")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep) / "pyro" if keep else Path(tmp)
-        trainer = Trainer(config, folder, overwrite=True, progress=False)
+        trainer = Trainer(config, folder, overwrite=overwrite or not keep, progress=False)
         plain = PlainTrainer(trainer)
         n, batch_size = len(trainer.train_x), config.train.batch_size
-        seconds = {"pyro": 0.0, "plain": 0.0}
+        seconds, plain_metrics = {"pyro": 0.0, "plain": 0.0}, []
         for epoch in range(epochs):
             trainer.train_epoch()
             trainer.end_epoch()
@@ -352,10 +357,11 @@ def parity(epochs, config_name, overrides, device, keep=None):
             order = torch.randperm(n, generator=trainer.generator, device=trainer.device)
             synchronize(trainer.device)
             started = time.perf_counter()
-            for start in range(0, n, batch_size):
-                plain.train_step(order[start : start + batch_size])
+            plain_loss_sum = sum(plain.train_step(order[start : start + batch_size]) for start in range(0, n, batch_size))
             synchronize(trainer.device)
             seconds["plain"] += time.perf_counter() - started
+            plain_metrics.append({"epoch": epoch + 1, "step": trainer.step, "train_loss": plain_loss_sum / n,
+                                  "lr": group["lr"], "seconds": time.perf_counter() - started})
             if (epoch + 1) % max(1, epochs // 10) == 0:
                 print(f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1].get('test_elbo', math.nan):.3f}, "
                       f"plain {test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000):.3f}", flush=True)
@@ -370,7 +376,8 @@ def parity(epochs, config_name, overrides, device, keep=None):
             "plain_images_per_s": epochs * n / seconds["plain"],
         }
         if keep:
-            keep_plain(trainer, plain, Path(keep) / "plain")
+            plain_metrics[-1].update(test_elbo=result["plain_test_elbo"], test_examples=len(test_x))
+            keep_plain(trainer, plain, Path(keep) / "plain", plain_metrics, overwrite)
     result["elbo_difference"] = result["pyro_test_elbo"] - result["plain_test_elbo"]
     result["throughput_ratio"] = result["pyro_images_per_s"] / result["plain_images_per_s"]
     return result
@@ -408,14 +415,18 @@ def discriminative(config_name, overrides, device):
             "seconds": time.perf_counter() - started}
 
 
-def keep_plain(trainer, plain, folder):
+def keep_plain(trainer, plain, folder, metrics, overwrite=False):
     """The plain loop's networks as a run folder (the project run's config and checkpoint, its weights
-    swapped in, no optimizer state), so that ``pyro-vae evaluate`` scores it like any run."""
+    swapped in, no optimizer state, its own ``metrics``), so that every command reads it like any run."""
     state = {**trainer.state([{"torch": torch.get_rng_state()}]), "model": plain.vae.state_dict(), "optimizer": None,
-             "metrics": []}
-    open_run_dir(folder, overwrite=True).release()
-    atomic_write(folder / "config.toml", to_toml(trainer.config))
-    save_checkpoint(folder, state)
+             "metrics": metrics}
+    lock = open_run_dir(folder, overwrite=overwrite)
+    try:
+        atomic_write(folder / "config.toml", to_toml(trainer.config))
+        save_checkpoint(folder, state)
+        write_metrics(folder, metrics)
+    finally:
+        lock.release()
 
 
 def scaling(nproc, overrides, device, epochs=3):
@@ -454,7 +465,16 @@ def compare_run(run_dir, num_samples, device):
     the same test images: both means, their difference and its standard error, and the evaluator's
     share of the float32 matrix-product limit (its FLOP/s: N·(encoder + K·decoder) forward FLOPs over its seconds)."""
     from .report import evaluate_run, run_examples
+    from .runs import run_config
 
+    config = run_config(run_dir)
+    plain_kind = {"network.name": "mlp", "likelihood.name": "bernoulli", "prior.name": "standard_normal",
+                  "condition.name": "none", "model.layers": []}
+    found = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in plain_kind}
+    differ = [f"{key} = {found[key]!r}" for key, value in plain_kind.items() if found[key] != value]
+    if differ:
+        raise PyroVAEError(f"--compare-run's plain estimate is the one-layer MLP VAE with a Bernoulli likelihood and "
+                           f"N(0, I) prior; {run_dir} has {', '.join(differ)}")
     summary = evaluate_run(run_dir, num_samples=num_samples, device=device)
     _, vae, x, _ = run_examples(run_dir, device=device)
     started = time.perf_counter()
@@ -495,9 +515,11 @@ def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, cl
 
 
 def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, overrides=(), compare=None, num_samples=5000,
-         nproc=None, config=None, keep=None, classifier=False):
+         nproc=None, config=None, keep=None, classifier=False, overwrite=False):
     """Run the benchmark, print a table and write JSON to ``out``."""
     check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier)
+    if overwrite and keep is None:
+        raise PyroVAEError("--overwrite replaces the runs that --keep names; it needs --keep")
     make_folder(Path(out).parent)  # before minutes of measuring
     device = str(resolve_device(device))
     torch.manual_seed(0)
@@ -519,7 +541,8 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, 
         atomic_write(out, json.dumps(r, indent=2) + "\n")
         return r
     if parity_epochs is not None or compare is not None:
-        result = compare_run(compare, num_samples, device) if compare else parity(parity_epochs, config, list(overrides), device, keep)
+        result = (compare_run(compare, num_samples, device) if compare else
+                  parity(parity_epochs, config, list(overrides), device, keep, overwrite))
         print(json.dumps(result, indent=2))
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result

@@ -12,6 +12,8 @@ from pathlib import Path
 from .errors import Interrupted, PyroVAEError, Reported
 
 MAX_GRID = 1024  # samples in one picture; more go to a .npy array, written in batches
+MAX_K = 10**6  # importance samples per example (K = 5000 is the literature's)
+MAX_EXAMPLES = 10**8  # examples in one command
 
 # Flags that are shortcuts for --set section.key=value.
 SHORTCUTS = {
@@ -22,10 +24,18 @@ SHORTCUTS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes (an unknown flag, a missing value) print one line as every other error does."""
+
+    def error(self, message):
+        print(f"pyro-vae: error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser():
     from .config import bundled_configs
 
-    top = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
+    top = Parser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
     top.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = top.add_subparsers(dest="command", required=True)
 
@@ -48,7 +58,7 @@ def parser():
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
     evaluate.add_argument("--dataset", help="score another dataset of the same image shape (default: the run's own)")
     evaluate.add_argument("--data-root", help="folder that holds the dataset's files (torchvision datasets)")
-    evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    evaluate.add_argument("--limit", type=int, help="evaluate only N examples: a fixed, class-balanced part of the split, the same in every command")
     evaluate.add_argument("--batch-size", type=int, default=100, help="examples per batch of --classify")
     evaluate.add_argument("--seed", type=int, default=0, help="example i draws its samples from a stream seeded by (seed, i)")
     evaluate.add_argument("--chunk-size", type=int, help="samples drawn at once (default: chosen from memory)")
@@ -88,6 +98,7 @@ def parser():
     bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     bench.add_argument("--config", help="with --parity or --discriminative: the config (default: the default config)")
     bench.add_argument("--keep", metavar="DIR", help="with --parity: keep both trained models as runs DIR/pyro and DIR/plain")
+    bench.add_argument("--overwrite", action="store_true", help="with --keep: replace the runs DIR/pyro and DIR/plain")
     bench.add_argument("--discriminative", action="store_true",
                        help="instead: test accuracy of an MLP classifier of the config's network size (the CVAE classifier's baseline)")
     bench.add_argument("--compare-run", metavar="RUN",
@@ -170,6 +181,14 @@ def resumed_config(run_dir, overrides):
     return config
 
 
+def check_range(flag, value, low, high):
+    """Refuse a number given to ``flag`` outside low … high (None: the flag was not given)."""
+    from .registry import Range
+
+    if value is not None:
+        Range(low, high).check(flag, value)
+
+
 def check_seed(seed):
     """Refuse a --seed that PyTorch's CPU generator would not keep as given (it keeps 32 bits)."""
     if not 0 <= seed < 2**32:
@@ -181,15 +200,13 @@ def run_evaluate(args):
     from .report import check_labelled, classify_run, evaluate_run
     from .runs import run_config
 
-    if args.num_samples < 1:
-        raise PyroVAEError(f"--num-samples must be positive, got {args.num_samples}")
-    if args.batch_size < 1:
-        raise PyroVAEError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise PyroVAEError(f"--chunk-size must be positive, got {args.chunk_size}")
+    check_range("--num-samples", args.num_samples, 1, MAX_K)
+    check_range("--batch-size", args.batch_size, 1, 2**20)
+    check_range("--limit", args.limit, 1, MAX_EXAMPLES)
+    check_range("--chunk-size", args.chunk_size, 1, MAX_K)
     check_seed(args.seed)
-    if args.classify and args.classify_samples < 1:
-        raise PyroVAEError(f"--classify-samples must be positive, got {args.classify_samples}")
+    if args.classify:
+        check_range("--classify-samples", args.classify_samples, 1, MAX_K // 10)
     config = run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
     if args.classify:
         check_labelled(args.run, config)
@@ -205,7 +222,8 @@ def run_evaluate(args):
         ("examples", f"{s['num_examples']} ({s['dataset']}, {s['split']})"),
         ("K", s["num_samples"]),
         ("mean ELBO", f"{s['elbo']:.3f} (K samples); {s['elbo_10_particles']:.3f} (10 particles, Pyro's figure)"),
-        (f"mean {what}", f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}"),
+        (f"mean {what}", f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}" if s["log_likelihood_stderr"] is not None
+         else f"{s['log_likelihood']:.3f} (K = 1: one weight per example gives no standard error)"),
         ("gap (log p − ELBO)", f"{s['log_likelihood'] - s['elbo']:.3f}"),
         ("bits per dim", bpd),
         ("ESS mean / median", f"{s['mean_ess']:.1f} / {s['median_ess']:.1f} of {s['num_samples']}"),
@@ -237,21 +255,35 @@ def pareto_line(summary):
 
 
 def run_sample(args):
-    import torch
-
     from .files import check_writable
-    from .plots import image_grid, sample_file
-    from .runs import load_run
+    from .runs import owned_by_run, reading, sample_file_name
 
-    if args.n < 1:
-        raise PyroVAEError(f"-n must be positive, got {args.n}")
+    check_range("-n", args.n, 1, 10**12)
     check_seed(args.seed)
-    out = Path(args.out or Path(args.run) / f"samples-{args.n}.{'png' if args.n <= MAX_GRID else 'npy'}")
+    suffix = ".png" if args.n <= MAX_GRID else ".npy"
+    out = Path(args.out or Path(args.run) / sample_file_name(args.n, args.label, suffix))
     if out.suffix not in (".png", ".npy"):
         raise PyroVAEError(f"--out must end in .png (a picture) or .npy (an array of images), got {out.name}")
     if out.suffix == ".png" and args.n > MAX_GRID:
         raise PyroVAEError(f"a picture holds at most {MAX_GRID} samples; write {args.n} to an array with --out FILE.npy")
+    if owned_by_run(out):
+        raise PyroVAEError(f"--out {out} names a file that its run folder owns; choose another name "
+                           f"(samples-*.png or a path outside the run)")
+    if out.is_dir():
+        raise PyroVAEError(f"--out {out} is a folder; name the file to write")
     check_writable(out.parent)
+    with reading(args.run):
+        write_samples(args, out)
+    print(f"wrote {out}")
+
+
+def write_samples(args, out):
+    """Decode ``args.n`` draws z ~ p(z) of the run ``args.run`` into ``out`` (a picture, or an array written in batches)."""
+    import torch
+
+    from .plots import image_grid, sample_file
+    from .runs import load_run
+
     _, vae = load_run(args.run, args.device)
     if vae.conditioning.partial:
         raise PyroVAEError(f"{args.run} completes images from a given part, so it has no samples of its own: see "
@@ -273,7 +305,6 @@ def run_sample(args):
         image_grid(vae.sample(args.n, None if labels is None else labels(0, args.n)), out, nrow, f"{args.n} samples from {args.run}")
     else:
         sample_file(vae, args.n, labels, out)
-    print(f"wrote {out}")
 
 
 def run_compare(args):
@@ -290,6 +321,8 @@ def run_compare(args):
 def run_gradvar(args):
     from .gradvar import gradient_variance
 
+    check_range("--draws", args.draws, 2, 10**5)
+    check_range("--examples", args.examples, 1, 10**5)
     s = gradient_variance(args.run, draws=args.draws, examples=args.examples, device=args.device, progress=not args.quiet)
     print(f"gradient of −ELBO per example, {s['draws']} draws on {s['examples']} test examples")
     print(f"{'group':<12} {'variance, reparam.':>19} {'score function':>15} {'ratio':>9} {'SNR, reparam.':>14} {'score function':>15}")
@@ -320,7 +353,7 @@ def run_bench(args):
 
     bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set,
                compare=args.compare_run, num_samples=args.num_samples, nproc=args.nproc, config=args.config, keep=args.keep,
-               classifier=args.discriminative)
+               classifier=args.discriminative, overwrite=args.overwrite)
 
 
 class Stopped(KeyboardInterrupt):

@@ -10,7 +10,7 @@ truth and each run's completions). One more row says how much of each run's code
 of test codes inside the region that holds 95% of p(z)'s mass (``codes_where_the_prior_is``). Above the
 table, a line for each way the runs' likelihood figures do not compare (``caveats``).
 """
-import json
+import contextlib
 from pathlib import Path
 
 import torch
@@ -18,8 +18,9 @@ import torch
 from . import plots
 from .config import config_differences
 from .errors import PyroVAEError
-from .files import atomic_write, make_folder, read_json
+from .files import atomic_write, make_folder
 from .report import run_examples
+from .runs import read_metrics, read_result, reading
 
 SAMPLES = 16
 COMPARE_FILES = ("compare.md", "compare.txt", "loss.png", "samples.png", "latent.png", "completions.png")  # what it writes
@@ -30,7 +31,8 @@ def run_figures(run_dir, metrics):
     """The figures of one run, from its metrics, eval.json and classify.json."""
     epochs = [m for m in metrics if "train_loss" in m]
     tested = [m for m in epochs if "test_elbo" in m]
-    evaluation, classified = read_json(run_dir / "eval.json"), read_json(run_dir / "classify.json")
+    evaluation = read_result(run_dir / "eval.json", ("log_likelihood", "num_samples", "num_examples", "mean_ess"))
+    classified = read_result(run_dir / "classify.json", ("accuracy",))
     figures = {
         "epochs": len(epochs),
         "train seconds": round(sum(m["seconds"] for m in epochs), 1),
@@ -38,8 +40,9 @@ def run_figures(run_dir, metrics):
         "final test ELBO": round(tested[-1]["test_elbo"], 2) if tested else None,
     }
     if evaluation is not None:
-        figures[f"test {evaluation.get('what', 'log p(x)')}"] = (f"{evaluation['log_likelihood']:.2f} ± "
-                                                               f"{evaluation['log_likelihood_stderr']:.2f}")
+        stderr = evaluation.get("log_likelihood_stderr")
+        figures[f"test {evaluation.get('what', 'log p(x)')}"] = (f"{evaluation['log_likelihood']:.2f}"
+                                                               + (f" ± {stderr:.2f}" if isinstance(stderr, float) else ""))
         figures["K, examples"] = f"{evaluation['num_samples']}, {evaluation['num_examples']}"
         figures["mean ESS"] = round(evaluation["mean_ess"], 1)
         if evaluation.get("median_pareto_k") is not None:
@@ -75,8 +78,15 @@ def compare_runs(run_dirs, out, device="auto", seed=0):
         names = [str(r) for r in run_dirs]
     out = Path(out)
     check_out(out)
+    with contextlib.ExitStack() as held:
+        for run_dir in run_dirs:
+            held.enter_context(reading(run_dir))
+        return _compare(run_dirs, names, out, device, seed)
+
+
+def _compare(run_dirs, names, out, device, seed):
     loaded = [run_examples(r, limit=LATENT_EXAMPLES, device=device) for r in run_dirs]  # (config, vae, x, y)
-    metrics = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in run_dirs]
+    metrics = [read_metrics(r) for r in run_dirs]
     configs = [config.to_dict() for config, *_ in loaded]
     partial = [vae.conditioning.partial for _, vae, _, _ in loaded]
     if any(partial) and (not all(partial) or len({str(c["condition"]) for c in configs}) > 1):

@@ -14,7 +14,7 @@ the guide q(z|t,c); the ELBO then bounds log p(t|c) (Doersch's tutorial, section
 import torch
 
 from .errors import PyroVAEError
-from .registry import Registry
+from .registry import Registry, Size
 
 CONDITIONS = Registry("condition")
 
@@ -111,7 +111,7 @@ class Quadrants(MaskCondition):
     """Quadrants of the image, as in Pyro's CVAE example (examples/cvae): ``given`` = 1: the bottom-left
     quadrant; 2: the left half; 3: all but the bottom-right quadrant. The rest is to be completed."""
 
-    def __init__(self, image_shape, num_classes, *, given: int = 1):
+    def __init__(self, image_shape, num_classes, *, given: Size = 1):
         if given not in (1, 2, 3):
             raise PyroVAEError(f"condition.given must be 1, 2 or 3 quadrants, got {given}")
         h, w = image_grid(image_shape, "quadrants")
@@ -129,7 +129,7 @@ class Column(MaskCondition):
     """The ``width`` middle columns of pixels (Doersch's MNIST CVAE, section 5.2: the model draws the whole
     digit from its middle column, an input that fits many digits)."""
 
-    def __init__(self, image_shape, num_classes, *, width: int = 1):
+    def __init__(self, image_shape, num_classes, *, width: Size = 1):
         h, w = image_grid(image_shape, "column")
         if not 0 < width < w:
             raise PyroVAEError(f"condition.width must lie in 1 … {w - 1} columns, got {width}")

@@ -7,10 +7,12 @@ config saved in a run folder is all that ``evaluate``, ``sample`` and ``--resume
 """
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 try:
     import tomllib
@@ -27,7 +29,7 @@ from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS
 from .objectives import OBJECTIVES
 from .priors import PRIORS
-from .registry import check_type
+from .registry import MAX_COUNT, MAX_SIZE, Count, Range, Seed, Size, check_type
 from .schedules import SCHEDULES
 
 REGISTRIES = {"data": DATASETS, "condition": CONDITIONS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES,
@@ -44,10 +46,10 @@ class Component:
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 50  # dimension of the (top) latent z, whose prior is [prior]; 0: no latent (the deterministic
-    # baseline p(x_M|x_G) of image completion)
-    layers: list[int] = field(default_factory=list)  # sizes of stochastic layers below z, from x up (Burda: [100])
-    layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # hidden sizes between stochastic layers
+    z_dim: Annotated[int, Range(0, MAX_SIZE)] = 50  # dimension of the (top) latent z, whose prior is [prior]; 0: no
+    # latent (the deterministic baseline p(x_M|x_G) of image completion)
+    layers: list[Size] = field(default_factory=list)  # sizes of stochastic layers below z, from x up (Burda: [100])
+    layer_hidden: list[Size] = field(default_factory=lambda: [100, 100])  # hidden sizes between stochastic layers
     layer_activation: str = "tanh"
     reparameterize: bool = True  # false: the guide's z is drawn without the reparameterization trick, so Pyro's
     # ELBOs form the score-function (REINFORCE) gradient
@@ -55,21 +57,22 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam learning rate (times the [schedule]'s factor for the epoch)
-    adam_eps: float = 1e-8  # Adam's ε (Burda et al. use 1e-4)
-    beta: float = 1.0  # KL weight β: loss = reconstruction + β·KL
-    warmup_epochs: float = 0.0  # β rises linearly from 0 over this many epochs
-    clip_norm: float = 0.0  # gradient clipping by norm (0: off)
-    seed: int = 0
+    epochs: Annotated[int, Range(0, MAX_COUNT)] = 20
+    batch_size: Annotated[int, Range(1, 2**20)] = 128
+    lr: Annotated[float, Range(0, 1e6, open_low=True)] = 1e-3  # Adam learning rate (times the [schedule]'s factor)
+    adam_eps: Annotated[float, Range(0, 1, open_low=True)] = 1e-8  # Adam's ε (Burda et al. use 1e-4)
+    beta: Annotated[float, Range(0, 1e4, open_low=True)] = 1.0  # KL weight β: loss = reconstruction + β·KL
+    warmup_epochs: Annotated[float, Range(0, MAX_COUNT)] = 0.0  # β rises linearly from 0 over this many epochs
+    clip_norm: Annotated[float, Range(0, 1e12)] = 0.0  # gradient clipping by norm (0: off)
+    seed: Seed = 0
     device: str = "auto"  # auto | cpu | cuda
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: at each epoch's end only)
-    eval_batch_size: int = 1000  # examples per batch when scoring the test set
-    test_examples: int = 0  # the epoch's test ELBO on the first N test examples (0: all of them)
-    test_every: int = 1  # the test ELBO every N epochs (and after the last)
+    checkpoint_every: Annotated[int, Range(0, MAX_COUNT)] = 0  # also checkpoint every N steps (0: at each epoch's end only)
+    eval_batch_size: Annotated[int, Range(1, 2**20)] = 1000  # examples per batch when scoring the test set
+    test_examples: Annotated[int, Range(0, MAX_COUNT)] = 0  # the epoch's test ELBO on N test examples (a fixed,
+    # class-balanced part; 0: all of them)
+    test_every: Count = 1  # the test ELBO every N epochs (and after the last)
     tensorboard: bool = False  # log to RUN/tensorboard (pip install -e ".[tensorboard]")
-    tensorboard_images_every: int = 10  # pictures in TensorBoard every N epochs (and after the last)
+    tensorboard_images_every: Count = 10  # pictures in TensorBoard every N epochs (and after the last)
     precision: str = "float32"  # float32 | bfloat16: the encoder and decoder of a training step under torch.autocast
 
 
@@ -98,11 +101,6 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # training precision → torch.autocast's dtype (None: off)
-POSITIVE = {"train.batch_size", "train.lr", "train.eval_batch_size", "train.beta", "train.adam_eps",
-            "train.test_every", "train.tensorboard_images_every"}
-NON_NEGATIVE = {"model.z_dim", "train.epochs", "train.warmup_epochs", "train.clip_norm", "train.checkpoint_every", "train.test_examples"}
-INT64 = {"model.z_dim", "train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size",
-         "train.test_examples", "train.test_every", "train.tensorboard_images_every"}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -119,7 +117,7 @@ def read_toml(name_or_path):
         text = (resources.files("pyro_vae") / "configs" / f"{name_or_path}.toml").read_text()
     elif path.is_file():
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is no TOML
         except OSError as e:
             raise os_error("read", path, e) from None
         except UnicodeDecodeError as e:
@@ -182,6 +180,9 @@ def merge(table, update):
 
 
 def fits(value, tp):
+    """Whether ``value`` is of type ``tp`` (its range is checked once the config is whole, with its name)."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     try:
         check_type("", value, tp)
         return True
@@ -226,7 +227,7 @@ def legacy_conditional(table):
 
 def section_from_dict(section, cls, values):
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     for key in values:
         if key not in fields:
             raise PyroVAEError(f"unknown key {key!r} in [{section}]; valid keys: {', '.join(fields)}")
@@ -234,23 +235,7 @@ def section_from_dict(section, cls, values):
 
 
 def check_ranges(config):
-    for path in POSITIVE | NON_NEGATIVE:
-        section, key = path.split(".")
-        value = getattr(getattr(config, section), key)
-        if value < 0 or (value == 0 and path in POSITIVE):
-            bound = "positive" if path in POSITIVE else "zero or more"
-            raise PyroVAEError(f"{path} must be {bound}, got {value}")
-    if not 0 <= config.train.seed < 2**32:  # PyTorch's CPU generator keeps a seed's low 32 bits
-        raise PyroVAEError(f"train.seed must lie in 0 … 2^32 − 1 (PyTorch's CPU generator keeps 32 bits of a seed), "
-                           f"got {config.train.seed}")
-    for path in INT64:
-        section, key = path.split(".")
-        if getattr(getattr(config, section), key) >= 2**63:
-            raise PyroVAEError(f"{path} must be below 2^63, got {getattr(getattr(config, section), key)}")
-    for path in ("model.layers", "model.layer_hidden"):
-        sizes = getattr(config.model, path.split(".")[1])
-        if any(not 0 < size < 2**31 for size in sizes):
-            raise PyroVAEError(f"{path} must hold positive sizes, got {sizes}")
+    """The rules between settings (each setting's own range is in its type, checked as it is read)."""
     if not config.model.layer_hidden:
         raise PyroVAEError("model.layer_hidden must hold at least one size")
     if config.model.layers and config.prior.name == "vamp":
@@ -266,6 +251,19 @@ def check_ranges(config):
         raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
     if config.train.precision not in PRECISIONS:
         raise PyroVAEError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}")
+
+
+PATH_OPTIONS = ("root", "path")  # data options that name files or folders
+
+
+def absolute_paths(config):
+    """``config`` with the data options that name a file or folder made absolute (a run made in one
+    working folder reads its data from any other)."""
+    options = dict(config.data.options)
+    for key in PATH_OPTIONS:
+        if isinstance(options.get(key), str) and options[key]:
+            options[key] = os.path.abspath(options[key])
+    return dataclasses.replace(config, data=Component(config.data.name, options))
 
 
 def config_differences(a, b):

@@ -13,13 +13,14 @@ import struct
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from .errors import PyroVAEError
 from .files import os_error
-from .registry import Registry
+from .registry import Range, Registry, Seed
 
 DATASETS = Registry("dataset")
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
@@ -120,9 +121,13 @@ def check_idx(path, ndim):
         size = os.path.getsize(path)
     except OSError as e:
         raise os_error("read", path, e) from None
+    if size == 0:
+        raise PyroVAEError(f"{path} is empty; restore it")
     if len(header) < 4 + 4 * ndim or header[:2] != b"\0\0" or header[2] not in IDX_ITEM_BYTES or header[3] != ndim:
         raise PyroVAEError(f"{path} is not an idx file of {ndim} dimension(s) (it starts {header[:4].hex()}); restore it")
     dims = struct.unpack(f">{ndim}I", header[4:])
+    if not math.prod(dims):
+        raise PyroVAEError(f"{path} holds no items (its header says {' × '.join(map(str, dims))}); restore it")
     expected = 4 + 4 * ndim + math.prod(dims) * IDX_ITEM_BYTES[header[2]]
     if size != expected:
         raise PyroVAEError(
@@ -203,10 +208,9 @@ class Synthetic:
     """Well-separated classes for quick checks: class k is a fixed random grey prototype, each image
     that prototype with pixel noise (sd ``noise``), clipped to [0, 1]."""
 
-    def __init__(self, *, num_classes: int = 4, size: int = 8, train_per_class: int = 100,
-                 test_per_class: int = 25, noise: float = 0.05, seed: int = 0):
-        if min(num_classes, size, train_per_class, test_per_class) < 1 or noise < 0:
-            raise PyroVAEError("synthetic data needs positive num_classes, size and counts, and noise >= 0")
+    def __init__(self, *, num_classes: Annotated[int, Range(1, 1000)] = 4, size: Annotated[int, Range(1, 1024)] = 8,
+                 train_per_class: Annotated[int, Range(1, 10**5)] = 100, test_per_class: Annotated[int, Range(1, 10**5)] = 25,
+                 noise: Annotated[float, Range(0, 1)] = 0.05, seed: Seed = 0):
         self.num_classes, self.size, self.noise, self.seed = num_classes, size, noise, seed
         self.counts = (train_per_class, test_per_class)
 
@@ -229,9 +233,8 @@ class Ring:
     Its density is known: ρ = ‖x‖ = 1 + ‖u‖/10, ‖u‖ is Rayleigh distributed and the angle uniform, so
     p(x) = 10 r exp(−r²/2) / (2π ρ) with r = 10 (ρ − 1), for ρ > 1 (``log_density``)."""
 
-    def __init__(self, *, train_size: int = 10000, test_size: int = 2000, seed: int = 0):
-        if train_size < 1 or test_size < 1:
-            raise PyroVAEError(f"ring data needs positive train_size and test_size, got {train_size} and {test_size}")
+    def __init__(self, *, train_size: Annotated[int, Range(1, 10**7)] = 10000,
+                 test_size: Annotated[int, Range(1, 10**7)] = 2000, seed: Seed = 0):
         self.sizes, self.seed = (train_size, test_size), seed
 
     def load(self):
@@ -253,12 +256,35 @@ class Ring:
         return torch.where(inside, torch.full_like(log_p, -math.inf), log_p)
 
 
+def balanced_order(labels, num_classes, seed=TEST_SEED):
+    """A fixed order [N] of a split's examples in which every prefix is as class-balanced as the split
+    allows: each class shuffled with a fixed seed, then the classes taken in turn (first example of
+    every class, then the second, …). The first n of it is the subset every command takes."""
+    generator = torch.Generator().manual_seed(seed)
+    rank = torch.empty(len(labels), dtype=torch.long)
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        rank[members[torch.randperm(len(members), generator=generator)]] = torch.arange(len(members))
+    return torch.argsort(rank * num_classes + labels, stable=True)
+
+
 def load_data(component):
-    """The checked ``ImageData`` of a config's ``data`` component."""
+    """The checked ``ImageData`` of a config's ``data`` component, each split in ``balanced_order``, so that
+    every part of a split a command takes (``--limit``, ``train.test_examples``, the examples of a
+    picture) is a fixed, class-balanced one, the same in every command."""
     data = DATASETS.build(component.name, component.options).load()
     for name in ("train", "test"):
         split = data.split(name)
         check_images(split.images, split.labels, data.num_classes, f"{component.name} {name} split")
+        if not len(split.images):
+            raise PyroVAEError(f"{component.name} {name} split holds no examples")
+    if data.train.images.shape[1:] != data.test.images.shape[1:]:
+        raise PyroVAEError(f"{component.name}: the train split holds images of shape {tuple(data.train.images.shape[1:])} "
+                           f"but the test split {tuple(data.test.images.shape[1:])}; both splits need one shape")
+    for name in ("train", "test"):
+        split = data.split(name)
+        order = balanced_order(split.labels, data.num_classes)
+        setattr(data, name, Split(split.images[order], split.labels[order]))
     return data
 
 

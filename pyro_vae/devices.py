@@ -1,5 +1,7 @@
 """Devices: which one a setting names, and random streams forked so the caller's stay untouched."""
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .errors import PyroVAEError
 
@@ -32,3 +34,21 @@ def free_memory(device):
         return int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return float("inf")
+
+
+class AllocatedBytes(TorchDispatchMode):
+    """Counts the bytes of every new tensor storage that the operations inside the block create
+    (views and in-place results share their input's storage and are not counted): an upper bound on
+    the peak memory those operations held at once."""
+
+    def __enter__(self):
+        self.total = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.total += t.untyped_storage().nbytes()
+        return out

@@ -10,16 +10,27 @@ summed out exactly inside each weight, p(x, z) = Σ_c p(x, z, c), as ``TraceEnum
 The contract, checked once per call before any sample is drawn (each breach is a one-line
 ``PyroVAEError`` naming the site):
 - every sample site of model and guide lies inside one vectorized ``pyro.plate("data", B)`` and has
-  log-prob shape [B] once the plates inside "data" are summed (``.to_event(...)`` elsewhere);
+  log-prob shape [B] once the plates inside "data" are summed (``.to_event(...)`` elsewhere): its
+  value has the data plate's dim among its batch dims, so no event swallows the examples;
 - every model latent is sampled by the guide, or marked ``infer={"enumerate": "parallel"}``;
-  every guide site is a model site, or an auxiliary one (``infer={"is_auxiliary": True}``);
-- no log-density is scaled (``poutine.scale``, a β weight, a subsampled plate);
-- no guide site is a point mass (``Delta``) unless an auxiliary random site stands behind it;
-- with Pyro's validation on, observed values lie in their distribution's support.
+  every guide site is a model site, or an auxiliary one (``infer={"is_auxiliary": True}``); a guide
+  site draws from a support within the model site's;
+- no log-density is scaled (``poutine.scale``, a β weight, a subsampled plate; a scale of exactly 1,
+  number or tensor, is no scale);
+- no guide site is a point mass (``Delta``) unless it is a function of an auxiliary random site
+  (its value changes when that site is drawn again), and no other guide site depends on an auxiliary
+  one: the weight would divide by q(u) q(z|u), not by the marginal q(z);
+- observed values have a finite log-density, and with Pyro's validation on they lie in their
+  distribution's support.
+``pyro.deterministic`` sites, which carry no density, are left out wherever they are.
 
 Beside the estimate come, per example, the ELBO of the same samples (1/K) Σₖ log wₖ, the
-effective sample size (Σ wₖ)² / Σ wₖ², the delta-method standard error √(1/ESS − 1/K), and the
-Pareto shape k̂ of the weights' upper tail (Vehtari et al., "Pareto Smoothed Importance Sampling").
+effective sample size (Σ wₖ)² / Σ wₖ², the delta-method standard error √(1/ESS − 1/K) (NaN for
+K = 1: one weight says nothing of its own spread), and the Pareto shape k̂ of the weights' upper
+tail (Vehtari et al., "Pareto Smoothed Importance Sampling").
+
+The functions here run Pyro, whose handler stack is global to the process: calls from several
+threads are serialized (``serial.PYRO_LOCK``), each giving the result it would alone.
 """
 import math
 from collections import OrderedDict
@@ -29,6 +40,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoContinuous
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
@@ -36,10 +48,10 @@ from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 from torch.utils._pytree import tree_leaves
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from .devices import forked_rng, free_memory
+from .devices import AllocatedBytes, forked_rng, free_memory
 from .errors import PyroVAEError
+from .serial import PYRO_LOCK
 
 PARTICLES = "_importance_particles"
 DATA = "data"
@@ -57,7 +69,7 @@ class ImportanceEstimate:
     log_likelihood: torch.Tensor  # log (1/K) Σₖ wₖ
     elbo: torch.Tensor  # (1/K) Σₖ log wₖ
     ess: torch.Tensor  # (Σₖ wₖ)² / Σₖ wₖ²
-    stderr: torch.Tensor  # √(1/ESS − 1/K), delta-method standard error of log p̂(x)
+    stderr: torch.Tensor  # √(1/ESS − 1/K), delta-method standard error of log p̂(x); NaN for K = 1
     pareto_k: torch.Tensor  # k̂ of the weights' tail; NaN where K is too small to fit it
     num_samples: int
 
@@ -87,6 +99,11 @@ def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, me
     given, is called with the number of samples × examples after each chunk."""
     if num_samples < 1:
         raise PyroVAEError(f"the number of importance samples must be positive, got {num_samples}")
+    with PYRO_LOCK:
+        return _importance_sample(model, guide, args, kwargs, num_samples, chunk_size, memory, progress)
+
+
+def _importance_sample(model, guide, args, kwargs, num_samples, chunk_size, memory, progress):
     layout = inspect_model(model, guide, args, kwargs)
     if chunk_size is None:
         chunk_size = measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory)
@@ -106,12 +123,16 @@ def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, me
         tail = tail.topk(min(tail_size, len(tail)), dim=0).values
         if progress is not None:
             progress(log_w.numel())
+    if lse.isnan().any():
+        raise PyroVAEError(f"the importance weights of {int(lse.isnan().sum())} of {len(lse)} examples are NaN: a "
+                           "log-density of the model or guide is undefined at the values drawn or observed")
     ess = torch.exp(2 * lse - lse2)
+    stderr = (1 / ess - 1 / num_samples).clamp(min=0).sqrt()
     return ImportanceEstimate(
         log_likelihood=lse - math.log(num_samples),
         elbo=total / num_samples,
         ess=ess,
-        stderr=(1 / ess - 1 / num_samples).clamp(min=0).sqrt(),
+        stderr=stderr if num_samples > 1 else torch.full_like(stderr, math.nan),
         pareto_k=pareto_k(tail),
         num_samples=num_samples,
     )
@@ -139,11 +160,19 @@ def pareto_k(tail):
 def traces(model, guide, args, kwargs, enumerate_from=None):
     """(guide trace, model trace replayed on the guide's values), subsample sites pruned. With
     ``enumerate_from`` (a dim), model sites marked for parallel enumeration are enumerated from it."""
-    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
+    guide_trace = without_deterministic(prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs)))
     if enumerate_from is not None:  # inside replay, so that enumeration sees every site (as TraceEnum_ELBO)
         model = EnumMessenger(first_available_dim=enumerate_from)(model)
     replayed = poutine.replay(model, trace=guide_trace)
-    return guide_trace, prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
+    return guide_trace, without_deterministic(prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs)))
+
+
+def without_deterministic(trace):
+    """``trace`` without its ``pyro.deterministic`` sites: recorded values, no density."""
+    for name, site in list(trace.nodes.items()):
+        if site["type"] == "sample" and site["infer"].get("_deterministic"):
+            trace.remove_node(name)
+    return trace
 
 
 def sample_sites(trace):
@@ -163,25 +192,39 @@ def point_mass(fn):
 
 def inspect_model(model, guide, args, kwargs):
     """The ``Layout`` of one plain run of guide and model, after checking the contract (module docstring)."""
-    guide_trace, model_trace = traces(model, guide, args, kwargs)
+    try:
+        guide_trace, model_trace = traces(model, guide, args, kwargs)
+    except ZeroDivisionError as error:  # pyro.plate's refusal of size 0
+        raise PyroVAEError(f"the batch holds no examples ({error}); pass one example or more") from None
+    except ValueError as error:  # Pyro's shape errors come with whole tables of trace shapes
+        first_line = str(error).partition("\n")[0]
+        if "Shape mismatch inside plate" not in first_line:
+            raise
+        raise PyroVAEError(f"{first_line}: a site's per-example dims must be declared with .to_event(n), so that "
+                           'its batch shape holds only its plates (pyro.plate("data", B) and those inside)') from None
     dims, data_frames = [1], set()
     for role, trace in (("guide", guide_trace), ("model", model_trace)):
         for site in sample_sites(trace):
-            data = check_site(role, site)
+            data = check_site(role, site, guide)
             dims += [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
             data_frames.add((data.dim, data.size))
     if len(data_frames) != 1:
         raise PyroVAEError('the model and guide must put their per-example sites inside one pyro.plate("data", B) at one dim')
+    (data_dim, data_size), = data_frames
+    if data_size == 0:
+        raise PyroVAEError("the batch holds no examples (pyro.plate(\"data\", 0)); pass one example or more")
     check_sites_match(guide_trace, model_trace)
+    check_auxiliary(guide, args, kwargs, guide_trace)
     if is_validation_enabled():
         check_support(model_trace)
-    (data_dim, data_size), = data_frames
+    check_finite_observations(model_trace)
     return Layout(plate_nesting=max(dims), data_dim=data_dim, data_size=data_size)
 
 
-def check_site(role, site):
+def check_site(role, site, guide=None):
     """The "data" plate frame of one sample site, after checking that the site lies in it (vectorized),
-    has an unscaled log-density and no batch dimensions outside its plates."""
+    has an unscaled log-density, no batch dimensions outside its plates, and the data plate's dim
+    among the batch dims of its value (an event of ``.to_event`` must not swallow the examples)."""
     name, frames = site["name"], site["cond_indep_stack"]
     data = next((f for f in frames if f.name == DATA), None)
     if data is not None and not data.vectorized:
@@ -192,12 +235,12 @@ def check_site(role, site):
     if data is None:
         plates = sorted({f.name for f in frames}) or "none"
         hint = (" (an AutoContinuous guide draws all latents jointly; AutoNormal keeps them per example)"
-                if role == "guide" and is_auxiliary(site) else "")
+                if role == "guide" and isinstance(guide, AutoContinuous) else "")
         raise PyroVAEError(
             f'{role} site {name!r} lies outside pyro.plate("data", B) (its plates: {plates}): a site '
             f"shared by all examples has no per-example weight{hint}; put every sample site inside the data plate"
         )
-    if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1):
+    if not unit_scale(site["scale"]):
         raise PyroVAEError(
             f"{role} site {name!r} has a scaled log-density ({scale_text(site['scale'])}: poutine.scale, a β "
             f"weight or a subsampled plate); log p(x) needs the unscaled model: call it with β = 1 and the full plate"
@@ -209,7 +252,22 @@ def check_site(role, site):
             f"{role} site {name!r} has batch dimensions outside its plates (batch shape {tuple(batch_shape)}); "
             "declare them with .to_event(...)"
         )
+    event_shape, value = site["fn"].event_shape, site["value"]
+    value_batch = value.shape[: max(0, value.dim() - len(event_shape))]
+    if len(value_batch) < -data.dim or value_batch[data.dim] != data.size:
+        raise PyroVAEError(
+            f"{role} site {name!r} has event shape {tuple(event_shape)}, which holds the {data.size} examples of "
+            f'pyro.plate("data") (its value has shape {tuple(value.shape)}): each example would be scored with the '
+            "whole batch; declare only the per-example dims with .to_event(n)"
+        )
     return data
+
+
+def unit_scale(scale):
+    """Whether a site's scale is exactly 1: the number, or a tensor of ones."""
+    if isinstance(scale, torch.Tensor):
+        return bool((scale == 1).all())
+    return isinstance(scale, (int, float)) and scale == 1
 
 
 def scale_text(scale):
@@ -237,13 +295,102 @@ def check_sites_match(guide_trace, model_trace):
             raise PyroVAEError(f"guide site {name!r} has no site of that name in the model; mark it infer={{'is_auxiliary': True}} or rename it")
         if name in model_sites and model_sites[name]["is_observed"]:
             raise PyroVAEError(f"guide site {name!r} is observed in the model; the guide samples latents only")
+        if name in model_sites and not within(support_of(site["fn"]), support_of(model_sites[name]["fn"])):
+            raise PyroVAEError(
+                f"guide site {name!r} draws from {support_of(site['fn'])}, wider than the model's support "
+                f"{support_of(model_sites[name]['fn'])}: draws outside it have no model density; choose a guide "
+                "distribution on the model's support (a LogNormal for a positive latent, a Beta for one in [0, 1])")
     if not any(is_auxiliary(site) for site in guide_sites.values()):
         for name, site in guide_sites.items():
             if point_mass(site["fn"]):
-                raise PyroVAEError(
-                    f"guide site {name!r} is a point mass (Delta) with no random site behind it (an AutoDelta or MAP "
-                    "guide): p(x, ẑ)/q(ẑ) is no importance weight; use a guide with a density, such as AutoNormal"
-                )
+                raise point_mass_error(name)
+
+
+def point_mass_error(name):
+    return PyroVAEError(
+        f"guide site {name!r} is a point mass (Delta) with no random site behind it (an AutoDelta or MAP "
+        "guide): p(x, ẑ)/q(ẑ) is no importance weight; use a guide with a density, such as AutoNormal"
+    )
+
+
+def check_auxiliary(guide, args, kwargs, guide_trace):
+    """Where the guide draws auxiliary sites u, refuse a weight that would not be p(x, z)/q(z): the guide
+    is run again with every u drawn anew and every other site held at its value. A point mass z = f(u)
+    must move (else it is a point mass with nothing behind it); a site with a density must keep its
+    log q(z|u) (else q(z) = ∫ q(u) q(z|u) du, which the weight cannot divide by)."""
+    sites = sample_sites(guide_trace)
+    auxiliary = [site for site in sites if is_auxiliary(site)]
+    if not auxiliary:
+        return
+    others = [site for site in sites if not is_auxiliary(site)]
+    redrawn = {site["name"]: site["fn"].sample() for site in auxiliary}
+    held = {site["name"]: site["value"] for site in others if not point_mass(site["fn"])}
+    again = poutine.trace(poutine.condition(guide, data={**redrawn, **held})).get_trace(*args, **kwargs)
+    for site in others:
+        moved = again.nodes[site["name"]]
+        if point_mass(site["fn"]):
+            if torch.equal(moved["value"], site["value"]):
+                raise point_mass_error(site["name"])
+        elif not torch.allclose(moved["fn"].log_prob(site["value"]), site["fn"].log_prob(site["value"]), equal_nan=True):
+            name = auxiliary[0]["name"]
+            raise PyroVAEError(
+                f"guide site {site['name']!r} is drawn given the auxiliary site {name!r}: the importance weight would "
+                f"divide by q({name}) q({site['name']}|{name}), not by the marginal q({site['name']}), and overstate "
+                f"log p(x); make {site['name']!r} a function of {name!r} (a Delta with its log-density) or drop {name!r}")
+
+
+def support_of(fn):
+    """A distribution's elementwise support (``independent`` constraints unwrapped)."""
+    support = fn.support
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return support
+
+
+def within(inner, outer):
+    """Whether the support ``inner`` lies within ``outer``, where both are intervals of the real line
+    (the real line, half-lines, bounded intervals); other supports (discrete, simplex, …) are taken to fit."""
+    a, b = interval(inner), interval(outer)
+    if a is None or b is None:
+        return True
+    (low_a, open_a, high_a, open_high_a), (low_b, open_b, high_b, open_high_b) = a, b
+    above = low_a > low_b or (low_a == low_b and (open_a or not open_b))
+    below = high_a < high_b or (high_a == high_b and (open_high_a or not open_high_b))
+    return above and below
+
+
+def interval(support):
+    """(low, low open, high, high open) of a support on the real line, or None for any other."""
+    c = torch.distributions.constraints
+    if isinstance(support, c._Real):
+        return (-math.inf, True, math.inf, True)
+    if isinstance(support, c._GreaterThan):
+        return (float(support.lower_bound), True, math.inf, True)
+    if isinstance(support, c._GreaterThanEq):
+        return (float(support.lower_bound), False, math.inf, True)
+    if isinstance(support, c._LessThan):
+        return (-math.inf, True, float(support.upper_bound), True)
+    if isinstance(support, c._HalfOpenInterval):
+        return (float(support.lower_bound), False, float(support.upper_bound), True)
+    if isinstance(support, c._Interval):
+        return (float(support.lower_bound), False, float(support.upper_bound), False)
+    return None
+
+
+def check_finite_observations(model_trace):
+    """Refuse observed values whose log-density is NaN or infinite (a Beta at exactly 0 or 1): the estimate
+    would be NaN or ±inf without a word."""
+    for site in sample_sites(model_trace):
+        if not site["is_observed"]:
+            continue
+        log_p = site["fn"].log_prob(site["value"])
+        bad = ~torch.isfinite(log_p)
+        if bad.any():
+            value = log_p[bad].flatten()[0].item()
+            raise PyroVAEError(
+                f"observed site {site['name']!r} has a log-density of {value} for {int(bad.sum())} of {log_p.numel()} "
+                f"examples: values where its {type(site['fn']).__name__} has no finite density "
+                "(a Beta at exactly 0 or 1, say); move the data inside the support, e.g. x·(1 − 2ε) + ε")
 
 
 def check_support(model_trace):
@@ -293,24 +440,6 @@ def per_example(trace, layout, num_particles):
     keep = (0, layout.plate_nesting + 1 + layout.data_dim)  # positions of the particle and data dims
     other = [d for d in range(total.dim()) if d not in keep]
     return total.sum(other) if other else total
-
-
-class AllocatedBytes(TorchDispatchMode):
-    """Counts the bytes of every new tensor storage that the operations inside the block create
-    (views and in-place results share their input's storage and are not counted): an upper bound on
-    the peak memory those operations held at once."""
-
-    def __enter__(self):
-        self.total = 0
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.total += t.untyped_storage().nbytes()
-        return out
 
 
 def chunk_memory(model, guide, args, kwargs, layout):

@@ -2,6 +2,7 @@
 and the lock that keeps two processes from training one run folder. Every operating-system error on
 these files becomes a one-line ``PyroVAEError`` naming the path and the cause."""
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -114,35 +115,73 @@ def size_text(size):
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held while a process trains or resumes it.
+    """A lock on a run folder: exclusive while a process trains, resumes or replaces the run; shared
+    while a command reads it and adds its results (evaluate, sample, compare, gradvar), so that no
+    run is replaced under a command that is reading it.
 
-    It is ``flock`` on ``RUN/.lock``: the kernel releases it when the holder exits, however it
-    exits, so a lock left by a killed process is free to take. The file names the holder (PID and
-    host) for the error message of a second process.
+    It is ``flock`` on ``RUN/.lock``, opened without following a link (a link there is refused, never
+    written through): the kernel releases it when the holder exits, however it exits, so a lock left by a
+    killed process is free to take. The exclusive holder writes its name (PID and host) into the file for
+    the error message of a second process. A reader of a folder it cannot create the file in (read-only)
+    goes without: no one can write there either.
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, shared=False):
         self.path = Path(run_dir) / ".lock"
+        self.shared = shared
         self.fd = None
 
-    def acquire(self):
+    def open(self):
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o666)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise PyroVAEError(f"{self.path} is a symbolic link; pyro-vae never writes through a link in a run "
+                                   "folder: remove it") from None
+            if self.shared and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                try:
+                    return os.open(self.path, os.O_RDONLY | flags)
+                except FileNotFoundError:
+                    return None
+                except OSError:
+                    pass
             raise os_error("lock", self.path.parent, e) from None
+
+    def acquire(self):
+        fd = self.open()
+        if fd is None:
+            return self
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            trained = self.shared or not self.readers_only(fd)
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() if trained else ""
             os.close(fd)
+            if self.shared:
+                raise PyroVAEError(f"run {self.path.parent} is being trained or replaced by {holder or 'another process'}; "
+                                   "wait for it to finish or stop it first") from None
             raise PyroVAEError(
-                f"run {self.path.parent} is in use by {holder}, which trains or resumes it; "
+                f"run {self.path.parent} is in use by {holder or 'a command that reads it (evaluate, sample, compare, gradvar)'}; "
                 "wait for it to finish or stop it first"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        if not self.shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, which trains it\n".encode(), 0)
         self.fd = fd
         return self
+
+    @staticmethod
+    def readers_only(fd):
+        """Whether the lock on ``fd``'s file is held by readers alone (a shared lock can still be taken)."""
+        probe = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(probe)
 
     def release(self):
         if self.fd is not None:

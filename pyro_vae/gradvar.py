@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .errors import PyroVAEError
 from .files import atomic_write, check_writable
 from .report import keep_earlier, run_examples
+from .runs import reading
 
 SETTINGS = {"draws": "d", "examples": "n"}  # what names a kept earlier gradvar.json
 
@@ -57,7 +58,11 @@ def gradient_variance(run_dir, *, draws=200, examples=100, device="auto", progre
     made with other draws or examples is kept as gradvar-d<draws>-n<examples>.json (the returned "kept")."""
     if draws < 2 or examples < 1:
         raise PyroVAEError(f"gradvar needs at least 2 draws and 1 example, got {draws} and {examples}")
-    run_dir = Path(run_dir)
+    with reading(run_dir):
+        return _gradient_variance(Path(run_dir), draws, examples, device, progress, seed)
+
+
+def _gradient_variance(run_dir, draws, examples, device, progress, seed):
     _, vae, x, y = run_examples(run_dir, limit=examples, device=device)
     if not vae.latent_sites:
         raise PyroVAEError(f"{run_dir} has no latent (model.z_dim = 0), so no draw of z whose gradient estimators could differ")
@@ -70,7 +75,7 @@ def gradient_variance(run_dir, *, draws=200, examples=100, device="auto", progre
             results.setdefault(name, {})[estimator] = summarize(g)
     for stats in results.values():
         stats["variance_ratio"] = stats["score_function"]["variance"] / stats["reparameterized"]["variance"]
-    summary = {"draws": draws, "examples": len(x), "groups": results}
+    summary = {"draws": draws, "examples": len(x), "groups": results, "checkpoint": vae.checkpoint}
     kept = keep_earlier(run_dir, [("gradvar", ".json")], summary, SETTINGS)
     atomic_write(run_dir / "gradvar.json", json.dumps(summary, indent=2) + "\n")
     return {**summary, "kept": kept}

@@ -7,6 +7,7 @@ Bernoulli, 8-bit levels for the discretized logistic). Each is a normalized dens
 that space, so log p(x) values of one likelihood are comparable across models.
 """
 import math
+from typing import Annotated
 
 import pyro.distributions as dist
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from .errors import PyroVAEError
 from .ops import bernoulli_log_mass, log_sigmoid
-from .registry import Registry
+from .registry import Range, Registry
 
 LIKELIHOODS = Registry("likelihood")
 
@@ -110,7 +111,8 @@ class LocScale(Likelihood):
     family = None  # a pyro.distributions class taking (loc, scale)
     real = True
 
-    def __init__(self, image_shape, *, scale: float = 0.1, learn_scale: str = "fixed", min_scale: float = 0.01):
+    def __init__(self, image_shape, *, scale: Annotated[float, Range(1e-6, 1e6)] = 0.1, learn_scale: str = "fixed",
+                 min_scale: Annotated[float, Range(0, 1e6)] = 0.01):
         super().__init__(image_shape)
         shapes = {"fixed": None, "shared": (), "pixel": self.image_shape}
         if learn_scale not in shapes:
@@ -193,10 +195,9 @@ class DiscretizedLogistic(Likelihood):
     num_outputs = 2
     discrete = True
 
-    def __init__(self, image_shape, *, num_bins: int = 256, min_scale: float = 1e-3):
+    def __init__(self, image_shape, *, num_bins: Annotated[int, Range(2, 2**16)] = 256,
+                 min_scale: Annotated[float, Range(1e-6, 1e6)] = 1e-3):
         super().__init__(image_shape)
-        if num_bins < 2:
-            raise PyroVAEError(f"likelihood.num_bins must be at least 2, got {num_bins}")
         self.num_bins = num_bins
         self.min_scale = min_scale
 

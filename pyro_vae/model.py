@@ -27,10 +27,10 @@ from pyro import poutine
 from pyro.distributions import Normal
 from torch import nn
 
+from .conditions import CONDITIONS
 from .devices import free_memory
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS
-from .conditions import CONDITIONS
 from .networks import NETWORKS, GaussianMLP, activation_class
 from .priors import PRIORS
 from .spec import ModelSpec

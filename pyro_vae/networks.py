@@ -6,14 +6,14 @@ decoder(z [..., B, z_dim], c [B, C] | None) → outputs [..., B, num_outputs, *i
 likelihood turns into p(x|z, y); leading particle dimensions of z are kept.
 """
 import math
+from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import PyroVAEError
 from .ops import Softplus, softplus
-from .registry import Registry
+from .registry import Range, Registry, Size
 
 NETWORKS = Registry("network")
 ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -91,7 +91,7 @@ class MLPDecoder(nn.Module):
 class MLP(nn.Module):
     """Fully connected encoder (D+C → hidden… → 2·z_dim) and mirrored decoder (z_dim+C → …hidden → P·D)."""
 
-    def __init__(self, spec, num_outputs, *, hidden: list[int] = [400], activation: str = "softplus"):
+    def __init__(self, spec, num_outputs, *, hidden: list[Size] = [400], activation: str = "softplus"):
         super().__init__()
         if not hidden or min(hidden) < 1:
             raise PyroVAEError(f"network.hidden must be a non-empty list of positive sizes, got {hidden}")
@@ -142,7 +142,7 @@ class Conv(nn.Module):
     """A small convolutional encoder/decoder for 28×28 images: two stride-2 4×4 convolutions
     (28 → 14 → 7) and a hidden layer, mirrored with transposed convolutions in the decoder."""
 
-    def __init__(self, spec, num_outputs, *, channels: int = 32, hidden: int = 256, activation: str = "relu"):
+    def __init__(self, spec, num_outputs, *, channels: Annotated[int, Range(1, 4096)] = 32, hidden: Size = 256, activation: str = "relu"):
         super().__init__()
         if tuple(spec.image_shape[1:]) != (28, 28):
             raise PyroVAEError(f"the conv network generates whole 28×28 images, not {spec.image_shape} (a condition on part "

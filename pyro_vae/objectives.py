@@ -12,15 +12,21 @@ import math
 
 import pyro.distributions as dist
 import torch
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import (
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
 from pyro.infer.elbo import ELBOModule
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from pyro.util import warn_if_nan
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from pyro.util import warn_if_nan
 
 from .errors import PyroVAEError
-from .registry import Registry
+from .registry import Particles, Registry
 
 OBJECTIVES = Registry("objective")
 
@@ -48,7 +54,7 @@ class OneGradientJitTrace_ELBO(JitTrace_ELBO):
 
 
 @OBJECTIVES.register("trace_elbo")
-def trace_elbo(*, num_particles: int = 1, jit: bool = True):
+def trace_elbo(*, num_particles: Particles = 1, jit: bool = True):
     """E_q[log p(x, z) − log q(z|x)], a Monte Carlo estimate with reparameterized z ~ q(z|x)."""
     return build_elbo(OneGradientJitTrace_ELBO if jit else Trace_ELBO, num_particles, jit)
 
@@ -64,7 +70,7 @@ class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
 
 
 @OBJECTIVES.register("mean_field")
-def mean_field(*, num_particles: int = 1, jit: bool = True):
+def mean_field(*, num_particles: Particles = 1, jit: bool = True):
     """E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), with the KL in closed form where one is registered
     (Gaussian prior) and sampled where not (mixture, VampPrior, flow)."""
     return build_elbo(CachedJitTraceMeanField_ELBO if jit else TraceMeanField_ELBO, num_particles, jit)
@@ -97,7 +103,7 @@ class IWAE_ELBO(RenyiELBO):
 
 
 @OBJECTIVES.register("iwae")
-def iwae(*, num_particles: int = 5):
+def iwae(*, num_particles: Particles = 5):
     """The importance-weighted bound E[log (1/K) Σₖ p(x, zₖ)/q(zₖ|x)] (Burda et al. 2016), K = num_particles,
     as Pyro's RenyiELBO with α = 0."""
     return build_elbo(IWAE_ELBO, num_particles)

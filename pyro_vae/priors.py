@@ -5,6 +5,7 @@ condition c ([B, cond_dim]: one-hot y, or the given pixels; or None) gives a dis
 shape (z_dim,) and batch shape [] (or [B] when it depends on c). Its parameters are learned with the VAE.
 """
 import math
+from typing import Annotated
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -15,7 +16,7 @@ from torch import nn
 
 from .errors import PyroVAEError
 from .networks import GaussianMLP, activation_class
-from .registry import Registry
+from .registry import Range, Registry, Size
 
 PRIORS = Registry("prior")
 SOFTPLUS_INV_1 = math.log(math.e - 1)  # softplus⁻¹(1): raw value of a unit scale
@@ -110,7 +111,7 @@ class Gaussian(Prior):
 class MixtureOfGaussians(Prior):
     """p(z) = Σₖ πₖ N(z; locₖ, diag(scaleₖ²)), K = num_components, with learned π, loc and scale."""
 
-    def __init__(self, spec, encoder, *, num_components: int = 10):
+    def __init__(self, spec, encoder, *, num_components: Size = 10):
         super().__init__(spec, encoder)
         if num_components < 1:
             raise PyroVAEError(f"prior.num_components must be positive, got {num_components}")
@@ -127,7 +128,7 @@ class VampPrior(Prior):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) Σₖ q(z | uₖ), the encoder's posteriors at K
     learned pseudo-inputs uₖ (kept in [0, 1] through a sigmoid)."""
 
-    def __init__(self, spec, encoder, *, num_components: int = 500):
+    def __init__(self, spec, encoder, *, num_components: Size = 500):
         super().__init__(spec, encoder)
         if spec.cond_dim:
             raise PyroVAEError("the vamp prior is for models without a condition; use standard_normal, conditional_gaussian "
@@ -159,7 +160,7 @@ class FlowPrior(Prior):
     autoregressive affine layers (Pyro's ``affine_autoregressive``), so log p(z) = log N(f(z)) +
     log |det ∂f/∂z| is one parallel pass and sampling inverts f one dimension at a time."""
 
-    def __init__(self, spec, encoder, *, num_flows: int = 4, hidden: int = 128):
+    def __init__(self, spec, encoder, *, num_flows: Annotated[int, Range(1, 256)] = 4, hidden: Size = 128):
         super().__init__(spec, encoder)
         if num_flows < 1 or hidden < 1:
             raise PyroVAEError(f"prior.num_flows and prior.hidden must be positive, got {num_flows}, {hidden}")
@@ -200,7 +201,7 @@ class PriorNetwork(Prior):
 
     conditional = True
 
-    def __init__(self, spec, encoder, *, hidden: list[int] = [500, 500], activation: str = "relu"):
+    def __init__(self, spec, encoder, *, hidden: list[Size] = [500, 500], activation: str = "relu"):
         super().__init__(spec, encoder)
         if not spec.cond_dim:
             raise PyroVAEError("the network prior maps a condition to p(z|c); it needs a [condition] (e.g. quadrants)")

@@ -3,12 +3,49 @@
 A component is a class registered under a name. Its options are the keyword-only arguments of
 its ``__init__`` (with defaults and type annotations); a config section ``[prior]`` with
 ``name = "mog"`` and ``num_components = 20`` builds ``MixtureOfGaussians(..., num_components=20)``.
+A size or a rate is annotated with its sane range (``Annotated[int, Range(1, 10_000)]``, or one of the
+aliases below), so that every value is checked before anything is built.
 """
 import inspect
 import math
 import typing
+from dataclasses import dataclass
+from typing import Annotated
 
 from .errors import PyroVAEError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values an option may take: ``low`` ≤ value ≤ ``high`` (``low`` < value where ``open_low``)."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    why: str = ""  # where given, every value outside is refused with the whole range and this reason
+
+    def check(self, what, value):
+        """``value``, or a one-line error that states the range."""
+        if self.why and not (self.low <= value <= self.high):
+            raise PyroVAEError(f"{what} must lie in {self.why}, got {value}")
+        if value < self.low or (self.open_low and value == self.low):
+            positive = (self.low == 0 and self.open_low) or (self.low == 1 and isinstance(value, int))
+            bound = "positive" if positive else "zero or more" if self.low == 0 else (
+                f"above {self.low:g}" if self.open_low else f"at least {self.low:g}")
+            raise PyroVAEError(f"{what} must be {bound}, got {value}")
+        if value > self.high:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise PyroVAEError(f"{what} must be at most {self.high:g}, got {shown}")
+        return value
+
+
+MAX_SIZE = 2**16  # a network width, latent size, count of components or flows
+MAX_COUNT = 10**8  # examples, epochs, steps
+Size = Annotated[int, Range(1, MAX_SIZE)]  # a width or count of at least one
+Count = Annotated[int, Range(1, MAX_COUNT)]  # examples, epochs or steps, at least one
+Particles = Annotated[int, Range(1, 10_000)]  # samples per example in a training step
+Seed = Annotated[int, Range(0, 2**32 - 1, why="0 … 2^32 − 1 (PyTorch's CPU generator keeps 32 bits of a seed)")]
+Positive = Annotated[float, Range(0, 1e6, open_low=True)]  # a scale or a rate above 0
 
 
 class Registry:
@@ -49,7 +86,7 @@ class Registry:
         """The options of component ``name``: {option: (type, default)} from its keyword-only arguments."""
         cls = self.get(name)
         signature_of = cls.__init__ if inspect.isclass(cls) else cls
-        hints = typing.get_type_hints(signature_of)
+        hints = typing.get_type_hints(signature_of, include_extras=True)
         return {
             p.name: (hints.get(p.name, type(p.default)), p.default)
             for p in inspect.signature(signature_of).parameters.values()
@@ -73,12 +110,22 @@ class Registry:
 
 
 def type_name(tp):
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
 def check_type(what, value, tp):
-    """``value`` converted to type ``tp`` (int→float allowed, list items checked) or a clear error."""
+    """``value`` converted to type ``tp`` (int→float allowed, list items checked, the ``Range`` of an
+    ``Annotated`` type enforced) or a clear error."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = check_type(what, value, base)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(what, value)
+        return value
     if origin is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -92,4 +139,10 @@ def check_type(what, value, tp):
         raise PyroVAEError(f"{what} must be a finite number, got {value!r}")
     if tp is int and not -(2**63) <= value < 2**64:
         raise PyroVAEError(f"{what} must fit in 64 bits, got {value}")
+    if tp is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a path from bytes that are not UTF-8: TOML could not store it
+            raise PyroVAEError(f"{what} holds bytes that are not UTF-8 ({value!r}), which a config file cannot store; "
+                               "rename the file or folder") from None
     return value

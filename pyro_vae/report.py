@@ -18,17 +18,23 @@ from .conditions import CONDITIONS
 from .datasets import observed_split
 from .devices import resolve_device
 from .errors import PyroVAEError
-from .evaluate import PARETO_K_WARNING, check_chunk_size, importance_sample, inspect_model, measured_chunk_size
+from .evaluate import (
+    PARETO_K_WARNING,
+    check_chunk_size,
+    importance_sample,
+    inspect_model,
+    measured_chunk_size,
+)
 from .experiment import build, dataset_component
 from .files import atomic_write, check_writable, os_error, read_json
-from .runs import load_checkpoint, load_weights, run_config
+from .runs import load_checkpoint, load_weights, reading, run_config
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100
 
 
 def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None, data_root=None):
-    """(config, VAE, x, y) of a run: the first ``limit`` examples of ``split`` of its own data, or of
+    """(config, VAE, x, y) of a run: the first ``limit`` examples of ``split`` (a fixed, class-balanced part: ``balanced_order``) of its own data, or of
     ``dataset`` (read from ``data_root``), observed as in training."""
     config = run_config(run_dir)
     device = distributed.device_for(resolve_device(device), distributed.world())
@@ -90,11 +96,18 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
                  dataset=None, data_root=None, seed=0):
     """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
     <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
-    run's own test split) and returns the summary (the contents of the JSON file).
+    run's own test split) and returns the summary (the contents of the JSON file, which names the
+    checkpoint it scored: epoch, step and SHA-256).
 
     Example i's K samples come from a random stream seeded by (``seed``, i), so its estimate is the same
     whichever process scores it: under ``torchrun`` rank r scores a contiguous share of the examples,
-    rank 0 gathers the results in example order and writes the files."""
+    rank 0 gathers the results in example order and writes the files. The run's shared lock is held
+    throughout, so the run cannot be trained or replaced meanwhile."""
+    with reading(run_dir):
+        return _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progress, dataset, data_root, seed)
+
+
+def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progress, dataset, data_root, seed):
     if limit is not None and limit < 1:
         raise PyroVAEError(f"--limit must be positive, got {limit}")
     run_dir, world = Path(run_dir), distributed.world()
@@ -145,7 +158,7 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
         "elbo": columns["elbo"].mean().item(),
         "elbo_10_particles": elbo_10,
         "log_likelihood": mean_ll,
-        "log_likelihood_stderr": (columns["stderr"].square().sum().sqrt() / n).item(),
+        "log_likelihood_stderr": None if num_samples < 2 else (columns["stderr"].square().sum().sqrt() / n).item(),
         "log_likelihood_std": columns["log_likelihood"].std().item() if n > 1 else 0.0,
         "mean_ess": columns["ess"].mean().item(),
         "median_ess": columns["ess"].median().item(),
@@ -158,6 +171,7 @@ def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_s
         "chunk_size": chunk_size,
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
+        "checkpoint": vae.checkpoint,
     }
     files = evaluation_files(stem)
     kept = keep_earlier(run_dir, files, summary, EVALUATION_SETTINGS)
@@ -221,8 +235,13 @@ def check_labelled(run_dir, config):
 def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_size=100, device="auto", progress=True):
     """Accuracy of the generative classifier argmax_y p(y|x) of a conditional run, with p(y) the
     training label frequencies; writes classify.json and confusion.png into the run folder (keeping an
-    earlier pair made with another split, K or number of examples as classify-<split>-k<K>-n<N>.json, …)."""
-    run_dir = Path(run_dir)
+    earlier pair made with another split, K or number of examples as classify-<split>-k<K>-n<N>.json, …).
+    The run's shared lock is held throughout."""
+    with reading(run_dir):
+        return _classify_run(Path(run_dir), num_samples, split, limit, batch_size, device, progress)
+
+
+def _classify_run(run_dir, num_samples, split, limit, batch_size, device, progress):
     config, vae, x, y = run_examples(run_dir, split, limit, device)
     check_writable(run_dir)
     check_labelled(run_dir, config)
@@ -241,7 +260,7 @@ def classify_run(run_dir, *, num_samples=100, split="test", limit=None, batch_si
     matrix = torch.bincount(truth * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
     accuracy = (predicted == truth).double().mean().item()
     summary = {"split": split, "num_examples": len(x), "num_samples": num_samples, "accuracy": accuracy,
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, "checkpoint": vae.checkpoint}
     kept = keep_earlier(run_dir, [("classify", ".json"), ("confusion", ".png")], summary, CLASSIFICATION_SETTINGS)
     atomic_write(run_dir / "classify.json", json.dumps(summary, indent=2) + "\n")
     plots.confusion_matrix(matrix, accuracy, run_dir / "confusion.png")

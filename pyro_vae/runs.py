@@ -6,8 +6,11 @@
     runs/<name>/*.png           pictures (``PICTURES``: loss.png, samples.png, …)
     runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data;
                                 an earlier one with other K, examples or seed kept as eval-k<K>-n<N>-seed<s>.json)
-    runs/<name>/.lock           held by the process that trains the run
+    runs/<name>/.lock           locked by every command that uses the run: exclusively by the one that trains it,
+                                shared by those that read it
 """
+import fnmatch
+import hashlib
 import io
 import json
 import re
@@ -19,12 +22,13 @@ import torch
 from .config import config_differences, load_config
 from .devices import resolve_device
 from .errors import PyroVAEError
-from .files import RunLock, atomic_write, make_folder, os_error
+from .files import RunLock, atomic_write, make_folder, os_error, read_json
 from .model import build_vae
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
-# settings a resumed run may change (the learning rate and clipping are what a non-finite loss calls for)
-RESUMABLE_KEYS = {"train.epochs", "train.device", "train.lr", "train.clip_norm", "train.checkpoint_every", "train.eval_batch_size",
+# settings a resumed run may change (the learning rate and clipping are what a non-finite loss calls for; the data
+# root where the data moved)
+RESUMABLE_KEYS = {"data.root", "train.epochs", "train.device", "train.lr", "train.clip_norm", "train.checkpoint_every", "train.eval_batch_size",
                   "train.test_examples", "train.test_every", "train.tensorboard", "train.tensorboard_images_every"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 255  # bytes in one file name on common file systems
@@ -72,16 +76,63 @@ def open_run_dir(run_dir, overwrite=False):
     try:
         if holds_run(run_dir) and not overwrite:
             raise PyroVAEError(f"run {run_dir} exists; pass overwrite=True (--overwrite) to replace it or resume it")
+        refuse_linked_folders(run_dir)
         for pattern in RUN_FILES:
             for stale in run_dir.glob(pattern):
                 try:
-                    stale.unlink()
+                    stale.unlink()  # a link is removed itself, never what it points to
                 except OSError as e:
                     raise os_error("remove", stale, e) from None
+        remove_torn(run_dir)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def refuse_linked_folders(run_dir):
+    """Refuse a run whose tensorboard folder is a link: the event files would be written, and a replaced run's
+    removed, outside the run folder. (Files are replaced by ``atomic_file``'s rename, which replaces a link
+    itself, never what it points to; RUN/.lock is opened without following one.)"""
+    if (Path(run_dir) / "tensorboard").is_symlink():
+        raise PyroVAEError(f"{Path(run_dir) / 'tensorboard'} is a symbolic link; pyro-vae never writes or removes files "
+                           "through a link in a run folder: remove it")
+
+
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")  # atomic_file's temporary of RUN/<name>
+
+
+def remove_torn(run_dir):
+    """Remove the temporaries of the run's own files (``RUN_FILES``) that a killed write left behind. Only
+    the holder of the run's exclusive lock calls it: no other command of the project is writing then."""
+    for torn in Path(run_dir).glob(".*.tmp"):
+        match = TEMPORARY.fullmatch(torn.name)
+        if match and any(fnmatch.fnmatch(match["name"], pattern) for pattern in RUN_FILES):
+            try:
+                torn.unlink()
+            except OSError as e:
+                raise os_error("remove", torn, e) from None
+
+
+def reading(run_dir):
+    """The run folder's shared lock (a ``RunLock`` to use in ``with``), held by a command that reads the run and
+    writes its results there: no run is trained, resumed or replaced under it."""
+    return RunLock(check_run_dir(run_dir), shared=True)
+
+
+def sample_file_name(n, label=None, suffix=".png"):
+    """The default name of ``pyro-vae sample``'s output in a run: ``samples-<n>[-label<L>].png`` (or .npy)."""
+    return f"samples-{n}{'' if label is None else f'-label{label}'}{suffix}"
+
+
+def owned_by_run(path):
+    """Whether ``path`` names a file that the project writes into the run folder it lies in (other than
+    a sample's own file, which ``sample`` may replace)."""
+    path = Path(path)
+    if not (path.parent / "config.toml").is_file():
+        return False
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in RUN_FILES + (".lock",)
+               if not pattern.startswith("samples-"))
 
 
 def save_checkpoint(run_dir, state):
@@ -94,8 +145,60 @@ def write_metrics(run_dir, metrics):
     atomic_write(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
 
+EPOCH_FIELDS = {"epoch": int, "train_loss": (int, float), "seconds": (int, float)}  # every epoch's record has them
+
+
+def read_metrics(run_dir):
+    """The records of RUN/metrics.jsonl (one per epoch, and events such as a resume), or a one-line error that
+    names the line that is torn, edited or missing a field: the checkpoint holds them whole, and a resume
+    (``pyro-vae train --resume RUN``) writes the file again from it."""
+    path = Path(run_dir) / "metrics.jsonl"
+    fix = f"resume the run (pyro-vae train --resume {run_dir}) to write it again from the checkpoint"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PyroVAEError(f"{run_dir} has no metrics.jsonl; {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PyroVAEError(f"cannot read {path} ({getattr(e, 'strerror', None) or type(e).__name__}); {fix}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise PyroVAEError(f"{path} line {number} is not JSON (torn or edited); {fix}") from None
+        if not isinstance(record, dict):
+            raise PyroVAEError(f"{path} line {number} is not a record of key: value; {fix}")
+        if "event" not in record:
+            for key, types in EPOCH_FIELDS.items():
+                if not isinstance(record.get(key), types) or isinstance(record.get(key), bool):
+                    raise PyroVAEError(f"{path} line {number} has no number {key!r}; {fix}")
+            if "test_elbo" in record and not isinstance(record["test_elbo"], (int, float)):
+                raise PyroVAEError(f"{path} line {number} has a test_elbo that is not a number; {fix}")
+        records.append(record)
+    return records
+
+
+def read_result(path, fields):
+    """The JSON object a command wrote into a run (eval.json, classify.json) with its number ``fields``, None
+    where there is none; a file that is not such an object (torn, edited, emptied) is a one-line error."""
+    data = read_json(path)
+    if data is None:
+        return None
+    missing = [key for key in fields if not isinstance(data.get(key), (int, float)) or isinstance(data.get(key), bool)] \
+        if isinstance(data, dict) else None
+    if missing is None or missing:
+        what = "not a JSON object" if missing is None else f"missing {', '.join(missing)}"
+        raise PyroVAEError(f"{path} is {what}; run the command that writes it again (pyro-vae evaluate {Path(path).parent})")
+    return data
+
+
 def run_config(run_dir, overrides=()):
     """The resolved config saved in a run folder, with ``overrides`` applied."""
+    return load_config(check_run_dir(run_dir) / "config.toml", overrides)
+
+
+def check_run_dir(run_dir):
+    """``run_dir`` as a Path, after refusing a path that is not a run folder (missing, a file, no config.toml)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise PyroVAEError(f"{run_dir} is a file, not a run folder")
@@ -103,7 +206,7 @@ def run_config(run_dir, overrides=()):
         raise PyroVAEError(f"run folder {run_dir} does not exist")
     if not (run_dir / "config.toml").is_file():
         raise PyroVAEError(f"{run_dir} is not a run folder: it has no config.toml")
-    return load_config(run_dir / "config.toml", overrides)
+    return run_dir
 
 
 CHECKPOINT_FIELDS = {
@@ -129,6 +232,7 @@ def load_checkpoint(run_dir, config, device="cpu"):
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
     check_fields(state, path)
+    state["sha256"] = hashlib.sha256(data).hexdigest()
     for key, (saved, current) in config_differences(state["config"], config.to_dict()).items():
         if key not in RESUMABLE_KEYS:
             raise PyroVAEError(f"checkpoint {path} was trained with {key} = {saved!r} but config.toml says {current!r}")
@@ -149,6 +253,10 @@ def check_fields(state, path):
         raise damaged(f"'image_shape' is {state['image_shape']!r}")
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise damaged("'model' holds values that are not tensors")
+    broken = [key for key, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise damaged(f"its weights {broken[0]!r}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''} hold NaN "
+                      "or infinite values (training never saves those)")
     for key in ("torch", "data"):
         if not isinstance(state["rng"].get(key), torch.Tensor) or state["rng"][key].dtype != torch.uint8:
             raise damaged(f"its random state {key!r} is missing or not a byte tensor")
@@ -160,14 +268,22 @@ def load_run(run_dir, device="auto"):
     """(config, VAE with the checkpoint's weights in eval mode) rebuilt from the run folder alone."""
     config = run_config(run_dir)
     device = resolve_device(device)
-    state = load_checkpoint(run_dir, config, device)
+    with reading(run_dir):
+        state = load_checkpoint(run_dir, config, device)
     vae = build_vae(config, state["image_shape"], state["num_classes"], device)
     load_weights(vae, state, run_dir)
     return config, vae.eval()
 
 
+def checkpoint_id(state):
+    """What names the checkpoint a result was computed from: its epoch, step and the SHA-256 of its bytes."""
+    return {"epoch": state["epoch"], "step": state["step"], "sha256": state.get("sha256")}
+
+
 def load_weights(vae, state, run_dir):
-    """The checkpoint's weights into ``vae``, or one line that names the keys or shapes that differ."""
+    """The checkpoint's weights into ``vae`` (``vae.checkpoint`` is then its ``checkpoint_id``), or one line that
+    names the keys or shapes that differ."""
+    vae.checkpoint = checkpoint_id(state)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError as e:

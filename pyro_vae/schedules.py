@@ -5,9 +5,9 @@ an uninterrupted run has there; the trainer sets it at the start of every epoch 
 """
 import bisect
 from itertools import accumulate
+from typing import Annotated
 
-from .errors import PyroVAEError
-from .registry import Registry
+from .registry import Count, Range, Registry
 
 SCHEDULES = Registry("schedule")
 
@@ -24,9 +24,7 @@ class Constant:
 class Step:
     """lr(e) = lr · gamma^⌊e / every⌋: divided by 1/gamma every ``every`` epochs."""
 
-    def __init__(self, *, every: int = 10, gamma: float = 0.5):
-        if every < 1 or not 0 < gamma <= 1:
-            raise PyroVAEError(f"schedule step needs every ≥ 1 and 0 < gamma ≤ 1, got every={every}, gamma={gamma}")
+    def __init__(self, *, every: Count = 10, gamma: Annotated[float, Range(0, 1, open_low=True)] = 0.5):
         self.every, self.gamma = every, gamma
 
     def factor(self, epoch):
@@ -40,9 +38,7 @@ class Burda:
     covers the epochs whose scaled position e · 3280 / length falls in it), for budgets shorter than the
     paper's; epochs past the last stage keep its rate."""
 
-    def __init__(self, *, length: int = 3280, stages: int = 8):
-        if length < 1 or stages < 1:
-            raise PyroVAEError(f"schedule burda needs length ≥ 1 and stages ≥ 1, got length={length}, stages={stages}")
+    def __init__(self, *, length: Count = 3280, stages: Annotated[int, Range(1, 20)] = 8):
         self.ends = list(accumulate(3**i for i in range(stages)))  # 1, 4, 13, 40, 121, 364, 1093, 3280
         self.scale = self.ends[-1] / length
 

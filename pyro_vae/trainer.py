@@ -20,6 +20,7 @@ on the CPU with the same number of processes. Pictures are drawn by ``train`` af
 """
 import math
 import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,17 +33,34 @@ from tqdm.auto import tqdm
 
 from . import distributed, plots
 from .board import Board
-from .config import PRECISIONS, config_differences, to_toml
+from .config import (
+    PRECISIONS,
+    Config,
+    absolute_paths,
+    config_differences,
+    config_from_dict,
+    to_toml,
+)
 from .datasets import TEST_SEED
-from .devices import forked_rng, resolve_device
+from .devices import AllocatedBytes, forked_rng, free_memory, resolve_device
 from .distributed import World
 from .errors import Interrupted, PyroVAEError
 from .experiment import build, expand, seeded_batches
-from .files import RunLock, atomic_write
+from .files import RunLock, atomic_write, size_text
 from .objectives import OBJECTIVES, VAELoss
 from .optim import adam, load_adam_state
+from .runs import (
+    load_checkpoint,
+    load_weights,
+    open_run_dir,
+    refuse_linked_folders,
+    remove_torn,
+    save_checkpoint,
+    write_metrics,
+)
 from .schedules import SCHEDULES
-from .runs import load_checkpoint, load_weights, open_run_dir, save_checkpoint, write_metrics
+from .serial import PYRO_LOCK
+
 
 class Trainer:
     """Trains the VAE of ``config`` into ``run_dir``, or resumes the run saved there, as this process's
@@ -66,6 +84,7 @@ class Trainer:
         options = config.objective.options
         self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
         self.loss = VAELoss(self.vae, self.eager_elbo)
+        self.check_step_memory()
         self.jit_elbo = self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
         self.optimizer = adam(self.vae, config.train.lr, config.train.adam_eps)
         self.schedule = SCHEDULES.build(config.schedule.name, config.schedule.options)
@@ -93,8 +112,8 @@ class Trainer:
         try:
             state = None
             if resume:
-                for torn in self.run_dir.glob(".*.tmp"):  # left by a write that was killed midway
-                    torn.unlink()
+                refuse_linked_folders(self.run_dir)
+                remove_torn(self.run_dir)  # left by a write that was killed midway
                 if (self.run_dir / "checkpoint.pt").is_file():
                     state = load_checkpoint(self.run_dir, self.config, "cpu")
                     self.check_epochs(state)
@@ -146,7 +165,9 @@ class Trainer:
 
     def run(self):
         """Train until ``train.epochs``; returns the metrics, one dict per epoch."""
-        handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # signals reach the main thread only; a trainer run from another thread is stopped by its caller
+        main_thread = threading.current_thread() is threading.main_thread()
+        handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         try:
             with warnings.catch_warnings():
                 # a non-finite loss stops training with its step and the way out; Pyro's warning of it would come first
@@ -186,6 +207,31 @@ class Trainer:
         begin, end = self.world.shard(0, len(index))
         x = x[begin:end]
         return (x, self.train_y.index_select(0, index[begin:end])) if self.vae.spec.conditional else (x,)
+
+    def check_step_memory(self):
+        """Refuse, before the run folder is made, a step that would not fit in the device's free memory:
+        its activations, counted by ``AllocatedBytes`` on batches of 1 and 2 examples and extrapolated to
+        this process's share of ``train.batch_size`` (twice, for the backward pass), plus the gradients
+        and Adam's two moments (3 × the weights). Runs under a forked RNG on a generator of its own."""
+        generator = torch.Generator(self.device).manual_seed(TEST_SEED)
+        counts = []
+        with forked_rng(self.device), pyro.validation_enabled(False):
+            for n in (1, 2):  # examples in this process's share of the measured batch
+                args = self.batch(torch.arange(min(n * self.world.size, len(self.train_x)), device=self.device), generator)
+                with AllocatedBytes() as counter:
+                    self.loss(*args, beta=self.config.train.beta)
+                counts.append(counter.total)
+        per_example = max(0, counts[1] - counts[0])
+        local = math.ceil(self.config.train.batch_size / self.world.size)
+        weights = sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        need = 3 * weights + 2 * (counts[0] + (local - 1) * per_example)
+        free = free_memory(self.device)
+        if need > free:
+            raise distributed.agreed_error(
+                f"a training step needs about {size_text(need)} ({local} examples of "
+                f"{size_text(2 * per_example)} each, with {self.config.objective.name}'s particles), more than the "
+                f"{size_text(free)} free on {self.device.type}; lower train.batch_size, objective.num_particles or the "
+                "network sizes")
 
     def checked_jit(self, elbo):
         """``elbo``, the JIT objective, traced here at the final β on the first training batch, then checked
@@ -332,6 +378,9 @@ class Trainer:
         """What to do after a non-finite loss: resume from the last checkpoint with a lower learning rate or
         with clipping (both may change on resume), or start again where there is no checkpoint yet."""
         lower = f"--lr {self.config.train.lr / 10:g}"
+        if self.config.train.lr <= 1e-6:
+            return (f"the learning rate is {self.config.train.lr:g} already, so a lower one will not help: look for the "
+                    "cause in the settings (train.beta, the likelihood's scale, the prior) or the data")
         if (self.run_dir / "checkpoint.pt").is_file():
             return (f"the last good checkpoint is kept; resume it with a lower learning rate or clipping: "
                     f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)")
@@ -418,13 +467,19 @@ def test_elbo(vae, x, y, batch_size, world=World()):
 def train(config, run_dir, resume=False, overwrite=False, progress=True):
     """Train (or resume) the run in ``run_dir`` and draw its pictures; returns the trained VAE. An existing
     run is replaced only with ``overwrite=True``; the folder is locked against other processes while this
-    one trains. Under ``torchrun`` every rank calls this; rank 0 writes the files."""
-    trainer = Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
-    try:
-        metrics = trainer.run()
-        if trainer.world.main:
-            e = trainer.experiment
-            plots.training_figures(trainer.vae, trainer.run_dir, metrics, e.test_x, e.test_y)
-    finally:
-        trainer.release()
+    one trains. Under ``torchrun`` every rank calls this; rank 0 writes the files. ``config`` is checked
+    again here, and a data root or path in it is stored absolute, so the run reads its data from any
+    working folder. Calls from several threads run one after another (``serial.PYRO_LOCK``)."""
+    if not isinstance(config, Config):
+        raise PyroVAEError(f"train takes a Config (pyro_vae.load_config(name, overrides)), not a {type(config).__name__}")
+    config = absolute_paths(config_from_dict(config.to_dict()))  # checked again: a Config's fields can be set to anything
+    with PYRO_LOCK:
+        trainer = Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+        try:
+            metrics = trainer.run()
+            if trainer.world.main:
+                e = trainer.experiment
+                plots.training_figures(trainer.vae, trainer.run_dir, metrics, e.test_x, e.test_y)
+        finally:
+            trainer.release()
     return trainer.vae

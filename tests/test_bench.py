@@ -77,6 +77,22 @@ def test_parity_keeps_both_models_as_runs_that_evaluate_reads(tmp_path):
     main(["bench", "--compare-run", str(tmp_path / "kept" / "pyro"), "-k", "20", "--device", "cpu", "--out", str(out)])
     compared = json.loads(out.read_text())
     assert abs(compared["difference"]) < 4 * compared["difference_stderr"] and 0 < compared["share_of_limit"]
+    main(["compare", str(tmp_path / "kept" / "pyro"), str(tmp_path / "kept" / "plain"), "--out", str(tmp_path / "cmp")])
+    assert "final test ELBO" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_parity_replaces_kept_runs_only_with_overwrite(tmp_path, capsys):
+    keep = ["bench", "--parity", "1", *TINY, "--keep", str(tmp_path / "kept"), "--out", str(tmp_path / "parity.json")]
+    main(keep)
+    main(["evaluate", str(tmp_path / "kept" / "pyro"), "-k", "2", "--limit", "3", "--quiet"])
+    before = {p: p.read_bytes() for p in (tmp_path / "kept").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(keep)
+    assert exit_info.value.code == 2 and "kept/pyro holds a run; pass --overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "kept").rglob("*") if p.is_file()} == before
+    main(keep + ["--overwrite"])
+    assert not (tmp_path / "kept" / "pyro" / "eval.json").exists()
 
 
 def test_discriminative_baseline_learns_separated_classes(tmp_path):

@@ -82,7 +82,7 @@ def test_conditional_run_class_grid_log_p_x_given_y_and_classifier(tiny, capsys)
     assert (folder / "confusion-test-k10-n20.png").is_file() and (folder / "eval.json").is_file()
     assert "as classify-test-k10-n20.json, confusion-test-k10-n20.png" in capsys.readouterr().out
     main(["sample", str(folder), "-n", "8", "--label", "2"])
-    assert (folder / "samples-8.png").exists()
+    assert (folder / "samples-8-label2.png").exists()
 
 
 @pytest.mark.parametrize("prior", [p for p in PRIORS.names() if not PRIORS.get(p).conditional])
@@ -142,7 +142,7 @@ def test_two_stochastic_layers_train_resume_evaluate_sample_and_draw(tiny, capsy
 @pytest.mark.parametrize("setting, message", [
     ("objective.name=mean_field", "objective mean_field takes each layer's KL in closed form"),
     ("prior.name=vamp", "it needs one stochastic layer"),
-    ("model.layers=[0]", "model.layers must hold positive sizes"),
+    ("model.layers=[0]", "model.layers must be positive, got 0"),
 ])
 def test_hierarchies_refuse_what_they_cannot_do_in_one_line(tiny, capsys, setting, message):
     tiny["set"] += ["model.layers=[4]", setting]

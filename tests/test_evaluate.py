@@ -36,9 +36,12 @@ def test_bound_rises_with_k_and_starts_at_the_elbo(linear_gaussian):
     for k in (1, 10, 100, 1000):
         result = importance_sample(lg.model, lg.wrong_guide(), x, num_samples=k)
         means.append(result.log_likelihood.mean().item())
-        stderrs.append(result.stderr.square().sum().sqrt().item() / len(x))
-        if k == 1:
+        if k == 1:  # one weight says nothing of its spread: no standard error, not a false 0
             torch.testing.assert_close(result.log_likelihood, result.elbo)
+            assert result.stderr.isnan().all()
+            stderrs.append(result.log_likelihood.std().item() / len(x) ** 0.5)  # the spread between examples
+        else:
+            stderrs.append(result.stderr.square().sum().sqrt().item() / len(x))
     for i in range(len(means) - 1):  # non-decreasing in expectation: allow 3 standard errors of noise
         assert means[i + 1] > means[i] - 3 * (stderrs[i] + stderrs[i + 1]), (means, stderrs)
     assert means[1] > means[0] + 1.0  # the first steps rise far beyond the noise
@@ -297,7 +300,49 @@ def refusal_cases(lg):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", pyro.distributions.Bernoulli(logits=torch.zeros(3, dtype=torch.float64)).to_event(1), obs=x)
 
+    def swallowing_model(x):  # .to_event(2) inside the plate: the event holds the whole batch
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(z @ lg.W.T + lg.b, lg.s).to_event(2), obs=x)
+
+    def no_to_event_guide(x):
+        mean, _ = lg.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(mean, 1.0))
+
+    def auxiliary_guide(x):  # z ~ q(z|u): the weight would divide by q(u) q(z|u), not q(z)
+        mean, _ = lg.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            u = pyro.sample("u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True})
+            pyro.sample("z", pyro.distributions.Normal(mean + u, 1.0).to_event(1))
+
+    def unrelated_auxiliary_guide(x):  # a point mass beside an auxiliary site it does not depend on
+        mean, _ = lg.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True})
+            pyro.sample("z", pyro.distributions.Delta(mean, event_dim=1))
+
+    def positive_model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.LogNormal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(z @ lg.W.T + lg.b, lg.s).to_event(1), obs=x)
+
+    def normal_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(torch.ones(x.shape[0], 2, dtype=torch.float64), 0.1).to_event(1))
+
+    def beta_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Beta(torch.full((3,), 0.5, dtype=torch.float64), 0.5).to_event(1), obs=x)
+
+    edges = torch.tensor([[0.0, 0.5, 0.5], [0.5, 1.0, 0.5]], dtype=torch.float64)
     return {
+        "event holding the batch": (swallowing_model, lg.guide, (x,), "has event shape (4, 3), which holds the 4 examples"),
+        "guide without .to_event": (lg.model, no_to_event_guide, (x,), "must be declared with .to_event(n)"),
+        "latent drawn given an auxiliary": (lg.model, auxiliary_guide, (x,), "is drawn given the auxiliary site 'u'"),
+        "point mass beside an auxiliary": (lg.model, unrelated_auxiliary_guide, (x,), "guide site 'z' is a point mass (Delta)"),
+        "guide wider than the model's support": (positive_model, normal_guide, (x,), "wider than the model's support"),
+        "Beta observations at 0 and 1": (beta_model, lambda x: None, (edges,), "has a log-density of inf for 2 of 2 examples"),
         "AutoDiagonalNormal": (lg.model, AutoDiagonalNormal(lg.model), (x,), "guide site '_AutoDiagonalNormal_latent' lies outside"),
         "AutoMultivariateNormal": (lg.model, AutoMultivariateNormal(lg.model), (x,), "AutoNormal keeps them per example"),
         "global model latent": (global_model, lambda x: None, (x,), "model site 'shift' lies outside pyro.plate(\"data\", B)"),
@@ -315,7 +360,9 @@ def refusal_cases(lg):
     }
 
 
-REFUSALS = ["AutoDiagonalNormal", "AutoMultivariateNormal", "global model latent", "latent the guide leaves out",
+REFUSALS = ["event holding the batch", "guide without .to_event", "latent drawn given an auxiliary",
+            "point mass beside an auxiliary", "guide wider than the model's support", "Beta observations at 0 and 1",
+            "AutoDiagonalNormal", "AutoMultivariateNormal", "global model latent", "latent the guide leaves out",
             "discrete latent not marked", "annealing scale", "subsampled plate", "sequential plate", "differently named plate",
             "batch dims outside plates", "guide site not in the model", "AutoDelta", "grey levels for a Bernoulli"]
 
@@ -326,6 +373,87 @@ def test_styles_that_cannot_be_estimated_per_example_are_refused_in_one_line(cas
     with pytest.raises(PyroVAEError) as error:
         importance_sample(model, guide, *args, num_samples=10)
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_an_event_holding_the_batch_is_refused_at_any_chunk_size(linear_gaussian):
+    model, guide, args, message = refusal_cases(linear_gaussian)["event holding the batch"]
+    with pytest.raises(PyroVAEError, match="holds the 4 examples"):
+        importance_sample(model, guide, *args, num_samples=4, chunk_size=1)
+
+
+def test_the_autocontinuous_hint_is_given_to_autocontinuous_guides_only(linear_gaussian):
+    lg = linear_gaussian
+    x, _ = lg.data(3)
+
+    def shared_auxiliary_guide(x):
+        pyro.sample("u", pyro.distributions.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+
+    with pytest.raises(PyroVAEError) as error:
+        importance_sample(lg.model, shared_auxiliary_guide, x, num_samples=2)
+    assert "lies outside" in str(error.value) and "AutoContinuous" not in str(error.value)
+
+
+def test_harmless_sites_are_accepted_and_the_estimate_stays_exact(linear_gaussian):
+    """pyro.deterministic outside the plate (model) and in the guide, and poutine.scale by a tensor 1.0: no
+    density changes, so the exact posterior as guide still gives log p(x) for any K."""
+    lg = linear_gaussian
+    x, _ = lg.data(4)
+
+    def model(x):
+        pyro.deterministic("noise_sd", torch.tensor(lg.s))
+        lg.model(x)
+
+    def guide(x):
+        mean, cov = lg.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.MultivariateNormal(mean, cov))
+            pyro.deterministic("z_norm", z.norm(dim=-1))
+
+    for m, g in ((model, guide), (poutine.scale(lg.model, scale=torch.tensor(1.0)), lg.guide)):
+        torch.testing.assert_close(log_likelihood(m, g, x, num_samples=3), lg.log_marginal(x), rtol=0, atol=1e-9)
+
+
+def test_a_point_mass_that_is_a_function_of_an_auxiliary_site_is_exact(linear_gaussian):
+    """u ~ N(0, I) auxiliary, z = m + L u a Delta with log-density −log |det L|: q(z) = N(m, LLᵀ), the exact
+    posterior, so every weight is p(x) and the estimate is exact for any K."""
+    lg = linear_gaussian
+    x, _ = lg.data(5)
+
+    def guide(x):
+        mean, cov = lg.posterior(x)
+        chol = torch.linalg.cholesky(cov)
+        with pyro.plate("data", x.shape[0]):
+            u = pyro.sample("u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True})
+            log_det = chol.diagonal().log().sum().expand(x.shape[0])
+            pyro.sample("z", pyro.distributions.Delta(mean + u @ chol.T, log_density=-log_det, event_dim=1))
+
+    torch.testing.assert_close(log_likelihood(lg.model, guide, x, num_samples=7), lg.log_marginal(x), rtol=0, atol=1e-9)
+
+
+def test_an_empty_batch_is_refused(linear_gaussian):
+    x, _ = linear_gaussian.data(3)
+    with pytest.raises(PyroVAEError, match="holds no examples"):
+        importance_sample(linear_gaussian.model, linear_gaussian.guide, x[:0], num_samples=3)
+
+
+def test_calls_from_several_threads_each_give_their_own_result(linear_gaussian):
+    """Pyro's handler stack is global: without the lock, two threads' traces would mix their sites."""
+    import threading
+
+    lg = linear_gaussian
+    batches = [lg.data(n, seed=n)[0] for n in (3, 4, 5, 6)]
+    results = [None] * len(batches)
+
+    def estimate(i):
+        results[i] = log_likelihood(lg.model, lg.guide, batches[i], num_samples=50, chunk_size=5)
+
+    threads = [threading.Thread(target=estimate, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for x, result in zip(batches, results):
+        torch.testing.assert_close(result, lg.log_marginal(x), rtol=0, atol=1e-9)
 
 
 def test_support_is_checked_only_with_validation_on():

@@ -103,7 +103,7 @@ BAD_INPUTS = {
     "label outside the classes": ("sample {cvae} --label 9", "--label must lie in 0..3, got 9"),
     "labelled samples beyond the disk": ("sample {cvae} -n 100000000000 --out {runs_root}/big.npy",
                                          "100000000000 samples need"),  # their labels alone filled the memory
-    "resume that changes the model": ("train --resume {run} --prior mog", "can change only train.checkpoint_every, train.clip_norm, train.device, train.epochs"),
+    "resume that changes the model": ("train --resume {run} --prior mog", "can change only data.root, train.checkpoint_every, train.clip_norm, train.device, train.epochs"),
 }
 
 
@@ -543,17 +543,135 @@ FAULTS = {
                    ["evaluate", str(c["run"]), "-k", "100000", "--chunk-size", "100000"])[1],
         "a chunk of 100000 samples needs"),
     "run in use by another process": (lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1], "is in use by process"),
-    "latent too large for memory": (lambda c: train_argv(c, "--z-dim", "100000000"), "GiB for its weights, gradients and optimizer state"),
-    "network too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"), "lower model.z_dim or the network sizes"),
+    "latent too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[65536, 65536]"),
+                                    "GiB for its weights, gradients and optimizer state"),
+    "latent beyond any sane size": (lambda c: train_argv(c, "--z-dim", "100000000"), "model.z_dim must be at most 65536, got 100000000"),
+    "network beyond any sane size": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"),
+                                     "network 'mlp' option 'hidden' must be at most 65536, got 2000000000"),
+    # every size bounded before the work starts (issue 29): a sane range, then what the machine holds
+    "a size of 2^64 − 1": (lambda c: train_argv(c, "--set", f"prior.name=mog", "--set", f"prior.num_components={2**64 - 1}"),
+                           "prior 'mog' option 'num_components' must be at most 65536"),
+    "classes beyond any sane count": (lambda c: train_argv(c, "--set", "data.num_classes=100000000000"),
+                                      "option 'num_classes' must be at most 1000, got 100000000000"),
+    "particles beyond any sane count": (lambda c: train_argv(c, "--set", "objective.num_particles=100000"),
+                                        "option 'num_particles' must be at most 10000, got 100000"),
+    "schedule of a thousand stages": (lambda c: train_argv(c, "--set", "schedule.name=burda", "--set", "schedule.stages=1000"),
+                                      "option 'stages' must be at most 20, got 1000"),
+    "flows beyond any sane count": (lambda c: train_argv(c, "--prior", "flow", "--set", "prior.num_flows=100000"),
+                                    "option 'num_flows' must be at most 256, got 100000"),
+    "warm-up of 1e308 epochs": (lambda c: train_argv(c, "--set", "train.warmup_epochs=1e308"),
+                                "train.warmup_epochs must be at most 1e+08, got 1e+308"),
+    "beta of 1e308": (lambda c: train_argv(c, "--set", "train.beta=1e308"), "train.beta must be at most 10000, got 1e+308"),
+    "likelihood scale of 1e-300": (lambda c: train_argv(c, "--likelihood", "gaussian", "--set", "likelihood.scale=1e-300",
+                                                        "--set", "likelihood.min_scale=0"),
+                                   "option 'scale' must be at least 1e-06, got 1e-300"),
+    "training step beyond the memory": (lambda c: train_argv(c, "--set", "objective.num_particles=10000", "--set",
+                                                             "train.batch_size=1000000", "--set", "network.hidden=[4096]"),
+                                        "a training step needs about"),
+    "K of 1e20": (lambda c: ["evaluate", str(c["run"]), "-k", str(10**20)], "--num-samples must be at most 1e+06, got 100000000000000000000"),
+    "classifier K of 1e14": (lambda c: ["evaluate", str(c["run"]), "--classify", "--classify-samples", str(10**14)],
+                             "--classify-samples must be at most 100000, got 100000000000000"),
+    "limit beyond any sane count": (lambda c: ["evaluate", str(c["run"]), "--limit", str(10**12)], "--limit must be at most 1e+08"),
+    "gradient draws beyond any sane count": (lambda c: ["gradvar", str(c["run"]), "--draws", str(10**9)], "--draws must be at most 100000"),
+    # every message one line
+    "unknown flag": (lambda c: train_argv(c, "--epochz", "3"), "unrecognized arguments: --epochz 3"),
+    "flag without its value": (lambda c: ["evaluate", str(c["run"]), "-k"], "argument --num-samples/-k: expected one argument"),
+    "data root of bytes that are not UTF-8": (lambda c: train_argv(c, "--dataset", "mnist", "--data-root", "/tmp/caf\udce9"),
+                                              "dataset 'mnist' option 'root' holds bytes that are not UTF-8"),
+    "empty idx file": (lambda c: train_argv(c, "--dataset", "mnist", "--data-root", str(empty_idx(c["tmp"]))), "is empty; restore it"),
+    "train and test images of other shapes": (lambda c: train_argv(c, "--dataset", "test-other-shapes"),
+                                              "the train split holds images of shape (1, 4, 4) but the test split (1, 5, 5)"),
+    "NaN weights in the checkpoint": (lambda c: ["evaluate", str(nan_weights(c["run"]))], "hold NaN or infinite values"),
+    "NaN weights to sample": (lambda c: ["sample", str(nan_weights(c["run"])), "--out", str(c["tmp"] / "s.png")],
+                              "hold NaN or infinite values"),
+    "NaN weights to resume": (lambda c: ["train", "--resume", str(nan_weights(c["run"])), "--epochs", "2"],
+                              "hold NaN or infinite values"),
+    "torn metrics line": (lambda c: compare_argv(c, lambda run: edit(run / "metrics.jsonl", lambda t: t[: len(t) // 2])),
+                          "metrics.jsonl line 1 is not JSON (torn or edited)"),
+    "metrics line without a field": (lambda c: compare_argv(c, lambda run: edit(run / "metrics.jsonl",
+                                                                                lambda t: t.replace('"seconds"', '"s"'))),
+                                     "metrics.jsonl line 1 has no number 'seconds'"),
+    "eval.json that is {}": (lambda c: compare_argv(c, lambda run: (run / "eval.json").write_text("{}")),
+                             "eval.json is missing log_likelihood"),
+    "eval.json that is a list": (lambda c: compare_argv(c, lambda run: (run / "eval.json").write_text("[1, 2]")),
+                                 "eval.json is not a JSON object"),
+    "bench's plain estimate of a Gaussian run": (lambda c: ["bench", "--compare-run", str(gaussian_run(c)), "-k", "5"],
+                                                 "--compare-run's plain estimate is the one-layer MLP VAE with a Bernoulli"),
+    "sample written over the run's loss curve": (lambda c: ["sample", str(c["run"]), "--out", str(c["run"] / "loss.png")],
+                                                 "names a file that its run folder owns"),
+    "lock file that is a link": (lambda c: link(c["run"] / ".lock", c["tmp"] / "important.txt", ["train", "--resume", str(c["run"])]),
+                                 ".lock is a symbolic link; pyro-vae never writes through a link"),
+    "tensorboard folder that is a link": (lambda c: link(c["run"] / "tensorboard", folder_with_events(c["tmp"]),
+                                                         train_argv(c, "--name", "existing", "--overwrite")),
+                                          "tensorboard is a symbolic link"),
+    "run read by another command": (lambda c: (hold_lock(c, shared=True), train_argv(c, "--name", "existing", "--overwrite"))[1],
+                                    "is in use by a command that reads it"),
+    "run trained by another process, to evaluate": (lambda c: (hold_lock(c), ["evaluate", str(c["run"])])[1],
+                                                    "is being trained or replaced by process"),
 }
+
+
+@DATASETS.register("test-other-shapes")
+class OtherShapes:
+    def load(self):
+        return ImageData(Split(torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)),
+                         Split(torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)), 2)
+
+
+def empty_idx(tmp):
+    raw = tmp / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"")
+    return tmp / "data"
+
+
+def nan_weights(run):
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.full_like(state["model"][first], float("nan"))
+    torch.save(state, run / "checkpoint.pt")
+    return run
+
+
+def edit(path, change):
+    path.write_text(change(path.read_text()))
+
+
+def compare_argv(c, damage):
+    other = Path(c["tiny"]["runs_root"]) / "other"
+    main(cli_args("train", c["tiny"], "--name", "other"))
+    main(["evaluate", str(c["run"]), "-k", "2", "--quiet"])
+    damage(c["run"])
+    return ["compare", str(c["run"]), str(other), "--out", str(c["tmp"] / "cmp")]
+
+
+def gaussian_run(c):
+    main(cli_args("train", c["tiny"], "--name", "gaussian", "--likelihood", "gaussian"))
+    return Path(c["tiny"]["runs_root"]) / "gaussian"
+
+
+def folder_with_events(tmp):
+    """A folder outside the run holding a file of a name the run's replacement would remove through a link."""
+    (tmp / "elsewhere").mkdir()
+    (tmp / "elsewhere" / "events.out.tfevents.1").write_text("the user's")
+    return tmp / "elsewhere"
+
+
+def link(path, target, argv):
+    if not target.exists():
+        target.write_text("the user's file")
+    path.unlink(missing_ok=True)
+    path.symlink_to(target)
+    return argv
 
 HELD = []
 
 
-def hold_lock(c):
+def hold_lock(c, shared=False):
     from pyro_vae.files import RunLock
 
-    HELD.append(RunLock(c["run"]).acquire())
+    HELD.append(RunLock(c["run"], shared=shared).acquire())
 
 
 def write(path, text):
@@ -571,7 +689,7 @@ def test_fault_is_one_line_and_loses_nothing(case, tiny, tmp_path, monkeypatch, 
     capsys.readouterr()
     setup, message = FAULTS[case]
     argv = setup({"tiny": tiny, "run": run, "tmp": tmp_path, "monkeypatch": monkeypatch})
-    before = snapshot(tiny["runs_root"])
+    before = snapshot(tmp_path)  # the runs, and what a link in a run points to
     try:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -582,7 +700,7 @@ def test_fault_is_one_line_and_loses_nothing(case, tiny, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pyro-vae: error: ") and "Traceback" not in err, err
     assert message in err, err
-    after = snapshot(tiny["runs_root"])
+    after = snapshot(tmp_path)
     assert all(after.get(path) == data for path, data in before.items()), "an earlier file changed or vanished"
     assert not [p for p in after if p.name.endswith(".tmp")], "a torn temporary file was left"
 
@@ -632,10 +750,12 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts(tiny, capsys):
 
 @pytest.mark.parametrize("jit", ["true", "false"])
 def test_a_diverging_run_stops_in_one_line(tiny, capsys, jit):
-    """A learning rate that sends the loss to NaN: the trainer's own line, without Pyro's warning of the NaN
-    before it (pytest turns that warning into an error, so it would fail here too)."""
+    """A learning rate that sends the loss to NaN (a learned Gaussian scale free to reach 0): the trainer's own
+    line, without Pyro's warning of the NaN before it (pytest turns that warning into an error, so it would fail
+    here too)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(cli_args("train", tiny, "--name", "diverged", "--lr", "1e30", "--set", "train.epochs=3",
+        main(cli_args("train", tiny, "--name", "diverged", "--lr", "1e6", "--likelihood", "gaussian",
+                      "--set", "likelihood.learn_scale=pixel", "--set", "likelihood.min_scale=0", "--set", "train.epochs=3",
                       "--set", "train.batch_size=50", "--set", f"objective.jit={jit}"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

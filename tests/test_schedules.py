@@ -37,7 +37,7 @@ def test_bad_schedules_are_refused_in_one_line(tiny, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(cli_args("train", tiny, "--name", "bad", "--set", "schedule.name=step", "--set", "schedule.every=0"))
     assert exit_info.value.code == 2
-    assert "schedule step needs every ≥ 1" in capsys.readouterr().err
+    assert "schedule 'step' option 'every' must be positive, got 0" in capsys.readouterr().err
     assert not (Path(tiny["runs_root"]) / "bad").exists()
 
 
