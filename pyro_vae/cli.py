@@ -401,8 +401,12 @@ def main(argv=None):
             report(e.__context__)                    # stops the other ranks once one has failed; the error is the news
             sys.exit(2)
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"pyro-vae: stopped by {signal.Signals(signum).name}; files are written whole or not at all, "
-              "so nothing written before is damaged", file=sys.stderr)
+        ended = ended_first(signum)
+        if ended:
+            print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {ended}", file=sys.stderr)
+            sys.exit(2)
+        print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: stopped by {signal.Signals(signum).name}; files are "
+              "written whole or not at all, so nothing written before is damaged", file=sys.stderr)
         sys.exit(128 + signum)
     except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not user_facing(e):
@@ -425,6 +429,20 @@ def report(error):
     only it met."""
     if rank() == 0 or (joined() and not isinstance(error, Reported)):
         print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {one_line(error)}", file=sys.stderr)
+
+
+def ended_first(signum):
+    """Under torchrun, where a SIGTERM came because another process of the run ended first (torchrun stops the
+    others once one has died or failed), the line that names it; else None."""
+    if signum != signal.SIGTERM or "WORLD_SIZE" not in os.environ:
+        return None
+    from .workers import ended_ranks
+
+    ended = ended_ranks()
+    if not ended:
+        return None
+    return (f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first (killed, or stopped "
+            "by its own error above), so torchrun stopped this one; files are written whole or not at all")
 
 
 def rank():

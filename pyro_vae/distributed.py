@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import PyroVAEError, Reported
+from .workers import ended_ranks
 
 TIMEOUT = timedelta(seconds=120)
 
@@ -100,8 +101,11 @@ def first_line(error):
 
 
 def lost(error):
-    """The one-line error for a failed collective."""
-    return PeerLost(f"process {world().rank}: another process of this run stopped or timed out ({first_line(error)})")
+    """The one-line error for a failed collective, naming the processes of this machine that ended first."""
+    ended = ended_ranks()
+    who = (f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first" if ended
+           else "another process of this run stopped or timed out")
+    return PeerLost(f"process {world().rank}: {who} ({first_line(error)})")
 
 
 def is_collective_failure(error):

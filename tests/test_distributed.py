@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ def test_a_killed_rank_stops_the_other_in_one_line_and_the_run_resumes_bit_ident
     _, err = run.communicate(timeout=60)
     assert run.returncode != 0
     lines = [line for line in err.splitlines() if line.startswith("pyro-vae")]
-    assert len(lines) == 1 and "another process of this run stopped" in lines[0] and "resume with" in lines[0], err
+    assert len(lines) == 1 and "process 1 of this run ended first" in lines[0] and "resume with" in lines[0], err
     from pyro_vae.runs import load_checkpoint, run_config
 
     folder = tmp_path / "victim"
@@ -140,6 +141,46 @@ def test_a_killed_rank_stops_the_other_in_one_line_and_the_run_resumes_bit_ident
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_same(parameters(folder), reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_a_rank_that_ends_is_named_by_the_others_and_a_sigint_is_a_sigint(tmp_path, signum):
+    """A killed (or interrupted) evaluating rank: the other, which torchrun then stops with SIGTERM, names it
+    instead of reporting a SIGTERM of its own; the interrupted rank says SIGINT."""
+    from pyro_vae.cli import main
+
+    main(["train", "--runs-root", str(tmp_path), "--name", "run", "--quiet", *[f for o in TINY for f in ("--set", o)]])
+    run = torchrun("-m", "pyro_vae", "evaluate", str(tmp_path / "run"), "-k", "1000000", "--quiet")
+    victim, rank = started_worker(run)
+    os.kill(victim, signum)
+    _, err = run.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("pyro-vae")]
+    assert run.returncode != 0 and f"process {rank.decode()} of this run ended first" in err, err
+    assert "stopped by SIGTERM" not in err and all(line.count("pyro-vae") == 1 for line in lines), err
+    if signum == signal.SIGINT:
+        assert f"pyro-vae[rank {rank.decode()}]: stopped by SIGINT" in err or rank == b"0", err
+
+
+def handles_sigterm(pid):
+    """Whether process ``pid`` catches SIGTERM (the command line's handler is installed)."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return bool(int(status["SigCgt"], 16) & 1 << (signal.SIGTERM - 1))
+
+
+def started_worker(launcher, timeout=120):
+    """(pid, RANK as bytes) of the last worker torchrun started, once both workers run the command line."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = worker_pids(launcher)
+        try:
+            if len(pids) == 2 and all(handles_sigterm(pid) for pid in pids):
+                variables = dict(v.split(b"=", 1) for v in Path(f"/proc/{max(pids)}/environ").read_bytes().split(b"\0")
+                                 if b"=" in v)
+                return max(pids), variables[b"RANK"]
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("torchrun never started two workers")
 
 
 def test_torchrun_max_restarts_resumes_by_itself(tmp_path, reference):
