@@ -8,12 +8,20 @@
 Names are imported on first use (PEP 562), so that ``pyro-vae`` can set up its signal handling
 before torch and Pyro load.
 """
+
 import importlib
 
 _EXPORTS = {
-    "Config": "config", "ImportanceEstimate": "evaluate", "PyroVAEError": "errors", "VAE": "model",
-    "class_log_posterior": "classifier", "importance_sample": "evaluate", "load_config": "config",
-    "load_run": "runs", "log_likelihood": "evaluate", "train": "trainer",
+    "Config": "runs.config",
+    "ImportanceEstimate": "infer.importance",
+    "PyroVAEError": "errors",
+    "VAE": "model.vae",
+    "class_log_posterior": "infer.classifier",
+    "importance_sample": "infer.importance",
+    "load_config": "runs.config",
+    "load_run": "runs.folders",
+    "log_likelihood": "infer.importance",
+    "train": "trainer",
 }
 __all__ = sorted(_EXPORTS)
 

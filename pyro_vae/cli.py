@@ -2,6 +2,7 @@
 
 User mistakes (``PyroVAEError``) print one line and exit with status 2; ``--debug`` shows the traceback.
 """
+
 import argparse
 import os
 import signal
@@ -17,10 +18,20 @@ MAX_EXAMPLES = 10**8  # examples in one command
 
 # Flags that are shortcuts for --set section.key=value.
 SHORTCUTS = {
-    "dataset": "data.name", "data_root": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
-    "lr": "train.lr", "device": "train.device", "seed": "train.seed", "prior": "prior.name",
-    "likelihood": "likelihood.name", "network": "network.name", "objective": "objective.name", "z_dim": "model.z_dim",
-    "precision": "train.precision", "condition": "condition.name",
+    "dataset": "data.name",
+    "data_root": "data.root",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "device": "train.device",
+    "seed": "train.seed",
+    "prior": "prior.name",
+    "likelihood": "likelihood.name",
+    "network": "network.name",
+    "objective": "objective.name",
+    "z_dim": "model.z_dim",
+    "precision": "train.precision",
+    "condition": "condition.name",
 }
 
 
@@ -33,7 +44,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser():
-    from .config import bundled_configs
+    from .runs.config import bundled_configs
 
     top = Parser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
     top.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -41,13 +52,20 @@ def parser():
 
     train = commands.add_parser("train", help="train a VAE (or CVAE) by SVI into runs/<name>")
     train.add_argument("--config", help=f"bundled config name or TOML path (bundled: {', '.join(bundled_configs())})")
-    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a config value (a shortcut flag such as --epochs wins over --set of its key)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (a shortcut flag such as --epochs wins over --set of its key)",
+    )
     train.add_argument("--name", help="run name (default: a timestamp)")
     train.add_argument("--runs-root", default="runs", help="folder that holds the runs (default: runs)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    train.add_argument("--conditional", action="store_true", help="train a CVAE conditioned on the labels (--condition label)")
+    train.add_argument(
+        "--conditional", action="store_true", help="train a CVAE conditioned on the labels (--condition label)"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     for flag, target in SHORTCUTS.items():
         train.add_argument("--" + flag.replace("_", "-"), help=f"shortcut for --set {target}=...")
@@ -58,9 +76,15 @@ def parser():
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
     evaluate.add_argument("--dataset", help="score another dataset of the same image shape (default: the run's own)")
     evaluate.add_argument("--data-root", help="folder that holds the dataset's files (torchvision datasets)")
-    evaluate.add_argument("--limit", type=int, help="evaluate only N examples: a fixed, class-balanced part of the split, the same in every command")
+    evaluate.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate only N examples: a fixed, class-balanced part of the split, the same in every command",
+    )
     evaluate.add_argument("--batch-size", type=int, default=100, help="examples per batch of --classify")
-    evaluate.add_argument("--seed", type=int, default=0, help="example i draws its samples from a stream seeded by (seed, i)")
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="example i draws its samples from a stream seeded by (seed, i)"
+    )
     evaluate.add_argument("--chunk-size", type=int, help="samples drawn at once (default: chosen from memory)")
     evaluate.add_argument("--classify", action="store_true", help="also run the CVAE's generative classifier")
     evaluate.add_argument("--classify-samples", type=int, default=100, help="K per class for --classify")
@@ -70,17 +94,23 @@ def parser():
     sample = commands.add_parser("sample", help="decode z ~ p(z) of a trained run into a grid of images")
     sample.add_argument("run")
     sample.add_argument("-n", type=int, default=64, help="number of images")
-    sample.add_argument("--label", type=int, help="class of every image (conditional runs; default: all classes in turn)")
+    sample.add_argument(
+        "--label", type=int, help="class of every image (conditional runs; default: all classes in turn)"
+    )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", help="PNG path (default: RUN/samples-N.png)")
     sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     compare = commands.add_parser("compare", help="settings, figures and pictures of several runs side by side")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
-    compare.add_argument("--out", help="folder for compare.md, compare.txt and the pictures (default: runs/compare-A-B…)")
+    compare.add_argument(
+        "--out", help="folder for compare.md, compare.txt and the pictures (default: runs/compare-A-B…)"
+    )
     compare.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    gradvar = commands.add_parser("gradvar", help="variance of the ELBO's gradient: reparameterized against score function")
+    gradvar = commands.add_parser(
+        "gradvar", help="variance of the ELBO's gradient: reparameterized against score function"
+    )
     gradvar.add_argument("run")
     gradvar.add_argument("--draws", type=int, default=200, help="gradient draws per estimator")
     gradvar.add_argument("--examples", type=int, default=100, help="test examples in the batch")
@@ -93,19 +123,37 @@ def parser():
     bench.add_argument("--quick", action="store_true", help="a tiny setting that only checks the benchmark runs")
     bench.add_argument("--out", default="runs/bench.json", help="JSON file for the results")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("--parity", type=int, metavar="EPOCHS",
-                       help="instead: train project and plain PyTorch side by side for EPOCHS epochs, compare test ELBOs")
-    bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    bench.add_argument(
+        "--parity",
+        type=int,
+        metavar="EPOCHS",
+        help="instead: train project and plain PyTorch side by side for EPOCHS epochs, compare test ELBOs",
+    )
+    bench.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
     bench.add_argument("--config", help="with --parity or --discriminative: the config (default: the default config)")
-    bench.add_argument("--keep", metavar="DIR", help="with --parity: keep both trained models as runs DIR/pyro and DIR/plain")
+    bench.add_argument(
+        "--keep", metavar="DIR", help="with --parity: keep both trained models as runs DIR/pyro and DIR/plain"
+    )
     bench.add_argument("--overwrite", action="store_true", help="with --keep: replace the runs DIR/pyro and DIR/plain")
-    bench.add_argument("--discriminative", action="store_true",
-                       help="instead: test accuracy of an MLP classifier of the config's network size (the CVAE classifier's baseline)")
-    bench.add_argument("--compare-run", metavar="RUN",
-                       help="instead: evaluate RUN's test log p(x) and a plain-PyTorch IWAE estimate of the same networks")
+    bench.add_argument(
+        "--discriminative",
+        action="store_true",
+        help="instead: test accuracy of an MLP classifier of the config's network size (the CVAE classifier's baseline)",
+    )
+    bench.add_argument(
+        "--compare-run",
+        metavar="RUN",
+        help="instead: evaluate RUN's test log p(x) and a plain-PyTorch IWAE estimate of the same networks",
+    )
     bench.add_argument("--num-samples", "-k", type=int, default=5000, help="K for --compare-run")
-    bench.add_argument("--nproc", type=int, metavar="N",
-                       help="instead: training throughput of 1 and N processes (torchrun, this machine) and the scaling efficiency")
+    bench.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="instead: training throughput of 1 and N processes (torchrun, this machine) and the scaling efficiency",
+    )
     return top
 
 
@@ -123,17 +171,23 @@ def check_one_process(command):
     the whole job and write the same files."""
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world_size > 1 and command not in ("train", "evaluate"):
-        raise PyroVAEError(f"pyro-vae {command} runs in one process; run it without torchrun "
-                           f"(train and evaluate share their work among {world_size} processes)")
+        raise PyroVAEError(
+            f"pyro-vae {command} runs in one process; run it without torchrun "
+            f"(train and evaluate share their work among {world_size} processes)"
+        )
 
 
 def train_overrides(args):
     """The --set overrides, then the shortcut flags' (--epochs 3: train.epochs=3; --conditional:
     condition.name=label), which win over --set of the same key."""
     if args.conditional and args.condition not in (None, "label"):
-        raise PyroVAEError(f"--conditional asks for --condition label; it cannot be combined with --condition {args.condition}")
+        raise PyroVAEError(
+            f"--conditional asks for --condition label; it cannot be combined with --condition {args.condition}"
+        )
     overrides = list(args.set)
-    overrides += [f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None]
+    overrides += [
+        f"{target}={getattr(args, flag)}" for flag, target in SHORTCUTS.items() if getattr(args, flag) is not None
+    ]
     if args.conditional:
         overrides.append("condition.name=label")
     return overrides
@@ -141,16 +195,26 @@ def train_overrides(args):
 
 def run_train(args):
     from . import distributed
-    from .config import load_config
-    from .runs import new_run_dir
+    from .runs.config import load_config
+    from .runs.folders import new_run_dir
     from .trainer import train
 
     overrides = train_overrides(args)
     if args.resume and (args.config or args.name or args.overwrite):
-        raise PyroVAEError("--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite")
-    if distributed.launched() and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) and not (args.name or args.resume):
-        raise PyroVAEError("torchrun --max-restarts needs --name (or --resume) so that a restarted process finds its run")
-    config = None if args.resume else load_config(args.config, overrides)  # the same mistakes on every rank: before joining
+        raise PyroVAEError(
+            "--resume takes the run's own config; it cannot be combined with --config, --name or --overwrite"
+        )
+    if (
+        distributed.launched()
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+        and not (args.name or args.resume)
+    ):
+        raise PyroVAEError(
+            "torchrun --max-restarts needs --name (or --resume) so that a restarted process finds its run"
+        )
+    config = (
+        None if args.resume else load_config(args.config, overrides)
+    )  # the same mistakes on every rank: before joining
     world = distributed.join()
     resume = args.resume
     if resume is None and distributed.restart_count() and args.name:  # torchrun restarted the processes
@@ -171,13 +235,15 @@ def run_train(args):
 
 def resumed_config(run_dir, overrides):
     """The config of the run in ``run_dir`` with ``overrides``, which may change only ``RESUMABLE_KEYS``."""
-    from .config import config_differences
-    from .runs import RESUMABLE_KEYS, run_config
+    from .runs.config import config_differences
+    from .runs.folders import RESUMABLE_KEYS, run_config
 
     config = run_config(run_dir, overrides)
     changed = set(config_differences(run_config(run_dir).to_dict(), config.to_dict())) - RESUMABLE_KEYS
     if changed:
-        raise PyroVAEError(f"a resumed run can change only {', '.join(sorted(RESUMABLE_KEYS))}, not {', '.join(sorted(changed))}")
+        raise PyroVAEError(
+            f"a resumed run can change only {', '.join(sorted(RESUMABLE_KEYS))}, not {', '.join(sorted(changed))}"
+        )
     return config
 
 
@@ -197,8 +263,8 @@ def check_seed(seed):
 
 def run_evaluate(args):
     from . import distributed
-    from .report import check_labelled, classify_run, evaluate_run
-    from .runs import run_config
+    from .report.evaluation import check_labelled, classify_run, evaluate_run
+    from .runs.folders import run_config
 
     check_range("--num-samples", args.num_samples, 1, MAX_K)
     check_range("--batch-size", args.batch_size, 1, 2**20)
@@ -211,9 +277,18 @@ def run_evaluate(args):
     if args.classify:
         check_labelled(args.run, config)
     world = distributed.join()
-    s = evaluate_run(args.run, num_samples=args.num_samples, split=args.split, limit=args.limit, chunk_size=args.chunk_size,
-                     device=args.device, progress=not args.quiet, dataset=args.dataset, data_root=args.data_root,
-                     seed=args.seed)
+    s = evaluate_run(
+        args.run,
+        num_samples=args.num_samples,
+        split=args.split,
+        limit=args.limit,
+        chunk_size=args.chunk_size,
+        device=args.device,
+        progress=not args.quiet,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        seed=args.seed,
+    )
     if not world.main:
         return
     what = s["what"]
@@ -222,8 +297,12 @@ def run_evaluate(args):
         ("examples", f"{s['num_examples']} ({s['dataset']}, {s['split']})"),
         ("K", s["num_samples"]),
         ("mean ELBO", f"{s['elbo']:.3f} (K samples); {s['elbo_10_particles']:.3f} (10 particles, Pyro's figure)"),
-        (f"mean {what}", f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}" if s["log_likelihood_stderr"] is not None
-         else f"{s['log_likelihood']:.3f} (K = 1: one weight per example gives no standard error)"),
+        (
+            f"mean {what}",
+            f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}"
+            if s["log_likelihood_stderr"] is not None
+            else f"{s['log_likelihood']:.3f} (K = 1: one weight per example gives no standard error)",
+        ),
         ("gap (log p − ELBO)", f"{s['log_likelihood'] - s['elbo']:.3f}"),
         ("bits per dim", bpd),
         ("ESS mean / median", f"{s['mean_ess']:.1f} / {s['median_ess']:.1f} of {s['num_samples']}"),
@@ -236,8 +315,15 @@ def run_evaluate(args):
     if s["kept"]:
         print(f"kept the earlier evaluation, made with other settings, as {', '.join(s['kept'])}")
     if args.classify:
-        c = classify_run(args.run, num_samples=args.classify_samples, split=args.split, limit=args.limit,
-                         batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+        c = classify_run(
+            args.run,
+            num_samples=args.classify_samples,
+            split=args.split,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.quiet,
+        )
         print(f"{'accuracy':>20}  {c['accuracy']:.4f} ({c['num_examples']} examples, K={c['num_samples']} per class)")
         print(f"wrote {Path(args.run) / 'classify.json'}, confusion.png")
         if c["kept"]:
@@ -249,14 +335,17 @@ def pareto_line(summary):
     share = summary["share_pareto_k_above_0.7"]
     if share is None:
         return "not fitted (K < 50 leaves fewer than 10 tail weights)"
-    verdict = ("none: ESS and standard error can be read as they are" if share == 0 else
-               "their log p(x) estimates are unreliable and the standard error understates the error")
+    verdict = (
+        "none: ESS and standard error can be read as they are"
+        if share == 0
+        else "their log p(x) estimates are unreliable and the standard error understates the error"
+    )
     return f"{share:.1%} of examples (median k̂ {summary['median_pareto_k']:.2f}); {verdict}"
 
 
 def run_sample(args):
-    from .files import check_writable
-    from .runs import owned_by_run, reading, sample_file_name
+    from .runs.files import check_writable
+    from .runs.folders import owned_by_run, reading, sample_file_name
 
     check_range("-n", args.n, 1, 10**12)
     check_seed(args.seed)
@@ -265,10 +354,14 @@ def run_sample(args):
     if out.suffix not in (".png", ".npy"):
         raise PyroVAEError(f"--out must end in .png (a picture) or .npy (an array of images), got {out.name}")
     if out.suffix == ".png" and args.n > MAX_GRID:
-        raise PyroVAEError(f"a picture holds at most {MAX_GRID} samples; write {args.n} to an array with --out FILE.npy")
+        raise PyroVAEError(
+            f"a picture holds at most {MAX_GRID} samples; write {args.n} to an array with --out FILE.npy"
+        )
     if owned_by_run(out):
-        raise PyroVAEError(f"--out {out} names a file that its run folder owns; choose another name "
-                           f"(samples-*.png or a path outside the run)")
+        raise PyroVAEError(
+            f"--out {out} names a file that its run folder owns; choose another name "
+            f"(samples-*.png or a path outside the run)"
+        )
     if out.is_dir():
         raise PyroVAEError(f"--out {out} is a folder; name the file to write")
     check_writable(out.parent)
@@ -281,13 +374,15 @@ def write_samples(args, out):
     """Decode ``args.n`` draws z ~ p(z) of the run ``args.run`` into ``out`` (a picture, or an array written in batches)."""
     import torch
 
-    from .plots import image_grid, sample_file
-    from .runs import load_run
+    from .report.plots import image_grid, sample_file
+    from .runs.folders import load_run
 
     _, vae = load_run(args.run, args.device)
     if vae.conditioning.partial:
-        raise PyroVAEError(f"{args.run} completes images from a given part, so it has no samples of its own: see "
-                           f"{Path(args.run) / 'completions.png'} (test digits), or pyro-vae compare beside other runs")
+        raise PyroVAEError(
+            f"{args.run} completes images from a given part, so it has no samples of its own: see "
+            f"{Path(args.run) / 'completions.png'} (test digits), or pyro-vae compare beside other runs"
+        )
     torch.manual_seed(args.seed)
     labels = None
     if vae.spec.conditional:
@@ -302,13 +397,18 @@ def write_samples(args, out):
         raise PyroVAEError("--label was given for an unconditional run; labels need a run trained with --conditional")
     if out.suffix == ".png":
         nrow = vae.spec.num_classes if labels is not None and args.label is None else 8
-        image_grid(vae.sample(args.n, None if labels is None else labels(0, args.n)), out, nrow, f"{args.n} samples from {args.run}")
+        image_grid(
+            vae.sample(args.n, None if labels is None else labels(0, args.n)),
+            out,
+            nrow,
+            f"{args.n} samples from {args.run}",
+        )
     else:
         sample_file(vae, args.n, labels, out)
 
 
 def run_compare(args):
-    from .compare import compare_runs
+    from .report.compare import compare_runs
 
     names = "-".join(Path(r).name for r in args.runs)
     out = Path(args.out or Path("runs") / f"compare-{names}"[:200])
@@ -319,16 +419,22 @@ def run_compare(args):
 
 
 def run_gradvar(args):
-    from .gradvar import gradient_variance
+    from .report.gradvar import gradient_variance
 
     check_range("--draws", args.draws, 2, 10**5)
     check_range("--examples", args.examples, 1, 10**5)
-    s = gradient_variance(args.run, draws=args.draws, examples=args.examples, device=args.device, progress=not args.quiet)
+    s = gradient_variance(
+        args.run, draws=args.draws, examples=args.examples, device=args.device, progress=not args.quiet
+    )
     print(f"gradient of −ELBO per example, {s['draws']} draws on {s['examples']} test examples")
-    print(f"{'group':<12} {'variance, reparam.':>19} {'score function':>15} {'ratio':>9} {'SNR, reparam.':>14} {'score function':>15}")
+    print(
+        f"{'group':<12} {'variance, reparam.':>19} {'score function':>15} {'ratio':>9} {'SNR, reparam.':>14} {'score function':>15}"
+    )
     for name, g in s["groups"].items():
         r, f = g["reparameterized"], g["score_function"]
-        print(f"{name:<12} {r['variance']:>19.3e} {f['variance']:>15.3e} {g['variance_ratio']:>9.1f} {r['snr']:>14.3f} {f['snr']:>15.3f}")
+        print(
+            f"{name:<12} {r['variance']:>19.3e} {f['variance']:>15.3e} {g['variance_ratio']:>9.1f} {r['snr']:>14.3f} {f['snr']:>15.3f}"
+        )
     print(f"wrote {Path(args.run) / 'gradvar.json'}")
     if s["kept"]:
         print(f"kept the earlier gradient variances, made with other settings, as {', '.join(s['kept'])}")
@@ -337,23 +443,38 @@ def run_gradvar(args):
 def run_configs(args):
     from importlib import resources
 
-    from .config import bundled_configs, load_config
+    from .runs.config import bundled_configs, load_config
 
     for name in bundled_configs():
         c = load_config(name)
         text = (resources.files("pyro_vae") / "configs" / f"{name}.toml").read_text()
         about = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
-        kind = "VAE" if c.condition.name == "none" else ("NN" if c.model.z_dim == 0 else "CVAE") + f" ({c.condition.name})"
-        print(f"{name:<27} {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
-              f"likelihood {c.likelihood.name}, {c.objective.name}\n{'':<27} {about}")
+        kind = (
+            "VAE" if c.condition.name == "none" else ("NN" if c.model.z_dim == 0 else "CVAE") + f" ({c.condition.name})"
+        )
+        print(
+            f"{name:<27} {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
+            f"likelihood {c.likelihood.name}, {c.objective.name}\n{'':<27} {about}"
+        )
 
 
 def run_bench(args):
-    from .bench import main as bench_main
+    from .benchmarks.bench import main as bench_main
 
-    bench_main(quick=args.quick, out=args.out, device=args.device, parity_epochs=args.parity, overrides=args.set,
-               compare=args.compare_run, num_samples=args.num_samples, nproc=args.nproc, config=args.config, keep=args.keep,
-               classifier=args.discriminative, overwrite=args.overwrite)
+    bench_main(
+        quick=args.quick,
+        out=args.out,
+        device=args.device,
+        parity_epochs=args.parity,
+        overrides=args.set,
+        compare=args.compare_run,
+        num_samples=args.num_samples,
+        nproc=args.nproc,
+        config=args.config,
+        keep=args.keep,
+        classifier=args.discriminative,
+        overwrite=args.overwrite,
+    )
 
 
 class Stopped(KeyboardInterrupt):
@@ -375,8 +496,15 @@ def raise_stopped(signum, frame):
 def main(argv=None):
     """Run one command. Signal handling is set up first, before torch and Pyro load, so that a signal at
     any moment ends in one line."""
-    handler = {"train": run_train, "evaluate": run_evaluate, "sample": run_sample, "compare": run_compare,
-               "gradvar": run_gradvar, "configs": run_configs, "bench": run_bench}
+    handler = {
+        "train": run_train,
+        "evaluate": run_evaluate,
+        "sample": run_sample,
+        "compare": run_compare,
+        "gradvar": run_gradvar,
+        "configs": run_configs,
+        "bench": run_bench,
+    }
     previous = {s: signal.signal(s, raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     RECEIVED.clear()
     args = None
@@ -398,15 +526,18 @@ def main(argv=None):
         if getattr(args, "debug", False):
             raise
         if isinstance(e.__context__, PyroVAEError):  # the signal came while our error was on its way out: torchrun
-            report(e.__context__)                    # stops the other ranks once one has failed; the error is the news
+            report(e.__context__)  # stops the other ranks once one has failed; the error is the news
             sys.exit(2)
         signum = getattr(e, "signum", signal.SIGINT)
         ended = ended_first(signum)
         if ended:
             print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: error: {ended}", file=sys.stderr)
             sys.exit(2)
-        print(f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: stopped by {signal.Signals(signum).name}; files are "
-              "written whole or not at all, so nothing written before is damaged", file=sys.stderr)
+        print(
+            f"pyro-vae{f'[rank {rank()}]' if rank() else ''}: stopped by {signal.Signals(signum).name}; files are "
+            "written whole or not at all, so nothing written before is damaged",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
     except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not user_facing(e):
@@ -441,8 +572,10 @@ def ended_first(signum):
     ended = ended_ranks()
     if not ended:
         return None
-    return (f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first (killed, or stopped "
-            "by its own error above), so torchrun stopped this one; files are written whole or not at all")
+    return (
+        f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first (killed, or stopped "
+        "by its own error above), so torchrun stopped this one; files are written whole or not at all"
+    )
 
 
 def rank():

@@ -1,4 +1,5 @@
 """Devices: which one a setting names, and random streams forked so the caller's stay untouched."""
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -11,8 +12,10 @@ def resolve_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise PyroVAEError("device cuda was asked for (--device or train.device), but no CUDA GPU is available; "
-                           "use --device cpu or auto")
+        raise PyroVAEError(
+            "device cuda was asked for (--device or train.device), but no CUDA GPU is available; "
+            "use --device cpu or auto"
+        )
     return torch.device(name)
 
 

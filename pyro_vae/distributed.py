@@ -6,6 +6,7 @@ ranks join one group: gloo for CPU tensors, NCCL for CUDA tensors (one GPU per r
 Every collective has a time limit (``TIMEOUT``), so a rank whose peer died or hangs stops with one line
 instead of waiting for ever; gloo notices a peer that died (its sockets close) at once.
 """
+
 import os
 import re
 from contextlib import contextmanager
@@ -103,15 +104,20 @@ def first_line(error):
 def lost(error):
     """The one-line error for a failed collective, naming the processes of this machine that ended first."""
     ended = ended_ranks()
-    who = (f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first" if ended
-           else "another process of this run stopped or timed out")
+    who = (
+        f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first"
+        if ended
+        else "another process of this run stopped or timed out"
+    )
     return PeerLost(f"process {world().rank}: {who} ({first_line(error)})")
 
 
 def is_collective_failure(error):
     """Whether a RuntimeError comes from a collective that lost its peers (gloo's or NCCL's words for it)."""
     return isinstance(error, dist.DistError) or any(
-        word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timed out"))
+        word in str(error)
+        for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out", "Timed out")
+    )
 
 
 @contextmanager

@@ -6,6 +6,7 @@ its ``__init__`` (with defaults and type annotations); a config section ``[prior
 A size or a rate is annotated with its sane range (``Annotated[int, Range(1, 10_000)]``, or one of the
 aliases below), so that every value is checked before anything is built.
 """
+
 import inspect
 import math
 import typing
@@ -30,8 +31,13 @@ class Range:
             raise PyroVAEError(f"{what} must lie in {self.why}, got {value}")
         if value < self.low or (self.open_low and value == self.low):
             positive = (self.low == 0 and self.open_low) or (self.low == 1 and isinstance(value, int))
-            bound = "positive" if positive else "zero or more" if self.low == 0 else (
-                f"above {self.low:g}" if self.open_low else f"at least {self.low:g}")
+            bound = (
+                "positive"
+                if positive
+                else "zero or more"
+                if self.low == 0
+                else (f"above {self.low:g}" if self.open_low else f"at least {self.low:g}")
+            )
             raise PyroVAEError(f"{what} must be {bound}, got {value}")
         if value > self.high:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
@@ -70,6 +76,14 @@ class Registry:
     def names(self):
         return sorted(self._classes)
 
+    def snapshot(self):
+        """The registrations as they are now, for ``restore`` (a test that registers a component undoes it)."""
+        return dict(self._classes)
+
+    def restore(self, snapshot):
+        """Back to the registrations of ``snapshot``."""
+        self._classes = dict(snapshot)
+
     def __contains__(self, name):
         return name in self._classes
 
@@ -78,9 +92,7 @@ class Registry:
         try:
             return self._classes[name]
         except KeyError:
-            raise PyroVAEError(
-                f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
-            ) from None
+            raise PyroVAEError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}") from None
 
     def options(self, name):
         """The options of component ``name``: {option: (type, default)} from its keyword-only arguments."""
@@ -133,7 +145,12 @@ def check_type(what, value, tp):
         return [check_type(what, item, item_type) for item in value]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if abs(value) < 2**1023 else math.inf
-    if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+    if (
+        tp is bool
+        and not isinstance(value, bool)
+        or not isinstance(value, tp)
+        or (tp is int and isinstance(value, bool))
+    ):
         raise PyroVAEError(f"{what} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
     if tp is float and not math.isfinite(value):
         raise PyroVAEError(f"{what} must be a finite number, got {value!r}")
@@ -143,6 +160,8 @@ def check_type(what, value, tp):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # a path from bytes that are not UTF-8: TOML could not store it
-            raise PyroVAEError(f"{what} holds bytes that are not UTF-8 ({value!r}), which a config file cannot store; "
-                               "rename the file or folder") from None
+            raise PyroVAEError(
+                f"{what} holds bytes that are not UTF-8 ({value!r}), which a config file cannot store; "
+                "rename the file or folder"
+            ) from None
     return value

@@ -2,6 +2,7 @@
 the process, so two threads tracing at once would see each other's handlers. The entry points that
 run Pyro (``train``, ``importance_sample`` and what calls it) hold it, so calls from several threads
 are serialized and each gives the result it would alone."""
+
 import threading
 
 PYRO_LOCK = threading.RLock()

@@ -18,6 +18,7 @@ test ELBO per example is logged and rank 0 writes a checkpoint atomically; SIGIN
 rank stop every rank after the same step, with a checkpoint; ``--resume`` continues bit-identically
 on the CPU with the same number of processes. Pictures are drawn by ``train`` after training.
 """
+
 import math
 import signal
 import threading
@@ -31,9 +32,16 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import distributed, plots
-from .board import Board
-from .config import (
+from . import distributed
+from .devices import AllocatedBytes, forked_rng, free_memory, resolve_device
+from .distributed import World
+from .errors import Interrupted, PyroVAEError
+from .infer.objectives import OBJECTIVES, VAELoss
+from .infer.optim import adam, load_adam_state
+from .infer.schedules import SCHEDULES
+from .report import plots
+from .report.board import Board
+from .runs.config import (
     PRECISIONS,
     Config,
     absolute_paths,
@@ -41,24 +49,16 @@ from .config import (
     config_from_dict,
     to_toml,
 )
-from .datasets import TEST_SEED
-from .devices import AllocatedBytes, forked_rng, free_memory, resolve_device
-from .distributed import World
-from .errors import Interrupted, PyroVAEError
-from .experiment import build, expand, seeded_batches
-from .files import RunLock, atomic_write, size_text
-from .objectives import OBJECTIVES, VAELoss
-from .optim import adam, load_adam_state
-from .runs import (
-    load_checkpoint,
+from .runs.datasets import TEST_SEED
+from .runs.experiment import build, expand, seeded_batches
+from .runs.files import RunLock, atomic_write, size_text
+from .runs.folders import (
     load_weights,
     open_run_dir,
-    refuse_linked_folders,
-    remove_torn,
+    resumed_checkpoint,
     save_checkpoint,
     write_metrics,
 )
-from .schedules import SCHEDULES
 from .serial import PYRO_LOCK
 
 
@@ -77,15 +77,21 @@ class Trainer:
         self.vae, self.likelihood = self.experiment.vae, self.experiment.vae.likelihood
         self.train_x, self.train_y = self.experiment.train_x, self.experiment.train_y
         if config.train.batch_size < self.world.size:
-            raise distributed.agreed_error(f"train.batch_size = {config.train.batch_size} is the global batch; "
-                                           f"{self.world.size} processes need at least one example each")
+            raise distributed.agreed_error(
+                f"train.batch_size = {config.train.batch_size} is the global batch; "
+                f"{self.world.size} processes need at least one example each"
+            )
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)  # data order and binarization
         self.precision = PRECISIONS[config.train.precision]  # the steps' networks only: test figures stay float32
         options = config.objective.options
-        self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, "jit": False} if "jit" in options else options)
+        self.eager_elbo = OBJECTIVES.build(
+            config.objective.name, {**options, "jit": False} if "jit" in options else options
+        )
         self.loss = VAELoss(self.vae, self.eager_elbo)
         self.check_step_memory()
-        self.jit_elbo = self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
+        self.jit_elbo = (
+            self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
+        )
         self.optimizer = adam(self.vae, config.train.lr, config.train.adam_eps)
         self.schedule = SCHEDULES.build(config.schedule.name, config.schedule.options)
         self.board = Board(config, self.run_dir) if config.train.tensorboard and self.world.main else None
@@ -110,15 +116,11 @@ class Trainer:
         (None for a new run or one stopped before its first checkpoint) and write config.toml."""
         self.lock = RunLock(self.run_dir).acquire() if resume else open_run_dir(self.run_dir, overwrite)
         try:
-            state = None
-            if resume:
-                refuse_linked_folders(self.run_dir)
-                remove_torn(self.run_dir)  # left by a write that was killed midway
-                if (self.run_dir / "checkpoint.pt").is_file():
-                    state = load_checkpoint(self.run_dir, self.config, "cpu")
-                    self.check_epochs(state)
-                elif self.progress:
-                    tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
+            state = resumed_checkpoint(self.run_dir, self.config) if resume else None
+            if state is not None:
+                self.check_epochs(state)
+            elif resume and self.progress:
+                tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
             atomic_write(self.run_dir / "config.toml", to_toml(self.config))
             return state
         except BaseException:
@@ -131,12 +133,16 @@ class Trainer:
         has trained them all."""
         done, midway = state["epoch"], state["position"] > 0
         if self.config.train.epochs < done + midway:
-            raise PyroVAEError(f"{self.run_dir} has trained {done} epoch{'s' * (done != 1)}"
-                               f"{' and part of the next' if midway else ''}; --epochs is the total to reach, so pass "
-                               f"{done + midway} or more (got {self.config.train.epochs})")
+            raise PyroVAEError(
+                f"{self.run_dir} has trained {done} epoch{'s' * (done != 1)}"
+                f"{' and part of the next' if midway else ''}; --epochs is the total to reach, so pass "
+                f"{done + midway} or more (got {self.config.train.epochs})"
+            )
         if self.config.train.epochs == done and not midway and self.progress:
-            tqdm.write(f"{self.run_dir} has trained all {done} of its epochs: nothing to train "
-                       f"(--epochs {done + 10} would train 10 more)")
+            tqdm.write(
+                f"{self.run_dir} has trained all {done} of its epochs: nothing to train "
+                f"(--epochs {done + 10} would train 10 more)"
+            )
 
     def release(self):
         if self.board is not None:
@@ -161,7 +167,11 @@ class Trainer:
     def beta(self):
         """β at the current step: linear warm-up from β/warm-up-steps to β."""
         warmup_steps = self.config.train.warmup_epochs * self.steps_per_epoch
-        return self.config.train.beta * min(1.0, (self.step + 1) / warmup_steps) if warmup_steps else self.config.train.beta
+        return (
+            self.config.train.beta * min(1.0, (self.step + 1) / warmup_steps)
+            if warmup_steps
+            else self.config.train.beta
+        )
 
     def run(self):
         """Train until ``train.epochs``; returns the metrics, one dict per epoch."""
@@ -177,14 +187,15 @@ class Trainer:
                     if self.world.main:
                         write_metrics(self.run_dir, self.metrics)
                 while self.epoch < self.config.train.epochs:
-                    self.train_epoch()
-                    self.end_epoch()
+                    self.train_one_epoch()
         except (RuntimeError, distributed.PeerLost) as e:  # RuntimeError: DDP's all-reduce inside backward()
             if isinstance(e, RuntimeError) and not (self.world.size > 1 and distributed.is_collective_failure(e)):
                 raise
             lost = distributed.lost(e) if isinstance(e, RuntimeError) else e
-            raise distributed.PeerLost(f"{lost}; the last checkpoint is kept, resume with: pyro-vae train --resume "
-                                       f"{self.run_dir} (torchrun --max-restarts does it by itself)") from None
+            raise distributed.PeerLost(
+                f"{lost}; the last checkpoint is kept, resume with: pyro-vae train --resume "
+                f"{self.run_dir} (torchrun --max-restarts does it by itself)"
+            ) from None
         finally:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
@@ -217,7 +228,9 @@ class Trainer:
         counts = []
         with forked_rng(self.device), pyro.validation_enabled(False):
             for n in (1, 2):  # examples in this process's share of the measured batch
-                args = self.batch(torch.arange(min(n * self.world.size, len(self.train_x)), device=self.device), generator)
+                args = self.batch(
+                    torch.arange(min(n * self.world.size, len(self.train_x)), device=self.device), generator
+                )
                 with AllocatedBytes() as counter:
                     self.loss(*args, beta=self.config.train.beta)
                 counts.append(counter.total)
@@ -231,7 +244,8 @@ class Trainer:
                 f"a training step needs about {size_text(need)} ({local} examples of "
                 f"{size_text(2 * per_example)} each, with {self.config.objective.name}'s particles), more than the "
                 f"{size_text(free)} free on {self.device.type}; lower train.batch_size, objective.num_particles or the "
-                "network sizes")
+                "network sizes"
+            )
 
     def checked_jit(self, elbo):
         """``elbo``, the JIT objective, traced here at the final β on the first training batch, then checked
@@ -259,8 +273,11 @@ class Trainer:
                         loss = self.loss(*checked, beta=beta)
                         grads = torch.autograd.grad(loss, params, allow_unused=True)  # into no .grad: none left behind
                         losses.append(loss.item())
-                        gradients.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                                                    for g, p in zip(grads, params)]))
+                        gradients.append(
+                            torch.cat(
+                                [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]
+                            )
+                        )
             except Exception as error:  # tracing fails in many ways: unsupported ops, Python values, new params
                 first_line = str(error).partition("\n")[0]  # Pyro appends whole trace-shape tables
                 problem = f"tracing failed ({type(error).__name__}: {first_line})"
@@ -270,11 +287,15 @@ class Trainer:
             problem = f"the traced loss {losses[0]:.6g} differs from the eager loss {losses[1]:.6g} on the same draws"
         elif problem is None and (gradients[0] - gradients[1]).norm() > 1e-3 * gradients[1].norm() + 1e-6:
             ratio = (gradients[0].norm() / gradients[1].norm()).item()
-            problem = f"the traced gradient differs from the eager one on the same draws (norm {ratio:.3g}× the eager one's)"
+            problem = (
+                f"the traced gradient differs from the eager one on the same draws (norm {ratio:.3g}× the eager one's)"
+            )
         if problem is not None:
             if self.world.main:
-                warnings.warn(f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)",
-                              stacklevel=3)
+                warnings.warn(
+                    f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)",
+                    stacklevel=3,
+                )
             return None
         return elbo
 
@@ -284,9 +305,14 @@ class Trainer:
         this rank's −ELBO (a 0-dim tensor). The JIT objective runs once β has reached its final value
         (it was traced at that β)."""
         beta = self.beta()
-        self.loss.elbo = self.jit_elbo if self.jit_elbo is not None and beta == self.config.train.beta else self.eager_elbo
+        self.loss.elbo = (
+            self.jit_elbo if self.jit_elbo is not None and beta == self.config.train.beta else self.eager_elbo
+        )
         args = self.batch(index, self.generator)
-        with pyro.validation_enabled(False), self.vae.autocast(self.precision):  # the data were checked once when loaded
+        with (
+            pyro.validation_enabled(False),
+            self.vae.autocast(self.precision),
+        ):  # the data were checked once when loaded
             loss = self.module(*args, beta=beta)
         (loss * self.world.size if self.world.size > 1 else loss).backward()
         if self.config.train.clip_norm:
@@ -309,6 +335,13 @@ class Trainer:
         """The learning rate of the current epoch: train.lr times the schedule's factor."""
         return self.config.train.lr * self.schedule.factor(self.epoch)
 
+    def train_one_epoch(self):
+        """Train the next epoch and log it (test ELBO, checkpoint, metrics): returns its record, one line of
+        metrics.jsonl, with its ``seconds``. What ``run`` repeats, and what the benchmark times."""
+        self.train_epoch()
+        self.end_epoch()
+        return self.metrics[-1]
+
     def train_epoch(self):
         n = len(self.train_x)
         for group in self.optimizer.param_groups:
@@ -316,15 +349,22 @@ class Trainer:
         if self.permutation is None:
             self.permutation = torch.randperm(n, generator=self.generator, device=self.device)
         done = min(math.ceil(self.position / self.config.train.batch_size), self.steps_per_epoch)
-        bar = tqdm(total=self.steps_per_epoch, initial=done, disable=not self.progress,
-                   desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", unit="step", leave=False)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=done,
+            disable=not self.progress,
+            desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
+            unit="step",
+            leave=False,
+        )
         started = time.perf_counter()
         while self.position < n:
             end = self.batch_end(self.position)
             loss, stop = self.agree(self.train_step(self.permutation[self.position : end]))
             if not math.isfinite(loss):
                 raise distributed.agreed_error(
-                    f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; {self.way_out()}")
+                    f"loss became {loss} at epoch {self.epoch + 1} step {self.step + 1}; {self.way_out()}"
+                )
             self.loss_sum += loss
             self.position, self.step = end, self.step + 1
             bar.update()
@@ -344,12 +384,18 @@ class Trainer:
 
     def end_epoch(self):
         train = self.config.train
-        record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": self.loss_sum / len(self.train_x),
-                  "lr": self.lr, "seconds": self.epoch_seconds}
+        record = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": self.loss_sum / len(self.train_x),
+            "lr": self.lr,
+            "seconds": self.epoch_seconds,
+        }
         if (self.epoch + 1) % train.test_every == 0 or self.epoch + 1 == train.epochs:
             n = train.test_examples or len(self.experiment.test_x)
-            record["test_elbo"] = test_elbo(self.vae, self.experiment.test_x[:n], self.experiment.test_y[:n],
-                                            train.eval_batch_size, self.world)
+            record["test_elbo"] = test_elbo(
+                self.vae, self.experiment.test_x[:n], self.experiment.test_y[:n], train.eval_batch_size, self.world
+            )
             record["test_examples"] = min(n, len(self.experiment.test_x))
         self.metrics.append(record)
         if self.board is not None:
@@ -360,13 +406,16 @@ class Trainer:
             write_metrics(self.run_dir, self.metrics)
         if self.progress:
             test = f"  test ELBO {record['test_elbo']:9.3f}" if "test_elbo" in record else ""
-            tqdm.write(f"epoch {record['epoch']:>4}  train loss {record['train_loss']:9.3f}{test}  ({record['seconds']:.1f} s)")
+            tqdm.write(
+                f"epoch {record['epoch']:>4}  train loss {record['train_loss']:9.3f}{test}  ({record['seconds']:.1f} s)"
+            )
 
     def checkpoint(self):
         """Every rank sends its random state; rank 0 writes the checkpoint."""
         if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
             raise distributed.agreed_error(
-                f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; {self.way_out()}")
+                f"parameters became non-finite at epoch {self.epoch + 1} step {self.step}; {self.way_out()}"
+            )
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -379,13 +428,19 @@ class Trainer:
         with clipping (both may change on resume), or start again where there is no checkpoint yet."""
         lower = f"--lr {self.config.train.lr / 10:g}"
         if self.config.train.lr <= 1e-6:
-            return (f"the learning rate is {self.config.train.lr:g} already, so a lower one will not help: look for the "
-                    "cause in the settings (train.beta, the likelihood's scale, the prior) or the data")
+            return (
+                f"the learning rate is {self.config.train.lr:g} already, so a lower one will not help: look for the "
+                "cause in the settings (train.beta, the likelihood's scale, the prior) or the data"
+            )
         if (self.run_dir / "checkpoint.pt").is_file():
-            return (f"the last good checkpoint is kept; resume it with a lower learning rate or clipping: "
-                    f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)")
-        return (f"no checkpoint was written yet; start again with a lower learning rate or clipping: "
-                f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)")
+            return (
+                f"the last good checkpoint is kept; resume it with a lower learning rate or clipping: "
+                f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)"
+            )
+        return (
+            f"no checkpoint was written yet; start again with a lower learning rate or clipping: "
+            f"pyro-vae train --resume {self.run_dir} {lower} (or --set train.clip_norm=10)"
+        )
 
     def state(self, ranks):
         """The training state as a checkpoint: weights, Adam, position in the epoch and its permutation, the
@@ -422,8 +477,14 @@ class Trainer:
         self.permutation = None if state["permutation"] is None else state["permutation"].to(self.device)
         changed = config_differences(state["config"], self.config.to_dict())
         if changed:  # settings a resume may change (RESUMABLE_KEYS), recorded where they took effect
-            self.metrics.append({"event": "resume", "epoch": self.epoch, "step": self.step,
-                                 "changed": {key: list(values) for key, values in changed.items()}})
+            self.metrics.append(
+                {
+                    "event": "resume",
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "changed": {key: list(values) for key, values in changed.items()},
+                }
+            )
         rng = state["rng"]
         processes = state.get("processes", 1)
         if processes == self.world.size:
@@ -434,8 +495,10 @@ class Trainer:
         else:
             torch.manual_seed(rank_seed(self.config.train.seed + self.step, self.world.rank))
             if self.progress:
-                tqdm.write(f"resuming a run of {processes} process(es) with {self.world.size}: it continues with fresh "
-                           "latent noise, no longer bit-identical to an uninterrupted run")
+                tqdm.write(
+                    f"resuming a run of {processes} process(es) with {self.world.size}: it continues with fresh "
+                    "latent noise, no longer bit-identical to an uninterrupted run"
+                )
         self.generator.set_state(rng["data"].cpu())
         if self.world.main:
             write_metrics(self.run_dir, self.metrics)
@@ -471,8 +534,12 @@ def train(config, run_dir, resume=False, overwrite=False, progress=True):
     again here, and a data root or path in it is stored absolute, so the run reads its data from any
     working folder. Calls from several threads run one after another (``serial.PYRO_LOCK``)."""
     if not isinstance(config, Config):
-        raise PyroVAEError(f"train takes a Config (pyro_vae.load_config(name, overrides)), not a {type(config).__name__}")
-    config = absolute_paths(config_from_dict(config.to_dict()))  # checked again: a Config's fields can be set to anything
+        raise PyroVAEError(
+            f"train takes a Config (pyro_vae.load_config(name, overrides)), not a {type(config).__name__}"
+        )
+    config = absolute_paths(
+        config_from_dict(config.to_dict())
+    )  # checked again: a Config's fields can be set to anything
     with PYRO_LOCK:
         trainer = Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
         try:

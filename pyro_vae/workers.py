@@ -1,5 +1,6 @@
 """torchrun's workers on this machine, read from the environment and ``/proc`` alone: the command line
 asks while a signal may have stopped it halfway through importing torch, so nothing here imports it."""
+
 import os
 
 

@@ -1,4 +1,6 @@
+import signal
 import time
+from pathlib import Path
 
 import pyro
 import pytest
@@ -15,14 +17,29 @@ def clean_pyro():
     pyro.clear_param_store()
 
 
+@pytest.fixture(autouse=True)
+def restore_registries():
+    """A component a test registers is gone after it, so that no test depends on the order they run in."""
+    from pyro_vae.runs.config import REGISTRIES
+
+    saved = {name: registry.snapshot() for name, registry in REGISTRIES.items()}
+    yield
+    for name, registry in REGISTRIES.items():
+        registry.restore(saved[name])
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """Overrides for a tiny, fast model on the bundled synthetic data, and a runs root in tmp."""
     return {
         "runs_root": str(tmp_path / "runs"),
         "set": [
-            "data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "train.epochs=1",
-            "train.batch_size=200", "train.eval_batch_size=100",
+            "data.name=synthetic",
+            "network.hidden=[16]",
+            "model.z_dim=2",
+            "train.epochs=1",
+            "train.batch_size=200",
+            "train.eval_batch_size=100",
         ],
     }
 
@@ -99,3 +116,11 @@ def wait_for(path, timeout=120):
     while not path.exists():
         assert time.time() < deadline, f"{path} never appeared"
         time.sleep(0.05)
+
+
+def sigterm_caught(pid):
+    """Whether process ``pid`` has a handler for SIGTERM (bit 15 of SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False

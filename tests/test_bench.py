@@ -1,12 +1,13 @@
 """The benchmark runs end to end on a tiny setting (its timings are reported, never asserted)."""
+
 import json
 
 import pytest
 import torch
 
-from pyro_vae.bench import CarefulTrainer, PlainTrainer, plain_log_likelihood
+from pyro_vae.benchmarks.bench import CarefulTrainer, PlainTrainer, plain_log_likelihood
 from pyro_vae.cli import main
-from pyro_vae.evaluate import importance_sample
+from pyro_vae.infer.importance import importance_sample
 
 
 def test_bench_quick_writes_its_report(tmp_path, capsys):
@@ -15,9 +16,15 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     report = json.loads(out.read_text())
     variants = ("pyro", "pyro_bf16", "plain", "careful", "careful_bf16")
     assert set(report["training"]["32"]) == {
-        *(f"{v}_images_per_s" for v in variants), *(f"{v}_share_of_limit" for v in variants),
-        "ratio_careful", "ratio_careful_bf16", "ratio_plain", "pyro_uses_jit",
-        "ratio_careful_quartiles", "ratio_careful_bf16_quartiles", "ratio_plain_quartiles",
+        *(f"{v}_images_per_s" for v in variants),
+        *(f"{v}_share_of_limit" for v in variants),
+        "ratio_careful",
+        "ratio_careful_bf16",
+        "ratio_plain",
+        "pyro_uses_jit",
+        "ratio_careful_quartiles",
+        "ratio_careful_bf16_quartiles",
+        "ratio_plain_quartiles",
     }
     assert report["training"]["32"]["pyro_uses_jit"] is True
     assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]
@@ -34,8 +41,9 @@ def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):
     from pyro_vae import load_config
     from pyro_vae.trainer import Trainer
 
-    trainer = Trainer(load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2"]), tmp_path,
-                      progress=False)
+    trainer = Trainer(
+        load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2"]), tmp_path, progress=False
+    )
     vae, x = trainer.vae.eval(), trainer.experiment.test_x[:10]
     ours = importance_sample(vae.model, vae.guide, x, num_samples=2000)
     plain = plain_log_likelihood(vae, x, 2000, 100)
@@ -50,12 +58,18 @@ def test_careful_reference_computes_the_trainers_loss(tmp_path):
     from pyro_vae import load_config
     from pyro_vae.trainer import Trainer
 
-    trainer = Trainer(load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "objective.jit=false"]),
-                      tmp_path, progress=False)
+    trainer = Trainer(
+        load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "objective.jit=false"]),
+        tmp_path,
+        progress=False,
+    )
     index = torch.arange(8)
     losses = []
-    for step in (CarefulTrainer(trainer).train_step, CarefulTrainer(trainer, torch.bfloat16).train_step,
-                 lambda i: trainer.train_step(i).item()):
+    for step in (
+        CarefulTrainer(trainer).train_step,
+        CarefulTrainer(trainer, torch.bfloat16).train_step,
+        lambda i: trainer.train_step(i).item(),
+    ):
         trainer.generator.manual_seed(0)
         torch.manual_seed(0)
         losses.append(step(index))
@@ -67,8 +81,22 @@ TINY = ["--set", "data.name=synthetic", "--set", "network.hidden=[16]", "--set",
 
 def test_parity_keeps_both_models_as_runs_that_evaluate_reads(tmp_path):
     out = tmp_path / "parity.json"
-    main(["bench", "--parity", "2", *TINY, "--set", "schedule.name=step", "--set", "schedule.every=1",
-          "--keep", str(tmp_path / "kept"), "--out", str(out)])
+    main(
+        [
+            "bench",
+            "--parity",
+            "2",
+            *TINY,
+            "--set",
+            "schedule.name=step",
+            "--set",
+            "schedule.every=1",
+            "--keep",
+            str(tmp_path / "kept"),
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["schedule"] == "step" and abs(result["elbo_difference"]) < 5
     main(["evaluate", str(tmp_path / "kept" / "plain"), "-k", "10", "--limit", "5", "--quiet"])
@@ -101,15 +129,18 @@ def test_discriminative_baseline_learns_separated_classes(tmp_path):
     assert json.loads(out.read_text())["test_accuracy"] > 0.9  # the synthetic classes are far apart
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--nproc", "1"], "--nproc compares 1 process with N ≥ 2, got 1"),
-    (["--nproc", "0"], "--nproc compares 1 process with N ≥ 2, got 0"),  # it ran the whole default benchmark
-    (["--parity", "0"], "--parity must be a positive number of epochs, got 0"),
-    (["--parity", "2", "--nproc", "2"], "--parity and --nproc are separate benchmarks"),
-    (["--compare-run", "runs/x", "-k", "0"], "--num-samples must be positive, got 0"),
-    (["--keep", "kept"], "--keep keeps the two models that --parity trains"),
-    (["--nproc", "2", "--config", "mnist-cvae"], "--config picks the config of --parity or --discriminative"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nproc", "1"], "--nproc compares 1 process with N ≥ 2, got 1"),
+        (["--nproc", "0"], "--nproc compares 1 process with N ≥ 2, got 0"),  # it ran the whole default benchmark
+        (["--parity", "0"], "--parity must be a positive number of epochs, got 0"),
+        (["--parity", "2", "--nproc", "2"], "--parity and --nproc are separate benchmarks"),
+        (["--compare-run", "runs/x", "-k", "0"], "--num-samples must be positive, got 0"),
+        (["--keep", "kept"], "--keep keeps the two models that --parity trains"),
+        (["--nproc", "2", "--config", "mnist-cvae"], "--config picks the config of --parity or --discriminative"),
+    ],
+)
 def test_bench_refuses_arguments_that_do_not_fit_before_measuring(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *args, "--device", "cpu", "--out", str(tmp_path / "new" / "bench.json")])
@@ -117,6 +148,7 @@ def test_bench_refuses_arguments_that_do_not_fit_before_measuring(args, message,
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_nproc_bench_times_one_and_two_processes(tmp_path):
     out = tmp_path / "nproc.json"
     main(["bench", "--nproc", "2", "--quick", "--device", "cpu", "--out", str(out)])

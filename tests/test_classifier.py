@@ -1,4 +1,5 @@
 """The generative classifier p(y|x) ∝ p(x|y) p(y)."""
+
 import torch
 
 from pyro_vae import class_log_posterior, load_config
@@ -16,8 +17,17 @@ def test_exact_guide_gives_the_bayes_posterior(linear_gaussian):
 
 
 def test_short_training_classifies_separated_classes(tmp_path):
-    config = load_config("mnist-cvae", ["data.name=synthetic", "network.hidden=[32]", "model.z_dim=2",
-                                        "train.epochs=30", "train.batch_size=50", "train.lr=3e-3"])
+    config = load_config(
+        "mnist-cvae",
+        [
+            "data.name=synthetic",
+            "network.hidden=[32]",
+            "model.z_dim=2",
+            "train.epochs=30",
+            "train.batch_size=50",
+            "train.lr=3e-3",
+        ],
+    )
     trainer = Trainer(config, tmp_path, progress=False)
     trainer.run()
     vae = trainer.vae.eval()

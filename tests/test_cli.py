@@ -1,5 +1,7 @@
 """The command line end to end on tiny runs: train, resume, evaluate, sample, CVAE, every component."""
+
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -7,11 +9,20 @@ import torch
 from conftest import cli_args
 
 from pyro_vae.cli import main
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS
+from pyro_vae.model.likelihoods import LIKELIHOODS
+from pyro_vae.model.priors import PRIORS
 
-RUN_FILES = {"config.toml", "checkpoint.pt", "metrics.jsonl", "loss.png", "reconstructions.png", "samples.png",
-             "interpolations.png", "latent.png", "manifold.png"}
+RUN_FILES = {
+    "config.toml",
+    "checkpoint.pt",
+    "metrics.jsonl",
+    "loss.png",
+    "reconstructions.png",
+    "samples.png",
+    "interpolations.png",
+    "latent.png",
+    "manifold.png",
+}
 
 
 def run_dir(tiny, name):
@@ -39,8 +50,15 @@ def test_evaluate_and_sample(tiny, capsys):
     folder = run_dir(tiny, "e")
     main(["evaluate", str(folder), "-k", "50", "--limit", "30", "--batch-size", "16", "--quiet"])
     summary = json.loads((folder / "eval.json").read_text())
-    assert {"num_examples", "num_samples", "elbo", "log_likelihood", "log_likelihood_stderr", "bits_per_dim",
-            "seconds"} <= set(summary)
+    assert {
+        "num_examples",
+        "num_samples",
+        "elbo",
+        "log_likelihood",
+        "log_likelihood_stderr",
+        "bits_per_dim",
+        "seconds",
+    } <= set(summary)
     assert summary["num_examples"] == 30 and summary["num_samples"] == 50
     assert summary["log_likelihood"] >= summary["elbo"] - 3 * summary["log_likelihood_stderr"]
     rows = (folder / "eval_examples.csv").read_text().splitlines()
@@ -57,10 +75,16 @@ def test_evaluate_and_sample(tiny, capsys):
     assert json.loads((folder / "eval-k50-n30-seed0.json").read_text())["num_examples"] == 30
     assert (folder / "eval-k50-n5-seed1_examples.csv").read_text() == estimates[1][0]
     assert sorted(p.name for p in folder.glob("eval*.json")) == [
-        "eval-k50-n30-seed0.json", "eval-k50-n5-seed0.json", "eval-k50-n5-seed1.json", "eval.json"]
+        "eval-k50-n30-seed0.json",
+        "eval-k50-n5-seed0.json",
+        "eval-k50-n5-seed1.json",
+        "eval.json",
+    ]
     assert json.loads((folder / "eval.json").read_text())["seed"] == 0
-    assert ("kept the earlier evaluation, made with other settings, as eval-k50-n5-seed1.json, "
-            "eval-k50-n5-seed1_examples.csv, eval-k50-n5-seed1_vs_k.png") in capsys.readouterr().out
+    assert (
+        "kept the earlier evaluation, made with other settings, as eval-k50-n5-seed1.json, "
+        "eval-k50-n5-seed1_examples.csv, eval-k50-n5-seed1_vs_k.png"
+    ) in capsys.readouterr().out
     main(["sample", str(folder), "-n", "9", "--out", str(folder / "nine.png")])
     assert (folder / "nine.png").stat().st_size > 0
 
@@ -75,8 +99,22 @@ def test_conditional_run_class_grid_log_p_x_given_y_and_classifier(tiny, capsys)
     assert classified["num_examples"] == 20 and 0 <= classified["accuracy"] <= 1
     assert (folder / "confusion.png").stat().st_size > 0
     assert "log p(x|y)" in capsys.readouterr().out
-    main(["evaluate", str(folder), "-k", "20", "--limit", "10", "--split", "train", "--classify", "--classify-samples", "10",
-          "--quiet"])  # the train split: eval-synthetic-train.json beside eval.json; the test split's classification kept
+    main(
+        [
+            "evaluate",
+            str(folder),
+            "-k",
+            "20",
+            "--limit",
+            "10",
+            "--split",
+            "train",
+            "--classify",
+            "--classify-samples",
+            "10",
+            "--quiet",
+        ]
+    )  # the train split: eval-synthetic-train.json beside eval.json; the test split's classification kept
     assert json.loads((folder / "classify.json").read_text())["split"] == "train"
     assert json.loads((folder / "classify-test-k10-n20.json").read_text()) == classified
     assert (folder / "confusion-test-k10-n20.png").is_file() and (folder / "eval.json").is_file()
@@ -100,18 +138,41 @@ def test_every_likelihood_trains_and_evaluates(tiny, likelihood):
     assert (summary["bits_per_dim"] is None) == (not LIKELIHOODS.get(likelihood).discrete)
 
 
-@pytest.mark.parametrize("config, network", [("mnist-conv", ["network.hidden=16", "network.channels=4"]),
-                                             ("mnist-iwae", [])])
+@pytest.mark.parametrize(
+    "config, network", [("mnist-conv", ["network.hidden=16", "network.channels=4"]), ("mnist-iwae", [])]
+)
 def test_conv_network_and_iwae_objective(tiny, config, network):
-    extra = [arg for override in ["data.name=synthetic", "data.size=28", "data.train_per_class=20", *network]
-             for arg in ("--set", override)]
+    extra = [
+        arg
+        for override in ["data.name=synthetic", "data.size=28", "data.train_per_class=20", *network]
+        for arg in ("--set", override)
+    ]
     main(cli_args("train", tiny, "--name", config, "--config", config, *extra))
     main(["evaluate", str(run_dir(tiny, config)), "-k", "5", "--limit", "5", "--quiet"])
+    summary = json.loads((run_dir(tiny, config) / "eval.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir(tiny, config) / "metrics.jsonl").read_text().splitlines()]
+    assert summary["num_examples"] == 5 and summary["num_samples"] == 5
+    assert math.isfinite(summary["log_likelihood"]) and summary["log_likelihood"] >= summary["elbo"] - 1e-6
+    assert math.isfinite(metrics[-1]["test_elbo"]) and (run_dir(tiny, config) / "samples.png").is_file()
 
 
 def test_offline_default_dataset_trains(tiny):
-    main(["train", "--runs-root", tiny["runs_root"], "--name", "d", "--quiet", "--set", "network.hidden=[8]",
-          "--set", "train.batch_size=2000", "--epochs", "1"])
+    main(
+        [
+            "train",
+            "--runs-root",
+            tiny["runs_root"],
+            "--name",
+            "d",
+            "--quiet",
+            "--set",
+            "network.hidden=[8]",
+            "--set",
+            "train.batch_size=2000",
+            "--epochs",
+            "1",
+        ]
+    )
     assert run_dir(tiny, "d").joinpath("checkpoint.pt").exists()
 
 
@@ -139,11 +200,14 @@ def test_two_stochastic_layers_train_resume_evaluate_sample_and_draw(tiny, capsy
     assert (folder / "samples-4.png").is_file()
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("objective.name=mean_field", "objective mean_field takes each layer's KL in closed form"),
-    ("prior.name=vamp", "it needs one stochastic layer"),
-    ("model.layers=[0]", "model.layers must be positive, got 0"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("objective.name=mean_field", "objective mean_field takes each layer's KL in closed form"),
+        ("prior.name=vamp", "it needs one stochastic layer"),
+        ("model.layers=[0]", "model.layers must be positive, got 0"),
+    ],
+)
 def test_hierarchies_refuse_what_they_cannot_do_in_one_line(tiny, capsys, setting, message):
     tiny["set"] += ["model.layers=[4]", setting]
     with pytest.raises(SystemExit) as exit_info:
@@ -169,19 +233,31 @@ def test_compare_names_exactly_what_differs_and_draws_the_runs_side_by_side(tiny
 
 
 def test_compare_says_above_the_table_where_the_figures_do_not_compare(tiny, capsys, tmp_path):
-    from pyro_vae.compare import caveats
+    from pyro_vae.report.compare import caveats
 
-    assert caveats([("prior.name", ["standard_normal", "mog"]), ("data.root", ["data", "../shared/data"]),
-                    ("K, examples", ["20, 10", "20, 10"])]) == []
+    assert (
+        caveats(
+            [
+                ("prior.name", ["standard_normal", "mog"]),
+                ("data.root", ["data", "../shared/data"]),
+                ("K, examples", ["20, 10", "20, 10"]),
+            ]
+        )
+        == []
+    )
     notes = caveats([("data.name", ["mnist-5k", "ring"]), ("K, examples", ["20, 10", None, "5000, 10"])])
     assert notes[0].startswith("the runs are tested on different data (data.name differ)")
-    assert notes[1].startswith("log p(x) was estimated with other K or on other test examples (K, examples: 20, 10; 5000, 10)")
+    assert notes[1].startswith(
+        "log p(x) was estimated with other K or on other test examples (K, examples: 20, 10; 5000, 10)"
+    )
     main(cli_args("train", tiny, "--name", "bernoulli"))
     main(cli_args("train", tiny, "--name", "gaussian", "--likelihood", "gaussian"))
     root = Path(tiny["runs_root"])
     main(["compare", str(root / "bernoulli"), str(root / "gaussian"), "--out", str(tmp_path / "cmp")])
-    note = ("Note: the runs' likelihoods differ (bernoulli, gaussian): each scores its own kind of x, so their ELBOs "
-            "and log p(x) do not compare.\n")
+    note = (
+        "Note: the runs' likelihoods differ (bernoulli, gaussian): each scores its own kind of x, so their ELBOs "
+        "and log p(x) do not compare.\n"
+    )
     assert (tmp_path / "cmp" / "compare.md").read_text().startswith(note + "\n|  | bernoulli | gaussian |")
     assert (tmp_path / "cmp" / "compare.txt").read_text().startswith(note) and note in capsys.readouterr().out
 
@@ -189,9 +265,11 @@ def test_compare_says_above_the_table_where_the_figures_do_not_compare(tiny, cap
 def test_compare_refuses_a_single_run_or_a_folder_that_is_no_run(tiny, capsys, tmp_path):
     main(cli_args("train", tiny, "--name", "one"))
     one = str(Path(tiny["runs_root"]) / "one")
-    for runs, message in (([one], "compare needs two runs or more"),
-                          ([one, str(tmp_path)], "is not a run folder"),
-                          ([one, one + "/../one"], "is given twice")):
+    for runs, message in (
+        ([one], "compare needs two runs or more"),
+        ([one, str(tmp_path)], "is not a run folder"),
+        ([one, one + "/../one"], "is given twice"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(["compare", *runs, "--out", str(tmp_path / "cmp")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -205,8 +283,10 @@ def test_compare_replaces_only_an_earlier_comparison(tiny, capsys, tmp_path):
     mine.mkdir()
     (mine / "loss.png").write_text("the user's picture")
     pictures = {p: p.read_bytes() for p in Path(runs[0]).glob("*.png")}
-    for out, message in ((runs[0], "is a run folder, whose own pictures compare would replace"),
-                         (mine, "holds loss.png that compare would replace and is not an earlier comparison")):
+    for out, message in (
+        (runs[0], "is a run folder, whose own pictures compare would replace"),
+        (mine, "holds loss.png that compare would replace and is not an earlier comparison"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(["compare", *runs, "--out", str(out)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -217,7 +297,13 @@ def test_compare_replaces_only_an_earlier_comparison(tiny, capsys, tmp_path):
     (earlier / "compare.md").write_text("earlier")
     (earlier / "completions.png").write_text("earlier")
     main(["compare", *runs, "--out", str(earlier)])
-    assert sorted(p.name for p in earlier.iterdir()) == ["compare.md", "compare.txt", "latent.png", "loss.png", "samples.png"]
+    assert sorted(p.name for p in earlier.iterdir()) == [
+        "compare.md",
+        "compare.txt",
+        "latent.png",
+        "loss.png",
+        "samples.png",
+    ]
     assert capsys.readouterr().out.endswith("loss.png, samples.png, latent.png\n")
 
 
@@ -225,8 +311,20 @@ def test_tensorboard_logs_the_scalars_pictures_and_config(tiny):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    main(cli_args("train", tiny, "--name", "board", "--set", "train.tensorboard=true", "--set", "train.epochs=3",
-                  "--set", "train.tensorboard_images_every=2"))
+    main(
+        cli_args(
+            "train",
+            tiny,
+            "--name",
+            "board",
+            "--set",
+            "train.tensorboard=true",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.tensorboard_images_every=2",
+        )
+    )
     folder = Path(tiny["runs_root"]) / "board"
     events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"images": 0}).Reload()
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -262,12 +360,33 @@ def test_a_score_function_run_trains_and_refuses_objectives_that_need_reparamete
     metrics = json.loads((Path(tiny["runs_root"]) / "sf" / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["test_elbo"] < 0
     with pytest.raises(SystemExit) as exit_info:
-        main(cli_args("train", tiny, "--name", "sf2", "--set", "model.reparameterize=false", "--set", "objective.name=mean_field"))
+        main(
+            cli_args(
+                "train",
+                tiny,
+                "--name",
+                "sf2",
+                "--set",
+                "model.reparameterize=false",
+                "--set",
+                "objective.name=mean_field",
+            )
+        )
     assert exit_info.value.code == 2 and "objective mean_field needs a reparameterized guide" in capsys.readouterr().err
 
 
-RING = ["--config", "ring", "--set", "data.train_size=1000", "--set", "data.test_size=200", "--set", "train.epochs=40",
-        "--set", "network.hidden=[32, 32]"]
+RING = [
+    "--config",
+    "ring",
+    "--set",
+    "data.train_size=1000",
+    "--set",
+    "data.test_size=200",
+    "--set",
+    "train.epochs=40",
+    "--set",
+    "network.hidden=[32, 32]",
+]
 
 
 def test_doersch_ring_trains_evaluates_compares_and_its_decoder_maps_the_prior_onto_the_ring(tmp_path, capsys):
@@ -288,23 +407,51 @@ def test_doersch_ring_trains_evaluates_compares_and_its_decoder_maps_the_prior_o
     assert summary["bits_per_dim"] is None and summary["log_likelihood"] > summary["elbo"]
     main(["sample", str(folder), "-n", "5", "--out", str(folder / "five.npy")])
     assert tuple(__import__("numpy").load(folder / "five.npy").shape) == (5, 2)
-    main(["train", "--runs-root", str(root), "--name", "ring-laplace", "--quiet", *RING, "--set", "train.epochs=1",
-          "--likelihood", "laplace"])
+    main(
+        [
+            "train",
+            "--runs-root",
+            str(root),
+            "--name",
+            "ring-laplace",
+            "--quiet",
+            *RING,
+            "--set",
+            "train.epochs=1",
+            "--likelihood",
+            "laplace",
+        ]
+    )
     main(["compare", str(folder), str(root / "ring-laplace"), "--out", str(tmp_path / "cmp")])
     assert "| likelihood.name | gaussian | laplace |" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_a_likelihood_of_grey_levels_is_refused_for_points(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--runs-root", str(tmp_path), "--name", "r", "--quiet", "--config", "ring", "--likelihood", "bernoulli"])
+        main(
+            [
+                "train",
+                "--runs-root",
+                str(tmp_path),
+                "--name",
+                "r",
+                "--quiet",
+                "--config",
+                "ring",
+                "--likelihood",
+                "bernoulli",
+            ]
+        )
     error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "ring holds points in ℝ^2, which the bernoulli likelihood cannot score" in error
+    assert (
+        exit_info.value.code == 2 and "ring holds points in ℝ^2, which the bernoulli likelihood cannot score" in error
+    )
     assert "use gaussian or laplace" in error and not (tmp_path / "r").exists()
 
 
 def test_the_ring_density_is_normalized():
     """∫ p(x) dx = 1 on a grid fine enough for the ring's width (about 0.1); p is 0 inside the unit circle."""
-    from pyro_vae.datasets import Ring
+    from pyro_vae.runs.datasets import Ring
 
     grid = torch.linspace(-1.7, 1.7, 1701, dtype=torch.float64)
     x = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)

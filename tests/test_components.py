@@ -1,14 +1,15 @@
 """Priors and likelihoods: shapes, normalization, sample/log_prob consistency, exact formulas."""
+
 import itertools
 import math
 
 import pytest
 import torch
 
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import NETWORKS
-from pyro_vae.priors import PRIORS, DiagonalNormalMixture
-from pyro_vae.spec import ModelSpec
+from pyro_vae.model.likelihoods import LIKELIHOODS
+from pyro_vae.model.networks import NETWORKS
+from pyro_vae.model.priors import PRIORS, DiagonalNormalMixture
+from pyro_vae.model.spec import ModelSpec
 
 UNCONDITIONAL_PRIORS = [n for n in PRIORS.names() if not PRIORS.get(n).conditional]
 
@@ -117,7 +118,9 @@ def test_mixture_log_prob_is_exact_for_narrow_components_far_from_zero():
         torch.distributions.Categorical(logits=logits.double()),
         torch.distributions.Independent(torch.distributions.Normal(loc.double(), scale.double()), 1),
     ).log_prob(z.double())
-    torch.testing.assert_close(DiagonalNormalMixture(logits, loc, scale).log_prob(z).double(), exact, atol=1e-3, rtol=1e-6)
+    torch.testing.assert_close(
+        DiagonalNormalMixture(logits, loc, scale).log_prob(z).double(), exact, atol=1e-3, rtol=1e-6
+    )
 
 
 def likelihood(name, image_shape, **options):
@@ -192,7 +195,7 @@ def test_learned_likelihood_scale_is_a_parameter():
 
 
 def test_training_images_are_held_as_bytes_only_where_that_is_exact():
-    from pyro_vae.experiment import compact, expand
+    from pyro_vae.runs.experiment import compact, expand
 
     eight_bit = torch.randint(0, 256, (5, 1, 4, 4)).float() / 255
     held = compact(eight_bit)
@@ -202,7 +205,7 @@ def test_training_images_are_held_as_bytes_only_where_that_is_exact():
 
 
 def test_the_fast_softplus_and_log_sigmoid_equal_torch_s_with_their_gradients():
-    from pyro_vae.ops import log_sigmoid, softplus
+    from pyro_vae.model.ops import log_sigmoid, softplus
 
     x = torch.cat([torch.linspace(-100, 100, 2001), torch.zeros(1)]).double()
     for ours, theirs in ((softplus, torch.nn.functional.softplus), (log_sigmoid, torch.nn.functional.logsigmoid)):
@@ -215,7 +218,7 @@ def test_the_fast_softplus_and_log_sigmoid_equal_torch_s_with_their_gradients():
 
 
 def test_the_bernoulli_log_mass_equals_torch_s_with_its_gradients_and_broadcasts_over_particles():
-    from pyro_vae.ops import bernoulli_log_mass
+    from pyro_vae.model.ops import bernoulli_log_mass
 
     generator = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((6, 5), 0.5), generator=generator)
@@ -224,19 +227,26 @@ def test_the_bernoulli_log_mass_equals_torch_s_with_its_gradients_and_broadcasts
         theirs = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x.expand(shape), reduction="none")
         ours = bernoulli_log_mass(logits, x)
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(*(torch.autograd.grad(f.sum(), logits)[0] for f in (ours, theirs)), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            *(torch.autograd.grad(f.sum(), logits)[0] for f in (ours, theirs)), rtol=1e-6, atol=1e-6
+        )
         with torch.no_grad():  # the in-place path
             torch.testing.assert_close(bernoulli_log_mass(logits, x), theirs, rtol=1e-6, atol=1e-6)
     data = x.clone().requires_grad_()  # the data's gradient, where a caller asks for it
     expected = torch.nn.functional.logsigmoid(logits.detach() * (2 * data - 1))
-    torch.testing.assert_close(torch.autograd.grad(bernoulli_log_mass(logits.detach(), data).sum(), data)[0],
-                               torch.autograd.grad(expected.sum(), data)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.autograd.grad(bernoulli_log_mass(logits.detach(), data).sum(), data)[0],
+        torch.autograd.grad(expected.sum(), data)[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_value_and_total_gradient():
     from pyro.distributions import Normal
-    from pyro_vae.model import ReparameterizedNormal
-    from pyro_vae.priors import UnitNormal
+
+    from pyro_vae.model.priors import UnitNormal
+    from pyro_vae.model.vae import ReparameterizedNormal
 
     loc = torch.randn(5, 3, requires_grad=True)
     scale = (torch.rand(5, 3) + 0.1).requires_grad_()
@@ -244,10 +254,16 @@ def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_val
     z = q.rsample()
     ours, theirs = q.log_prob(z), Normal(loc, scale).log_prob(z)  # the second differentiates through z too
     torch.testing.assert_close(ours, theirs)
-    gradients = [torch.autograd.grad(f.sum(), (loc, scale), retain_graph=True, allow_unused=True) for f in (ours, theirs)]
+    gradients = [
+        torch.autograd.grad(f.sum(), (loc, scale), retain_graph=True, allow_unused=True) for f in (ours, theirs)
+    ]
     assert gradients[0][0] is None and gradients[1][0].abs().max() < 1e-5  # d/dloc log q(loc + scale·ε) = 0
     torch.testing.assert_close(gradients[0][1], gradients[1][1])
-    for shape, q_scale in (((), scale), ((2,), scale), ((), torch.tensor(0.5))):  # a sample shape; a scale that broadcasts
+    for shape, q_scale in (
+        ((), scale),
+        ((2,), scale),
+        ((), torch.tensor(0.5)),
+    ):  # a sample shape; a scale that broadcasts
         draws = []
         for normal in (ReparameterizedNormal, Normal):
             torch.manual_seed(1)

@@ -1,5 +1,6 @@
 """Conditions on part of the image (image completion): exact masks, an exact conditional evaluator, the
 deterministic baseline and the CVAE through the command line."""
+
 import json
 from pathlib import Path
 
@@ -11,11 +12,16 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae import importance_sample
 from pyro_vae.cli import main
-from pyro_vae.conditions import CONDITIONS
-from pyro_vae.config import load_config
+from pyro_vae.model.conditions import CONDITIONS
+from pyro_vae.runs.config import load_config
 
-MASKS = [("quadrants", {"given": 1}, 196), ("quadrants", {"given": 2}, 392), ("quadrants", {"given": 3}, 588),
-         ("column", {}, 28), ("column", {"width": 4}, 112)]
+MASKS = [
+    ("quadrants", {"given": 1}, 196),
+    ("quadrants", {"given": 2}, 392),
+    ("quadrants", {"given": 3}, 588),
+    ("column", {}, 28),
+    ("column", {"width": 4}, 112),
+]
 
 
 @pytest.mark.parametrize("name, options, num_given", MASKS)
@@ -58,8 +64,14 @@ class LinearGaussianCompletion:
         g = torch.Generator().manual_seed(3)
         self.condition = CONDITIONS.build("quadrants", {"given": 1}, (1, 4, 4), 1)
         G, M = self.condition.dim, self.condition.target_shape[0]
-        self.A, self.a = torch.randn(Z, G, generator=g, dtype=torch.float64), torch.randn(Z, generator=g, dtype=torch.float64)
-        self.B, self.b = torch.randn(M, Z, generator=g, dtype=torch.float64), torch.randn(M, generator=g, dtype=torch.float64)
+        self.A, self.a = (
+            torch.randn(Z, G, generator=g, dtype=torch.float64),
+            torch.randn(Z, generator=g, dtype=torch.float64),
+        )
+        self.B, self.b = (
+            torch.randn(M, Z, generator=g, dtype=torch.float64),
+            torch.randn(M, generator=g, dtype=torch.float64),
+        )
         self.C = torch.randn(M, G, generator=g, dtype=torch.float64)
         self.Z, self.s = Z, s
 
@@ -79,7 +91,9 @@ class LinearGaussianCompletion:
     def log_conditional(self, x):
         t, c = self.condition.split(x, None)
         cov = self.B @ self.B.T + self.s**2 * torch.eye(len(self.b), dtype=torch.float64)
-        return torch.distributions.MultivariateNormal((c @ self.A.T + self.a) @ self.B.T + c @ self.C.T + self.b, cov).log_prob(t)
+        return torch.distributions.MultivariateNormal(
+            (c @ self.A.T + self.a) @ self.B.T + c @ self.C.T + self.b, cov
+        ).log_prob(t)
 
 
 @pytest.mark.parametrize("num_samples", [1, 7])
@@ -96,14 +110,16 @@ def test_only_the_missing_pixels_are_scored():
     """The completion model observes the missing pixels only (48 of 64 pixels with one quadrant given), and the
     baseline without a latent is its own exact log p(x_M|x_G) for any K, every sample of full weight."""
     config = load_config(None, ["condition.name=quadrants", "model.z_dim=0", "network.hidden=[8]"])
-    from pyro_vae.model import VAE
+    from pyro_vae.model.vae import VAE
 
     vae = VAE.from_config(config, (1, 8, 8), 4)
     x = torch.rand(3, 1, 8, 8).bernoulli()
     trace = pyro.poutine.trace(vae.model).get_trace(x)
     assert trace.nodes["x"]["value"].shape == (3, 48) and not vae.latent_sites
     estimate = importance_sample(vae.model, vae.guide, x, num_samples=5)
-    torch.testing.assert_close(estimate.log_likelihood, trace.nodes["x"]["fn"].log_prob(trace.nodes["x"]["value"]).double())
+    torch.testing.assert_close(
+        estimate.log_likelihood, trace.nodes["x"]["fn"].log_prob(trace.nodes["x"]["value"]).double()
+    )
     torch.testing.assert_close(estimate.ess, torch.full((3,), 5.0, dtype=torch.float64))
 
 
@@ -119,7 +135,9 @@ def test_baseline_and_cvae_train_evaluate_and_draw_completions(tiny, capsys):
         assert summary["what"] == "log p(x_M|x_G)" and summary["condition"] == "quadrants"
         assert summary["log_likelihood"] >= summary["elbo"] - 4 * summary["log_likelihood_stderr"]
     nn = json.loads((root / "nn" / "eval.json").read_text())
-    assert nn["log_likelihood"] == pytest.approx(nn["elbo"]) == pytest.approx(nn["elbo_10_particles"])  # no latent: exact
+    assert (
+        nn["log_likelihood"] == pytest.approx(nn["elbo"]) == pytest.approx(nn["elbo_10_particles"])
+    )  # no latent: exact
     assert nn["mean_ess"] == pytest.approx(40)
     assert "log p(x_M|x_G)" in capsys.readouterr().out
     main(["compare", str(root / "nn"), str(root / "cvae"), "--out", str(root / "cmp")])

@@ -1,10 +1,11 @@
 """Config files, overrides and registries: round trips and one-line errors."""
+
 import pytest
 
-from pyro_vae.config import Config, bundled_configs, load_config, to_toml
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.priors import PRIORS
+from pyro_vae.model.priors import PRIORS
 from pyro_vae.registry import Registry
+from pyro_vae.runs.config import Config, bundled_configs, load_config, to_toml
 
 
 def test_defaults_resolve_every_option():
@@ -42,7 +43,10 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["network.name=resnet"], "unknown network 'resnet'; valid choices: conv, mlp"),
         (["objective.name=vi"], "unknown objective 'vi'; valid choices: autoencoder, iwae, mean_field, trace_elbo"),
         (["data.name=cifar"], "unknown dataset 'cifar'; valid choices: fashion-mnist, kmnist, mnist"),
-        (["prior.num_components=3"], "unknown option 'num_components' for prior 'standard_normal'; valid options: none"),
+        (
+            ["prior.num_components=3"],
+            "unknown option 'num_components' for prior 'standard_normal'; valid options: none",
+        ),
         (["train.epochs=ten"], "train.epochs must be int, got 'ten'"),
         (["train.lr=true"], "train.lr must be float, got True"),
         (["network.hidden=3"], "must be a list of int, got 3"),
@@ -87,4 +91,14 @@ def test_registry_refuses_duplicates_and_lists_names():
 
 
 def test_config_is_a_dataclass_of_sections():
-    assert [f for f in Config().to_dict()] == ["data", "condition", "model", "network", "prior", "likelihood", "objective", "schedule", "train"]
+    assert [f for f in Config().to_dict()] == [
+        "data",
+        "condition",
+        "model",
+        "network",
+        "prior",
+        "likelihood",
+        "objective",
+        "schedule",
+        "train",
+    ]

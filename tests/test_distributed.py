@@ -1,4 +1,5 @@
 """Data-parallel training and evaluation on torch.distributed: 2 processes, gloo, the CPU, tiny data."""
+
 import os
 import signal
 import subprocess
@@ -10,14 +11,25 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import wait_for
+from conftest import sigterm_caught, wait_for
 
 from pyro_vae import load_config
 
-TINY = ["data.name=synthetic", "data.train_per_class=50", "network.hidden=[16]", "model.z_dim=2", "train.batch_size=20",
-        "train.device=cpu", "train.clip_norm=5"]
+pytestmark = pytest.mark.slow  # every test here starts processes
+
+TINY = [
+    "data.name=synthetic",
+    "data.train_per_class=50",
+    "network.hidden=[16]",
+    "model.z_dim=2",
+    "train.batch_size=20",
+    "train.device=cpu",
+    "train.clip_norm=5",
+]
 STEPS = 5
-SGD_LR = 0.05  # Adam's first steps are ±lr whatever the size of a gradient: float noise would flip the signs of tiny ones
+SGD_LR = (
+    0.05  # Adam's first steps are ±lr whatever the size of a gradient: float noise would flip the signs of tiny ones
+)
 
 
 def flat(vae):
@@ -74,7 +86,9 @@ def one_process_as_two(run_dir):
 
 
 def test_two_processes_at_half_the_batch_follow_one_process_and_stay_identical(tmp_path):
-    mp.spawn(two_process_steps, args=(str(tmp_path / "store"), str(tmp_path / "two"), str(tmp_path / "two.pt")), nprocs=2)
+    mp.spawn(
+        two_process_steps, args=(str(tmp_path / "store"), str(tmp_path / "two"), str(tmp_path / "two.pt")), nprocs=2
+    )
     two = torch.load(tmp_path / "two.pt")
     one = one_process_as_two(tmp_path / "one")
     torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-5)
@@ -82,29 +96,53 @@ def test_two_processes_at_half_the_batch_follow_one_process_and_stay_identical(t
 
 
 def load_config_vae():
-    from pyro_vae.experiment import build
+    from pyro_vae.runs.experiment import build
 
     torch.manual_seed(0)
     return build(load_config(None, TINY), "cpu").vae
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-TRAIN = ["-m", "pyro_vae", "train", "--quiet", "--device", "cpu", "--epochs", "6", "--set", "data.name=synthetic",
-         "--set", "data.train_per_class=400", "--set", "network.hidden=[32]", "--set", "model.z_dim=2",
-         "--set", "train.batch_size=16", "--set", "train.checkpoint_every=20"]
+TRAIN = [
+    "-m",
+    "pyro_vae",
+    "train",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--epochs",
+    "6",
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "data.train_per_class=400",
+    "--set",
+    "network.hidden=[32]",
+    "--set",
+    "model.z_dim=2",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.checkpoint_every=20",
+]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def torchrun(*args, restarts=0):
-    return subprocess.Popen([*TORCHRUN, f"--max-restarts={restarts}", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    return subprocess.Popen(
+        [*TORCHRUN, f"--max-restarts={restarts}", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
 
 
 def worker_pids(launcher):
     """The worker processes torchrun started (its children)."""
     children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
     return [int(pid) for pid in children]
-
 
 
 def parameters(run_dir):
@@ -133,7 +171,7 @@ def test_a_killed_rank_stops_the_other_in_one_line_and_the_run_resumes_bit_ident
     assert run.returncode != 0
     lines = [line for line in err.splitlines() if line.startswith("pyro-vae")]
     assert len(lines) == 1 and "process 1 of this run ended first" in lines[0] and "resume with" in lines[0], err
-    from pyro_vae.runs import load_checkpoint, run_config
+    from pyro_vae.runs.folders import load_checkpoint, run_config
 
     folder = tmp_path / "victim"
     assert load_checkpoint(folder, run_config(folder))["step"] > 0
@@ -161,21 +199,16 @@ def test_a_rank_that_ends_is_named_by_the_others_and_a_sigint_is_a_sigint(tmp_pa
         assert f"pyro-vae[rank {rank.decode()}]: stopped by SIGINT" in err or rank == b"0", err
 
 
-def handles_sigterm(pid):
-    """Whether process ``pid`` catches SIGTERM (the command line's handler is installed)."""
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return bool(int(status["SigCgt"], 16) & 1 << (signal.SIGTERM - 1))
-
-
 def started_worker(launcher, timeout=120):
     """(pid, RANK as bytes) of the last worker torchrun started, once both workers run the command line."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         pids = worker_pids(launcher)
         try:
-            if len(pids) == 2 and all(handles_sigterm(pid) for pid in pids):
-                variables = dict(v.split(b"=", 1) for v in Path(f"/proc/{max(pids)}/environ").read_bytes().split(b"\0")
-                                 if b"=" in v)
+            if len(pids) == 2 and all(sigterm_caught(pid) for pid in pids):
+                variables = dict(
+                    v.split(b"=", 1) for v in Path(f"/proc/{max(pids)}/environ").read_bytes().split(b"\0") if b"=" in v
+                )
                 return max(pids), variables[b"RANK"]
         except (OSError, KeyError):
             pass

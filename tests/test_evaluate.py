@@ -1,10 +1,11 @@
 """The importance-sampled log p(x) against the closed form of a linear-Gaussian model."""
+
 import math
 
 import pyro
-from pyro import poutine
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import PyroVAEError, importance_sample, log_likelihood
@@ -91,8 +92,14 @@ class TwoLayerLinearGaussian:
     def __init__(self, D=4, Z1=3, Z2=2, s1=0.6, s2=0.4):
         g = torch.Generator().manual_seed(3)
         self.s1, self.s2 = s1, s2
-        self.A, self.a = torch.randn(Z1, Z2, generator=g, dtype=torch.float64), torch.randn(Z1, generator=g, dtype=torch.float64)
-        self.B, self.b = torch.randn(D, Z1, generator=g, dtype=torch.float64), torch.randn(D, generator=g, dtype=torch.float64)
+        self.A, self.a = (
+            torch.randn(Z1, Z2, generator=g, dtype=torch.float64),
+            torch.randn(Z1, generator=g, dtype=torch.float64),
+        )
+        self.B, self.b = (
+            torch.randn(D, Z1, generator=g, dtype=torch.float64),
+            torch.randn(D, generator=g, dtype=torch.float64),
+        )
         self.cov1 = self.A @ self.A.T + s1**2 * torch.eye(Z1, dtype=torch.float64)  # p(z1)
 
     def model(self, x):
@@ -147,7 +154,10 @@ def test_mean_field_elbo_matches_its_monte_carlo_twin(linear_gaussian):
     x, _ = lg.data(7)
     draws = {
         name: torch.tensor([-elbo.loss(lg.model, lg.mean_field_guide, x) for _ in range(300)], dtype=torch.float64)
-        for name, elbo in (("analytic", TraceMeanField_ELBO(max_plate_nesting=1)), ("sampled", Trace_ELBO(max_plate_nesting=1)))
+        for name, elbo in (
+            ("analytic", TraceMeanField_ELBO(max_plate_nesting=1)),
+            ("sampled", Trace_ELBO(max_plate_nesting=1)),
+        )
     }
     a, b = draws["analytic"], draws["sampled"]
     stderr = math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
@@ -170,6 +180,7 @@ def test_nonpositive_k_is_refused(linear_gaussian):
 
 # --- model/guide styles: exact where they can be, refused where they cannot -------------------------------
 
+
 class Mixture:
     """c ~ Categorical(π), z | c ~ N(μ_c, 1), x | z ~ N(z, s²), one scalar each per example:
     p(x) = Σ_c π_c N(x; μ_c, 1 + s²) and p(z | x) = Σ_c p(c|x) N(z; m_c, v), v = s²/(1 + s²), m_c = v (μ_c + x/s²)."""
@@ -180,7 +191,9 @@ class Mixture:
 
     def model(self, x, enumerate=True):
         with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("c", pyro.distributions.Categorical(self.pi), infer={"enumerate": "parallel"} if enumerate else {})
+            c = pyro.sample(
+                "c", pyro.distributions.Categorical(self.pi), infer={"enumerate": "parallel"} if enumerate else {}
+            )
             z = pyro.sample("z", pyro.distributions.Normal(self.mu[c], 1.0))
             pyro.sample("x", pyro.distributions.Normal(z, self.s), obs=x)
 
@@ -195,8 +208,12 @@ class Mixture:
     def exact_guide(self, x, enumerate=True):
         probs, means, sd = self.posterior(x)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", pyro.distributions.MixtureSameFamily(
-                pyro.distributions.Categorical(probs), pyro.distributions.Normal(means, sd)))
+            pyro.sample(
+                "z",
+                pyro.distributions.MixtureSameFamily(
+                    pyro.distributions.Categorical(probs), pyro.distributions.Normal(means, sd)
+                ),
+            )
 
     def rough_guide(self, x, enumerate=True):
         with pyro.plate("data", x.shape[0]):
@@ -263,7 +280,11 @@ def per_example_guide(x):
 
 def refusal_cases(lg):
     """(model, guide, args, expected message) for each style that cannot give a per-example log p(x)."""
-    from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoMultivariateNormal
+    from pyro.infer.autoguide import (
+        AutoDelta,
+        AutoDiagonalNormal,
+        AutoMultivariateNormal,
+    )
 
     x, _ = lg.data(4)
     m = Mixture()
@@ -298,7 +319,9 @@ def refusal_cases(lg):
 
     def grey_model(x):
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", pyro.distributions.Bernoulli(logits=torch.zeros(3, dtype=torch.float64)).to_event(1), obs=x)
+            pyro.sample(
+                "x", pyro.distributions.Bernoulli(logits=torch.zeros(3, dtype=torch.float64)).to_event(1), obs=x
+            )
 
     def swallowing_model(x):  # .to_event(2) inside the plate: the event holds the whole batch
         with pyro.plate("data", x.shape[0]):
@@ -313,13 +336,17 @@ def refusal_cases(lg):
     def auxiliary_guide(x):  # z ~ q(z|u): the weight would divide by q(u) q(z|u), not q(z)
         mean, _ = lg.posterior(x)
         with pyro.plate("data", x.shape[0]):
-            u = pyro.sample("u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True})
+            u = pyro.sample(
+                "u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True}
+            )
             pyro.sample("z", pyro.distributions.Normal(mean + u, 1.0).to_event(1))
 
     def unrelated_auxiliary_guide(x):  # a point mass beside an auxiliary site it does not depend on
         mean, _ = lg.posterior(x)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True})
+            pyro.sample(
+                "u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True}
+            )
             pyro.sample("z", pyro.distributions.Delta(mean, event_dim=1))
 
     def positive_model(x):
@@ -333,38 +360,100 @@ def refusal_cases(lg):
 
     def beta_model(x):
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", pyro.distributions.Beta(torch.full((3,), 0.5, dtype=torch.float64), 0.5).to_event(1), obs=x)
+            pyro.sample(
+                "x", pyro.distributions.Beta(torch.full((3,), 0.5, dtype=torch.float64), 0.5).to_event(1), obs=x
+            )
 
     edges = torch.tensor([[0.0, 0.5, 0.5], [0.5, 1.0, 0.5]], dtype=torch.float64)
     return {
-        "event holding the batch": (swallowing_model, lg.guide, (x,), "has event shape (4, 3), which holds the 4 examples"),
+        "event holding the batch": (
+            swallowing_model,
+            lg.guide,
+            (x,),
+            "has event shape (4, 3), which holds the 4 examples",
+        ),
         "guide without .to_event": (lg.model, no_to_event_guide, (x,), "must be declared with .to_event(n)"),
         "latent drawn given an auxiliary": (lg.model, auxiliary_guide, (x,), "is drawn given the auxiliary site 'u'"),
-        "point mass beside an auxiliary": (lg.model, unrelated_auxiliary_guide, (x,), "guide site 'z' is a point mass (Delta)"),
+        "point mass beside an auxiliary": (
+            lg.model,
+            unrelated_auxiliary_guide,
+            (x,),
+            "guide site 'z' is a point mass (Delta)",
+        ),
         "guide wider than the model's support": (positive_model, normal_guide, (x,), "wider than the model's support"),
-        "Beta observations at 0 and 1": (beta_model, lambda x: None, (edges,), "has a log-density of inf for 2 of 2 examples"),
-        "AutoDiagonalNormal": (lg.model, AutoDiagonalNormal(lg.model), (x,), "guide site '_AutoDiagonalNormal_latent' lies outside"),
-        "AutoMultivariateNormal": (lg.model, AutoMultivariateNormal(lg.model), (x,), "AutoNormal keeps them per example"),
-        "global model latent": (global_model, lambda x: None, (x,), "model site 'shift' lies outside pyro.plate(\"data\", B)"),
+        "Beta observations at 0 and 1": (
+            beta_model,
+            lambda x: None,
+            (edges,),
+            "has a log-density of inf for 2 of 2 examples",
+        ),
+        "AutoDiagonalNormal": (
+            lg.model,
+            AutoDiagonalNormal(lg.model),
+            (x,),
+            "guide site '_AutoDiagonalNormal_latent' lies outside",
+        ),
+        "AutoMultivariateNormal": (
+            lg.model,
+            AutoMultivariateNormal(lg.model),
+            (x,),
+            "AutoNormal keeps them per example",
+        ),
+        "global model latent": (
+            global_model,
+            lambda x: None,
+            (x,),
+            "model site 'shift' lies outside pyro.plate(\"data\", B)",
+        ),
         "latent the guide leaves out": (lg.model, lambda x: None, (x,), "model latent 'z' is not sampled by the guide"),
-        "discrete latent not marked": (m.plain_model, m.exact_guide, (m.data(3),), "model latent 'c' is not sampled by the guide"),
+        "discrete latent not marked": (
+            m.plain_model,
+            m.exact_guide,
+            (m.data(3),),
+            "model latent 'c' is not sampled by the guide",
+        ),
         "annealing scale": (poutine.scale(lg.model, scale=0.5), lg.guide, (x,), "has a scaled log-density (scale 0.5"),
         "subsampled plate": (subsampled_model, subsampled_guide, (x,), "has a scaled log-density (scale 10"),
-        "sequential plate": (sequential_model, lambda x: None, (x,), "sequential pyro.plate(\"data\")"),
+        "sequential plate": (sequential_model, lambda x: None, (x,), 'sequential pyro.plate("data")'),
         "differently named plate": (other_plate_model, lambda x: None, (x,), "(its plates: ['batch'])"),
         "batch dims outside plates": (no_to_event_model, lambda x: None, (x,), "batch dimensions outside its plates"),
-        "guide site not in the model": (lg.model, extra_guide, (x,), "guide site 'u' has no site of that name in the model"),
+        "guide site not in the model": (
+            lg.model,
+            extra_guide,
+            (x,),
+            "guide site 'u' has no site of that name in the model",
+        ),
         "AutoDelta": (lg.model, AutoDelta(lg.model), (x,), "is a point mass (Delta)"),
-        "grey levels for a Bernoulli": (grey_model, lambda x: None, (torch.full((4, 3), 0.3, dtype=torch.float64),),
-                                        "has 12 values outside the support of its Independent (Boolean()), e.g. 0.3"),
+        "grey levels for a Bernoulli": (
+            grey_model,
+            lambda x: None,
+            (torch.full((4, 3), 0.3, dtype=torch.float64),),
+            "has 12 values outside the support of its Independent (Boolean()), e.g. 0.3",
+        ),
     }
 
 
-REFUSALS = ["event holding the batch", "guide without .to_event", "latent drawn given an auxiliary",
-            "point mass beside an auxiliary", "guide wider than the model's support", "Beta observations at 0 and 1",
-            "AutoDiagonalNormal", "AutoMultivariateNormal", "global model latent", "latent the guide leaves out",
-            "discrete latent not marked", "annealing scale", "subsampled plate", "sequential plate", "differently named plate",
-            "batch dims outside plates", "guide site not in the model", "AutoDelta", "grey levels for a Bernoulli"]
+REFUSALS = [
+    "event holding the batch",
+    "guide without .to_event",
+    "latent drawn given an auxiliary",
+    "point mass beside an auxiliary",
+    "guide wider than the model's support",
+    "Beta observations at 0 and 1",
+    "AutoDiagonalNormal",
+    "AutoMultivariateNormal",
+    "global model latent",
+    "latent the guide leaves out",
+    "discrete latent not marked",
+    "annealing scale",
+    "subsampled plate",
+    "sequential plate",
+    "differently named plate",
+    "batch dims outside plates",
+    "guide site not in the model",
+    "AutoDelta",
+    "grey levels for a Bernoulli",
+]
 
 
 @pytest.mark.parametrize("case", REFUSALS)
@@ -423,7 +512,9 @@ def test_a_point_mass_that_is_a_function_of_an_auxiliary_site_is_exact(linear_ga
         mean, cov = lg.posterior(x)
         chol = torch.linalg.cholesky(cov)
         with pyro.plate("data", x.shape[0]):
-            u = pyro.sample("u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True})
+            u = pyro.sample(
+                "u", pyro.distributions.Normal(torch.zeros_like(mean), 1.0).to_event(1), infer={"is_auxiliary": True}
+            )
             log_det = chol.diagonal().log().sum().expand(x.shape[0])
             pyro.sample("z", pyro.distributions.Delta(mean + u @ chol.T, log_density=-log_det, event_dim=1))
 
@@ -499,8 +590,21 @@ def test_measured_chunk_size_keeps_the_peak_within_the_budget():
     from pyro_vae import VAE, load_config
 
     class Mallinfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = Mallinfo2

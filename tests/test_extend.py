@@ -1,4 +1,5 @@
 """The README's example: a new prior is one class plus one registration, then usable by name."""
+
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 from conftest import cli_args
 
 from pyro_vae.cli import main
-from pyro_vae.priors import PRIORS, Prior
+from pyro_vae.model.priors import PRIORS, Prior
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The same jobs on a CUDA GPU. Skipped where there is none (CI has none); on a GPU machine run
 ``pytest tests/test_gpu.py`` and ``pyro-vae bench --device cuda``."""
+
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ from conftest import cli_args
 
 from pyro_vae import load_config
 from pyro_vae.cli import main
-from pyro_vae.evaluate import importance_sample
+from pyro_vae.infer.importance import importance_sample
 from pyro_vae.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,8 +31,9 @@ def test_train_resume_evaluate_and_sample_on_the_gpu(tiny):
 
 @pytest.mark.parametrize("objective", ["trace_elbo", "mean_field"])
 def test_the_jit_elbo_traces_and_matches_the_eager_one_on_the_gpu(tmp_path, objective):
-    trainer = Trainer(load_config(None, TINY + ["train.device=cuda", f"objective.name={objective}"]), tmp_path,
-                      progress=False)
+    trainer = Trainer(
+        load_config(None, TINY + ["train.device=cuda", f"objective.name={objective}"]), tmp_path, progress=False
+    )
     assert trainer.jit_elbo is not None
     assert math.isfinite(trainer.train_step(torch.arange(64, device="cuda")).item())
 

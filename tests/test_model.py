@@ -1,4 +1,5 @@
 """The VAE's model/guide contract, its checks, and training by SVI."""
+
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from pyro_vae import VAE, PyroVAEError, load_config
-from pyro_vae.objectives import OBJECTIVES, VAELoss
-from pyro_vae.optim import adam, ordered_parameters
+from pyro_vae.infer.objectives import OBJECTIVES, VAELoss
+from pyro_vae.infer.optim import adam, ordered_parameters
 
 
 def make_vae(*overrides, image_shape=(1, 6, 6), num_classes=3):
@@ -48,12 +49,22 @@ def test_vectorized_particles_broadcast_through_the_networks():
 @pytest.mark.parametrize(
     "conditional, images, labels, message",
     [
-        (False, torch.zeros(2, 1, 5, 5), None, "images of shape \\(1, 5, 5\\) given to a model built for \\(1, 6, 6\\)"),
+        (
+            False,
+            torch.zeros(2, 1, 5, 5),
+            None,
+            "images of shape \\(1, 5, 5\\) given to a model built for \\(1, 6, 6\\)",
+        ),
         (False, torch.zeros(2, 1, 6, 6), torch.tensor([0, 1]), "label y was given to a model without labels"),
         (True, torch.zeros(2, 1, 6, 6), None, "needs the label y of every image"),
         (True, torch.zeros(2, 1, 6, 6), torch.tensor([0, 3]), "labels must lie in 0..2"),
         (True, torch.zeros(2, 1, 6, 6), torch.tensor([0]), "1 labels for 2 images"),
-        (False, torch.zeros(2, 1, 6, 6, dtype=torch.uint8), None, "images of integer type torch.uint8 given to the model"),
+        (
+            False,
+            torch.zeros(2, 1, 6, 6, dtype=torch.uint8),
+            None,
+            "images of integer type torch.uint8 given to the model",
+        ),
     ],
 )
 def test_bad_inputs_name_the_problem(conditional, images, labels, message):
@@ -74,7 +85,8 @@ def test_images_of_another_type_are_scored_as_the_weights_type(condition, dtype)
         pyro.set_rng_seed(0)
         guide_trace = poutine.trace(vae.guide).get_trace(images, y if condition == "label" else None)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
-            images, y if condition == "label" else None)
+            images, y if condition == "label" else None
+        )
         log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
     assert log_w[1].dtype == torch.float32 and torch.equal(log_w[0], log_w[1])
     if condition == "column":  # completions too: the given part kept, the rest drawn as for float32 images
@@ -109,7 +121,10 @@ def test_a_few_steps_of_the_elbo_module_lower_the_loss(objective):
     torch.manual_seed(0)
     prototypes = (torch.rand(3, 1, 6, 6) > 0.5).float()
     x = torch.bernoulli(prototypes[torch.arange(60) % 3] * 0.9 + 0.05)
-    loss_module, optimizer = VAELoss(vae, OBJECTIVES.build(objective, {"jit": False} if objective != "iwae" else {})), adam(vae, 0.02)
+    loss_module, optimizer = (
+        VAELoss(vae, OBJECTIVES.build(objective, {"jit": False} if objective != "iwae" else {})),
+        adam(vae, 0.02),
+    )
     losses = []
     for _ in range(60):
         loss = loss_module(x)
@@ -131,7 +146,9 @@ def test_the_iwae_module_has_renyi_elbo_s_loss_and_gradient(num_particles):
     ours = [p.grad.clone() for p in vae.parameters()]
     vae.zero_grad()
     torch.manual_seed(0)
-    reference = RenyiELBO(alpha=0, num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    reference = RenyiELBO(
+        alpha=0, num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1
+    )
     assert loss.item() == pytest.approx(reference.loss_and_grads(vae.model, vae.guide, x), rel=1e-6)
     for a, p in zip(ours, vae.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
@@ -151,7 +168,7 @@ def test_adam_orders_parameters_by_their_param_store_names(prior):
 @pytest.mark.parametrize("objective", ["trace_elbo", "mean_field"])
 def test_jit_objectives_compile_once_and_estimate_the_same_loss(objective):
     """Unseeded, the traced and the eager loss agree in distribution: equal means within standard error."""
-    from pyro_vae.objectives import OBJECTIVES
+    from pyro_vae.infer.objectives import OBJECTIVES
 
     vae = make_vae()
     x = torch.bernoulli(torch.full((8, 1, 6, 6), 0.5))
@@ -182,8 +199,17 @@ def test_pyro_jit_mean_field_retraces_without_the_workaround():
 def tiny_trainer(tmp_path, *overrides):
     from pyro_vae.trainer import Trainer
 
-    config = load_config(None, ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "train.batch_size=64",
-                                "train.device=cpu", *overrides])
+    config = load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "network.hidden=[16]",
+            "model.z_dim=2",
+            "train.batch_size=64",
+            "train.device=cpu",
+            *overrides,
+        ],
+    )
     return Trainer(config, tmp_path, progress=False)
 
 
@@ -214,7 +240,8 @@ def test_pyro_s_jit_trace_elbo_module_loss_has_twice_the_gradient_which_the_trai
     differentiable_loss has the same value as Trace_ELBO's and twice its gradient. The trainer's check
     compares gradients too, so an objective built on it trains eagerly, with a warning."""
     from pyro.infer import JitTrace_ELBO
-    from pyro_vae.objectives import build_elbo
+
+    from pyro_vae.infer.objectives import build_elbo
 
     vae = make_vae()
     x = torch.bernoulli(torch.full((8, 1, 6, 6), 0.5))
@@ -230,9 +257,13 @@ def test_pyro_s_jit_trace_elbo_module_loss_has_twice_the_gradient_which_the_trai
 
     if "pyro_jit_trace_elbo" not in OBJECTIVES:
         OBJECTIVES.register("pyro_jit_trace_elbo")(
-            lambda *, jit=True: build_elbo(JitTrace_ELBO if jit else Trace_ELBO, 1, jit))
-    with pytest.warns(UserWarning, match=r"objective.jit: the traced gradient differs from the eager one on the "
-                                         r"same draws \(norm 2× the eager one's\); training without JIT"):
+            lambda *, jit=True: build_elbo(JitTrace_ELBO if jit else Trace_ELBO, 1, jit)
+        )
+    with pytest.warns(
+        UserWarning,
+        match=r"objective.jit: the traced gradient differs from the eager one on the "
+        r"same draws \(norm 2× the eager one's\); training without JIT",
+    ):
         trainer = tiny_trainer(tmp_path, "objective.name=pyro_jit_trace_elbo")
     assert trainer.jit_elbo is None
 
@@ -265,7 +296,7 @@ def test_beta_warmup_steps_eagerly_then_through_the_jit(tmp_path):
 def untraceable():
     """Two likelihoods a trace gets wrong: one reads a Python number off the decoder output (the trace
     bakes in the first one), one refuses to be traced."""
-    from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
+    from pyro_vae.model.likelihoods import LIKELIHOODS, Bernoulli
 
     if "python_number_bernoulli" not in LIKELIHOODS:
 
@@ -282,10 +313,13 @@ def untraceable():
                 return super().forward(params)
 
 
-@pytest.mark.parametrize("likelihood, problem", [
-    ("python_number_bernoulli", "the traced loss .* differs from the eager loss .* on the same draws"),
-    ("untraceable_bernoulli", r"tracing failed \(RuntimeError: this likelihood cannot be traced\)"),
-])
+@pytest.mark.parametrize(
+    "likelihood, problem",
+    [
+        ("python_number_bernoulli", "the traced loss .* differs from the eager loss .* on the same draws"),
+        ("untraceable_bernoulli", r"tracing failed \(RuntimeError: this likelihood cannot be traced\)"),
+    ],
+)
 def test_a_component_the_jit_gets_wrong_trains_eagerly_with_a_warning(tmp_path, untraceable, likelihood, problem):
     with pytest.warns(UserWarning, match=f"objective.jit: {problem}; training without JIT"):
         trainer = tiny_trainer(tmp_path, f"likelihood.name={likelihood}")
@@ -306,7 +340,7 @@ def test_the_autoencoder_objective_is_reconstruction_alone():
 
 
 def test_score_function_and_reparameterized_gradients_agree_in_expectation_and_differ_in_variance():
-    from pyro_vae.gradvar import gradient_draws
+    from pyro_vae.report.gradvar import gradient_draws
 
     vae = make_vae("network.hidden=[8]", "model.z_dim=2")
     x = torch.bernoulli(torch.full((10, 1, 6, 6), 0.3), generator=torch.Generator().manual_seed(5))
@@ -323,6 +357,7 @@ def test_score_function_and_reparameterized_gradients_agree_in_expectation_and_d
 
 def test_gradvar_reports_each_estimator_per_parameter_group(tiny, capsys):
     from conftest import cli_args
+
     from pyro_vae.cli import main
 
     main(cli_args("train", tiny, "--name", "g"))
@@ -330,9 +365,15 @@ def test_gradvar_reports_each_estimator_per_parameter_group(tiny, capsys):
     out = capsys.readouterr().out
     assert "encoder" in out and "decoder" in out and "gradvar.json" in out
     main(["gradvar", f"{tiny['runs_root']}/g", "--draws", "10", "--examples", "10", "--quiet", "--device", "cpu"])
-    assert "kept the earlier gradient variances, made with other settings, as gradvar-d20-n10.json" in capsys.readouterr().out
+    assert (
+        "kept the earlier gradient variances, made with other settings, as gradvar-d20-n10.json"
+        in capsys.readouterr().out
+    )
     folder = Path(tiny["runs_root"]) / "g"
-    assert [json.loads((folder / name).read_text())["draws"] for name in ("gradvar-d20-n10.json", "gradvar.json")] == [20, 10]
+    assert [json.loads((folder / name).read_text())["draws"] for name in ("gradvar-d20-n10.json", "gradvar.json")] == [
+        20,
+        10,
+    ]
 
 
 def test_bfloat16_runs_the_networks_in_bfloat16_and_every_log_density_in_float32(tmp_path):
@@ -366,7 +407,9 @@ def test_bfloat16_runs_the_networks_in_bfloat16_and_every_log_density_in_float32
 def test_a_bfloat16_trainer_steps_in_bfloat16_and_scores_the_test_set_in_float32(tmp_path):
     from pyro_vae.trainer import test_elbo
 
-    assert tiny_trainer(tmp_path / "jit", "train.precision=bfloat16").jit_elbo is not None  # traced, and checked against eager
+    assert (
+        tiny_trainer(tmp_path / "jit", "train.precision=bfloat16").jit_elbo is not None
+    )  # traced, and checked against eager
     trainer = tiny_trainer(tmp_path / "eager", "train.precision=bfloat16", "objective.jit=false")  # Python hooks run
     seen = []
     trainer.vae.decoder.register_forward_hook(lambda module, args, out: seen.append(out.dtype))

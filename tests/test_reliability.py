@@ -1,4 +1,5 @@
 """Bad input gets one clear line and exit status 2; faults lose nothing; resume is bit-identical."""
+
 import json
 import os
 import signal
@@ -9,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_args, wait_for
+from conftest import cli_args, sigterm_caught, wait_for
 
 from pyro_vae.cli import main
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.runs import RUN_FILES
-from pyro_vae.datasets import DATASETS, ImageData, Split
+from pyro_vae.runs.datasets import DATASETS, ImageData, Split
+from pyro_vae.runs.folders import RUN_FILES
 
 
 def same_train_and_test(images, labels, num_classes):
@@ -58,52 +59,92 @@ def foreign_config(folder):
 
 BAD_INPUTS = {
     # name: (arguments after the tiny overrides, or a setup, and the message)
-    "unknown config key": (["--set", "train.nosuch=1"], "unknown key 'nosuch' in [train]; valid keys: epochs, batch_size"),
+    "unknown config key": (
+        ["--set", "train.nosuch=1"],
+        "unknown key 'nosuch' in [train]; valid keys: epochs, batch_size",
+    ),
     "unknown prior": (["--prior", "vampire"], "unknown prior 'vampire'; valid choices: conditional_gaussian, flow"),
     "unknown likelihood": (["--likelihood", "mse"], "unknown likelihood 'mse'; valid choices: bernoulli"),
     "wrong value type": (["--set", "train.epochs=ten"], "train.epochs must be int, got 'ten'"),
     "non-positive learning rate": (["--lr", "-0.1"], "train.lr must be positive, got -0.1"),
     "non-positive batch size": (["--batch-size", "0"], "train.batch_size must be positive, got 0"),
     "negative latent size": (["--z-dim", "-1"], "model.z_dim must be zero or more, got -1"),
-    "no latent without a condition on part of the image": (["--z-dim", "0"], "model.z_dim = 0 (no latent, no prior) is the "
-                                                           "deterministic baseline of image completion"),
-    "unknown condition": (["--condition", "half"], "unknown condition 'half'; valid choices: column, label, none, quadrants"),
-    "quadrants beyond three": (["--condition", "quadrants", "--set", "condition.given=4"],
-                               "condition.given must be 1, 2 or 3 quadrants, got 4"),
-    "part of an image of points": (["--dataset", "ring", "--likelihood", "gaussian", "--condition", "column"],
-                                   "the column condition takes part of an image [C, H, W]; this data has shape (2,)"),
-    "completion by the conv network": (["--condition", "quadrants", "--network", "conv"],
-                                       "the conv network generates whole 28×28 images, not (48,)"),
-    "prior network without a condition": (["--prior", "network"], "the network prior maps a condition to p(z|c); it needs"),
-    "legacy label flag against another condition": (["--set", "model.conditional=true", "--condition", "column"],
-                                                     "model.conditional = true asks for the label condition"),
-    "missing data offline": (["--dataset", "mnist", "--data-root", "/nonexistent", "--set", "data.download=false"],
-                             "mnist was not found under '/nonexistent'"),
+    "no latent without a condition on part of the image": (
+        ["--z-dim", "0"],
+        "model.z_dim = 0 (no latent, no prior) is the deterministic baseline of image completion",
+    ),
+    "unknown condition": (
+        ["--condition", "half"],
+        "unknown condition 'half'; valid choices: column, label, none, quadrants",
+    ),
+    "quadrants beyond three": (
+        ["--condition", "quadrants", "--set", "condition.given=4"],
+        "condition.given must be 1, 2 or 3 quadrants, got 4",
+    ),
+    "part of an image of points": (
+        ["--dataset", "ring", "--likelihood", "gaussian", "--condition", "column"],
+        "the column condition takes part of an image [C, H, W]; this data has shape (2,)",
+    ),
+    "completion by the conv network": (
+        ["--condition", "quadrants", "--network", "conv"],
+        "the conv network generates whole 28×28 images, not (48,)",
+    ),
+    "prior network without a condition": (
+        ["--prior", "network"],
+        "the network prior maps a condition to p(z|c); it needs",
+    ),
+    "legacy label flag against another condition": (
+        ["--set", "model.conditional=true", "--condition", "column"],
+        "model.conditional = true asks for the label condition",
+    ),
+    "missing data offline": (
+        ["--dataset", "mnist", "--data-root", "/nonexistent", "--set", "data.download=false"],
+        "mnist was not found under '/nonexistent'",
+    ),
     "images of the wrong size": (["--network", "conv"], "the conv network generates whole 28×28 images, not (1, 8, 8)"),
     "NaN pixels": (["--dataset", "test-nan-pixels"], "images contain NaN or infinite pixel values"),
     "pixels outside [0, 1]": (["--dataset", "test-out-of-range"], "pixel values must lie in [0, 1]"),
     "labels outside the classes": (["--dataset", "test-bad-labels"], "labels must lie in 0..2"),
-    "conditional prior without labels": (["--prior", "conditional_gaussian"], "the conditional_gaussian prior needs labels"),
+    "conditional prior without labels": (
+        ["--prior", "conditional_gaussian"],
+        "the conditional_gaussian prior needs labels",
+    ),
     "run name outside the runs root": (["--name", "../escape"], "must be letters, digits"),
     "empty run to resume": (["--resume", ""], "--resume is empty"),  # it started a new run
-    "label flag against another condition": (["--conditional", "--condition", "column"],
-                                             "--conditional asks for --condition label; it cannot be combined with"),
+    "label flag against another condition": (
+        ["--conditional", "--condition", "column"],
+        "--conditional asks for --condition label; it cannot be combined with",
+    ),
     "existing run without --resume": (None, "exists; pass --resume"),
     "run folder that does not exist": ("evaluate /nonexistent/run", "run folder /nonexistent/run does not exist"),
     "folder that is not a run": ("evaluate {runs_root}", "is not a run folder: it has no config.toml"),
-    "a run's file given as the run": ("train --resume {run}/checkpoint.pt", "checkpoint.pt is a file, not a run folder"),
+    "a run's file given as the run": (
+        "train --resume {run}/checkpoint.pt",
+        "checkpoint.pt is a file, not a run folder",
+    ),
     "non-positive K": ("evaluate {run} -k 0", "--num-samples must be positive, got 0"),
     "chunks of no samples": ("evaluate {run} --chunk-size 0", "--chunk-size must be positive, got 0"),
     "classifying a model without labels": ("evaluate {run} --classify", "is a model without labels; --classify needs"),
-    "classifying with no samples": ("evaluate {cvae} --classify --classify-samples 0", "--classify-samples must be positive"),
-    "bench output where no folder can be made": ("bench --quick --out /proc/no/bench.json", "cannot create /proc/no: No such file"),
+    "classifying with no samples": (
+        "evaluate {cvae} --classify --classify-samples 0",
+        "--classify-samples must be positive",
+    ),
+    "bench output where no folder can be made": (
+        "bench --quick --out /proc/no/bench.json",
+        "cannot create /proc/no: No such file",
+    ),
     "truncated checkpoint": ("evaluate {run}", "is corrupt or truncated"),
     "checkpoint of another config": ("evaluate {run}", "was trained with model.z_dim = 2 but config.toml says 3"),
     "label for an unconditional model": ("sample {run} --label 1", "--label was given for an unconditional run"),
     "label outside the classes": ("sample {cvae} --label 9", "--label must lie in 0..3, got 9"),
-    "labelled samples beyond the disk": ("sample {cvae} -n 100000000000 --out {runs_root}/big.npy",
-                                         "100000000000 samples need"),  # their labels alone filled the memory
-    "resume that changes the model": ("train --resume {run} --prior mog", "can change only data.root, train.checkpoint_every, train.clip_norm, train.device, train.epochs"),
+    "labelled samples beyond the disk": (
+        "sample {cvae} -n 100000000000 --out {runs_root}/big.npy",
+        "100000000000 samples need",
+    ),  # their labels alone filled the memory
+    "resume that changes the model": (
+        "train --resume {run} --prior mog",
+        "can change only data.root, train.checkpoint_every, train.clip_norm, train.device, train.epochs",
+    ),
 }
 
 
@@ -136,10 +177,16 @@ def test_bad_input_is_one_line_with_status_2(case, tiny, capsys):
     assert (snapshot(run) if run else {}) == before, "a refused command changed the run"
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["train", "--runs-root", ""], "--runs-root"), (["evaluate", ""], "RUN"), (["sample", "{run}", "--out", ""], "--out"),
-    (["compare", "{run}", ""], "a RUN"), (["bench", "--out", ""], "--out"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--runs-root", ""], "--runs-root"),
+        (["evaluate", ""], "RUN"),
+        (["sample", "{run}", "--out", ""], "--out"),
+        (["compare", "{run}", ""], "a RUN"),
+        (["bench", "--out", ""], "--out"),
+    ],
+)
 def test_an_empty_value_is_refused(argv, flag, tiny, capsys, monkeypatch, tmp_path):
     """An empty value, as an unset shell variable gives, is refused, not read as the flag's absence
     (``--out ""`` wrote where no --out writes, ``--runs-root ""`` into the working folder)."""
@@ -161,10 +208,14 @@ def test_a_gpu_where_there_is_none_is_refused_by_the_flag_it_came_from(command, 
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main([command, str(run), "--device", "cuda"])
-    assert capsys.readouterr().err.startswith("pyro-vae: error: device cuda was asked for (--device or train.device), but no")
+    assert capsys.readouterr().err.startswith(
+        "pyro-vae: error: device cuda was asked for (--device or train.device), but no"
+    )
 
 
-@pytest.mark.parametrize("command", ["sample {run}", "compare {run} {run}", "gradvar {run}", "configs", "bench --quick"])
+@pytest.mark.parametrize(
+    "command", ["sample {run}", "compare {run} {run}", "gradvar {run}", "configs", "bench --quick"]
+)
 def test_a_one_process_command_refuses_several_torchrun_processes(command, tiny, capsys, monkeypatch, tmp_path):
     """Each process would do the whole job and write the same files (sample wrote its picture twice)."""
     monkeypatch.chdir(tmp_path)  # bench writes runs/bench.json here
@@ -177,8 +228,10 @@ def test_a_one_process_command_refuses_several_torchrun_processes(command, tiny,
         main(command.format(run=run).split())
     assert exit_info.value.code == 2
     name = command.split()[0]
-    assert capsys.readouterr().err == (f"pyro-vae: error: pyro-vae {name} runs in one process; run it without torchrun "
-                                       "(train and evaluate share their work among 2 processes)\n")
+    assert capsys.readouterr().err == (
+        f"pyro-vae: error: pyro-vae {name} runs in one process; run it without torchrun "
+        "(train and evaluate share their work among 2 processes)\n"
+    )
     assert snapshot(run) == before
 
 
@@ -188,22 +241,33 @@ def test_a_warning_prints_as_one_line_under_the_command_line(monkeypatch):
     from pyro_vae import cli
 
     seen = []
-    monkeypatch.setattr(cli, "run_configs", lambda args: seen.append(warnings.formatwarning(
-        "objective.jit: the traced loss differs;\n  training without JIT", UserWarning, "trainer.py", 227)))
+    monkeypatch.setattr(
+        cli,
+        "run_configs",
+        lambda args: seen.append(
+            warnings.formatwarning(
+                "objective.jit: the traced loss differs;\n  training without JIT", UserWarning, "trainer.py", 227
+            )
+        ),
+    )
     main(["configs"])
     assert seen == ["pyro-vae: warning: objective.jit: the traced loss differs; training without JIT\n"]
     assert warnings.formatwarning is not cli.one_line_warning  # the caller's format is back
 
 
+@pytest.mark.slow
 def test_installed_entry_point_prints_no_traceback():
-    done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--prior", "nope"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "train", "--prior", "nope"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "pyro-vae: error: unknown prior 'nope'; valid choices: conditional_gaussian, flow, gaussian, mog, network, "
         "standard_normal, vamp"
     ]
-    debug = subprocess.run([sys.executable, "-m", "pyro_vae", "--debug", "train", "--prior", "nope"],
-                           capture_output=True, text=True)
+    debug = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "--debug", "train", "--prior", "nope"], capture_output=True, text=True
+    )
     assert "Traceback" in debug.stderr
 
 
@@ -227,9 +291,26 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny,
     assert (folder / "checkpoint.pt").read_bytes() == before
 
 
-TRAIN = ["-m", "pyro_vae", "train", "--quiet", "--set", "data.name=synthetic", "--set", "data.train_per_class=400",
-         "--set", "network.hidden=[64]", "--set", "model.z_dim=4", "--set", "train.batch_size=16",
-         "--set", "train.epochs=3", "--device", "cpu"]
+TRAIN = [
+    "-m",
+    "pyro_vae",
+    "train",
+    "--quiet",
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "data.train_per_class=400",
+    "--set",
+    "network.hidden=[64]",
+    "--set",
+    "model.z_dim=4",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.epochs=3",
+    "--device",
+    "cpu",
+]
 
 
 def final_parameters(folder):
@@ -258,12 +339,19 @@ def no_process_outlives_its_test():
 
 def start(runs_root, name, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # two runs side by side: one thread each
-    STARTED.append(subprocess.Popen([sys.executable, *TRAIN, "--runs-root", str(runs_root), "--name", name, *extra],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    STARTED.append(
+        subprocess.Popen(
+            [sys.executable, *TRAIN, "--runs-root", str(runs_root), "--name", name, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    )
     return STARTED[-1]
 
 
-
+@pytest.mark.slow
 def test_sigint_mid_epoch_checkpoints_and_resumes_bit_identically(tmp_path):
     long_epochs = ("--set", "data.train_per_class=4000", "--set", "train.epochs=2")  # 1000 steps an epoch, about 1 s
     reference = start(tmp_path, "reference", *long_epochs)
@@ -276,13 +364,17 @@ def test_sigint_mid_epoch_checkpoints_and_resumes_bit_identically(tmp_path):
     assert "Traceback" not in err
     state = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and 0 < state["position"] < 16000
-    resumed = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--resume", str(tmp_path / "interrupted"),
-                              "--quiet"], capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "train", "--resume", str(tmp_path / "interrupted"), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert reference.communicate(timeout=300) and reference.returncode == 0
     assert_same_parameters(final_parameters(tmp_path / "interrupted"), final_parameters(tmp_path / "reference"))
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     reference = start(tmp_path, "reference")
     victim_dir = tmp_path / "victim"
@@ -315,8 +407,14 @@ def test_a_run_that_cannot_start_creates_nothing_and_overwrite_keeps_the_old_run
     assert not (Path(tiny["runs_root"]) / "never").exists()
     (folder / "notes.txt").write_text("mine")
     (folder / "sketch.png").write_text("mine")
-    old_outputs = ["gradvar.json", "gradvar-d20-n10.json", "classify-test-k10-n20.json", "eval-k10-n5-seed0_examples.csv",
-                   "samples-2000.npy", "tensorboard/events.out.tfevents.1.host.2.0"]  # names the project gives what it writes
+    old_outputs = [
+        "gradvar.json",
+        "gradvar-d20-n10.json",
+        "classify-test-k10-n20.json",
+        "eval-k10-n5-seed0_examples.csv",
+        "samples-2000.npy",
+        "tensorboard/events.out.tfevents.1.host.2.0",
+    ]  # names the project gives what it writes
     (folder / "tensorboard").mkdir()
     for name in old_outputs:
         (folder / name).write_text("the old run's")
@@ -325,10 +423,15 @@ def test_a_run_that_cannot_start_creates_nothing_and_overwrite_keeps_the_old_run
     assert not [name for name in old_outputs if (folder / name).exists()], "the old run's outputs outlived it"
 
 
-@pytest.mark.parametrize("kind, extra", [
-    ("vae", ["--set", "train.tensorboard=true"]), ("cvae", ["--config", "mnist-cvae", "--set", "data.name=synthetic"]),
-    ("completion", ["--condition", "quadrants"]), ("ring", ["--dataset", "ring", "--likelihood", "gaussian"]),
-])
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("vae", ["--set", "train.tensorboard=true"]),
+        ("cvae", ["--config", "mnist-cvae", "--set", "data.name=synthetic"]),
+        ("completion", ["--condition", "quadrants"]),
+        ("ring", ["--dataset", "ring", "--likelihood", "gaussian"]),
+    ],
+)
 def test_every_file_the_commands_write_into_a_run_is_one_the_run_owns(kind, extra, tiny, capsys):
     """RUN_FILES names all that training, evaluate (twice: the first kept), classify, gradvar (twice) and
     sample write into a run folder, so that --overwrite removes every one of them and nothing else."""
@@ -337,8 +440,10 @@ def test_every_file_the_commands_write_into_a_run_is_one_the_run_owns(kind, extr
     folder = trained(tiny, kind, *extra)
     commands = [["evaluate", "-k", "4", "--limit", "3"], ["evaluate", "-k", "5", "--limit", "3"]]
     if kind == "cvae":
-        commands += [["evaluate", "-k", "4", "--limit", "3", "--classify", "--classify-samples", "2"],
-                     ["evaluate", "-k", "5", "--limit", "3", "--classify", "--classify-samples", "3"]]
+        commands += [
+            ["evaluate", "-k", "4", "--limit", "3", "--classify", "--classify-samples", "2"],
+            ["evaluate", "-k", "5", "--limit", "3", "--classify", "--classify-samples", "3"],
+        ]
     if kind != "completion":
         commands += [["sample", "-n", "4"], ["sample", "-n", "1025"]]
     if kind == "vae":
@@ -351,6 +456,7 @@ def test_every_file_the_commands_write_into_a_run_is_one_the_run_owns(kind, extr
 
 
 # --- second round: the file system, malformed files, non-finite settings, sizes, locks ---------------------
+
 
 def snapshot(root):
     """{path: bytes} of every file under ``root``."""
@@ -379,14 +485,16 @@ def failing_download(monkeypatch):
     class Offline(torchvision.datasets.FashionMNIST):
         def __init__(self, root, **kwargs):
             (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)  # as its download does first
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://example.org/, got:\n"
-                               "<urlopen error [Errno -2] Name or service not known>\n")
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried http://example.org/, got:\n"
+                "<urlopen error [Errno -2] Name or service not known>\n"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
 
 
 def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
-    from pyro_vae.datasets import DATASETS
+    from pyro_vae.runs.datasets import DATASETS
 
     failing_download(monkeypatch)
     (tmp_path / "mine").mkdir()
@@ -400,9 +508,11 @@ def disk_with_free(monkeypatch, free):
     """Make the project's free-space check see ``free`` bytes."""
     import types
 
-    from pyro_vae import files
+    from pyro_vae.runs import files
 
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: types.SimpleNamespace(total=2**40, used=2**40 - free, free=free))
+    monkeypatch.setattr(
+        files.shutil, "disk_usage", lambda path: types.SimpleNamespace(total=2**40, used=2**40 - free, free=free)
+    )
 
 
 def full_after(monkeypatch, size):
@@ -411,7 +521,7 @@ def full_after(monkeypatch, size):
     import errno
     import os as real_os
 
-    from pyro_vae import plots
+    from pyro_vae.report import plots
 
     class Filling:
         def __init__(self, file):
@@ -447,7 +557,7 @@ def failing_at(monkeypatch, name, errno_code, match):
     import errno
     import os as real_os
 
-    from pyro_vae import files
+    from pyro_vae.runs import files
 
     if name == "fsync":
         original = real_os.fsync
@@ -475,153 +585,335 @@ FAULTS = {
     "learning rate nan": (lambda c: train_argv(c, "--lr", "nan"), "train.lr must be a finite number, got nan"),
     "learning rate inf": (lambda c: train_argv(c, "--lr", "inf"), "train.lr must be a finite number, got inf"),
     "beta inf": (lambda c: train_argv(c, "--set", "train.beta=inf"), "train.beta must be a finite number"),
-    "clip norm nan": (lambda c: train_argv(c, "--set", "train.clip_norm=nan"), "train.clip_norm must be a finite number"),
-    "seed beyond 64 bits": (lambda c: train_argv(c, "--seed", "99999999999999999999999"), "train.seed must fit in 64 bits"),
-    "negative seed": (lambda c: train_argv(c, "--seed", "-1"), "train.seed must lie in 0 … 2^32 − 1 (PyTorch's CPU generator keeps 32 bits of a seed), got -1"),
+    "clip norm nan": (
+        lambda c: train_argv(c, "--set", "train.clip_norm=nan"),
+        "train.clip_norm must be a finite number",
+    ),
+    "seed beyond 64 bits": (
+        lambda c: train_argv(c, "--seed", "99999999999999999999999"),
+        "train.seed must fit in 64 bits",
+    ),
+    "negative seed": (
+        lambda c: train_argv(c, "--seed", "-1"),
+        "train.seed must lie in 0 … 2^32 − 1 (PyTorch's CPU generator keeps 32 bits of a seed), got -1",
+    ),
     "seed beyond 32 bits": (lambda c: train_argv(c, "--seed", str(2**32)), "keeps 32 bits of a seed), got 4294967296"),
     "unknown device": (lambda c: train_argv(c, "--device", "tpu"), "train.device must be one of auto, cpu, cuda"),
-    "config not UTF-8": (lambda c: train_argv(c, "--config", str(not_utf8(c["tmp"] / "bad.toml"))), "is not UTF-8 text"),
-    "config that is a folder": (lambda c: train_argv(c, "--config", str(c["tmp"])), "is neither a file nor a bundled config"),
+    "config not UTF-8": (
+        lambda c: train_argv(c, "--config", str(not_utf8(c["tmp"] / "bad.toml"))),
+        "is not UTF-8 text",
+    ),
+    "config that is a folder": (
+        lambda c: train_argv(c, "--config", str(c["tmp"])),
+        "is neither a file nor a bundled config",
+    ),
     "section that is not a table": (
-        lambda c: train_argv(c, "--config", str(write(c["tmp"] / "flat.toml", "train = 5\n"))), "config section [train] must be a table"),
-    "run config not UTF-8": (lambda c: ["evaluate", str(not_utf8(c["run"] / "config.toml").parent)], "is not UTF-8 text"),
+        lambda c: train_argv(c, "--config", str(write(c["tmp"] / "flat.toml", "train = 5\n"))),
+        "config section [train] must be a table",
+    ),
+    "run config not UTF-8": (
+        lambda c: ["evaluate", str(not_utf8(c["run"] / "config.toml").parent)],
+        "is not UTF-8 text",
+    ),
     "idx file of garbage": (
-        lambda c: train_argv(c, "--dataset", "mnist", "--set", "data.download=false", "--data-root",
-                             mnist_files(c["tmp"], lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34garbage"))),
-        "train-labels-idx1-ubyte is not an idx file of 1 dimension(s)"),
+        lambda c: train_argv(
+            c,
+            "--dataset",
+            "mnist",
+            "--set",
+            "data.download=false",
+            "--data-root",
+            mnist_files(c["tmp"], lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34garbage")),
+        ),
+        "train-labels-idx1-ubyte is not an idx file of 1 dimension(s)",
+    ),
     "truncated idx file": (
-        lambda c: train_argv(c, "--dataset", "mnist", "--set", "data.download=false", "--data-root",
-                             mnist_files(c["tmp"], lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
-                                 (raw / "train-images-idx3-ubyte").read_bytes()[:500]))),
-        "needs 1584; it is truncated or damaged"),
-    "checkpoint without a field": (lambda c: (damage_checkpoint(c["run"], "model"), ["evaluate", str(c["run"])])[1],
-                                   "is damaged: it has no 'model'"),
-    "checkpoint field of a wrong type": (lambda c: (damage_checkpoint(c["run"], "epoch", "one"), ["evaluate", str(c["run"])])[1],
-                                         "is damaged: 'epoch' is a str"),
+        lambda c: train_argv(
+            c,
+            "--dataset",
+            "mnist",
+            "--set",
+            "data.download=false",
+            "--data-root",
+            mnist_files(
+                c["tmp"],
+                lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
+                    (raw / "train-images-idx3-ubyte").read_bytes()[:500]
+                ),
+            ),
+        ),
+        "needs 1584; it is truncated or damaged",
+    ),
+    "checkpoint without a field": (
+        lambda c: (damage_checkpoint(c["run"], "model"), ["evaluate", str(c["run"])])[1],
+        "is damaged: it has no 'model'",
+    ),
+    "checkpoint field of a wrong type": (
+        lambda c: (damage_checkpoint(c["run"], "epoch", "one"), ["evaluate", str(c["run"])])[1],
+        "is damaged: 'epoch' is a str",
+    ),
     "checkpoint with a broken random state": (
-        lambda c: (damage_checkpoint(c["run"], "rng", {"torch": torch.zeros(3)}), ["train", "--resume", str(c["run"])])[1],
-        "its random state 'torch' is missing or not a byte tensor"),
-    "runs root that is a file": (lambda c: ["train", "--runs-root", str(write(c["tmp"] / "afile", "x")), "--name", "r"],
-                                 "is not a folder"),
-    "run name too long": (lambda c: train_argv(c, "--name", "n" * 300), "run name is 300 bytes long; file names stop at 255"),
+        lambda c: (damage_checkpoint(c["run"], "rng", {"torch": torch.zeros(3)}), ["train", "--resume", str(c["run"])])[
+            1
+        ],
+        "its random state 'torch' is missing or not a byte tensor",
+    ),
+    "runs root that is a file": (
+        lambda c: ["train", "--runs-root", str(write(c["tmp"] / "afile", "x")), "--name", "r"],
+        "is not a folder",
+    ),
+    "run name too long": (
+        lambda c: train_argv(c, "--name", "n" * 300),
+        "run name is 300 bytes long; file names stop at 255",
+    ),
     "resume of a folder that is not a run": (lambda c: ["train", "--resume", str(c["tmp"])], "is not a run folder"),
-    "resume to fewer epochs than trained": (lambda c: ["train", "--resume", str(c["run"]), "--epochs", "0"],
-                                            "has trained 1 epoch; --epochs is the total to reach, so pass 1 or more (got 0)"),
+    "resume to fewer epochs than trained": (
+        lambda c: ["train", "--resume", str(c["run"]), "--epochs", "0"],
+        "has trained 1 epoch; --epochs is the total to reach, so pass 1 or more (got 0)",
+    ),
     "resume that would drop an epoch begun": (
-        lambda c: (damage_checkpoint(c["run"], "position", 100), ["train", "--resume", str(c["run"]), "--epochs", "1"])[1],
-        "has trained 1 epoch and part of the next; --epochs is the total to reach, so pass 2 or more (got 1)"),
-    "sample into a missing folder": (lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "no" / "x.png")],
-                                     "/no: no such folder"),
-    "sample to another format": (lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "x.jpg")], "--out must end in .png"),
-    "too many samples for a picture": (lambda c: ["sample", str(c["run"]), "-n", "5000", "--out", str(c["tmp"] / "x.png")],
-                                       "a picture holds at most 1024 samples"),
+        lambda c: (damage_checkpoint(c["run"], "position", 100), ["train", "--resume", str(c["run"]), "--epochs", "1"])[
+            1
+        ],
+        "has trained 1 epoch and part of the next; --epochs is the total to reach, so pass 2 or more (got 1)",
+    ),
+    "sample into a missing folder": (
+        lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "no" / "x.png")],
+        "/no: no such folder",
+    ),
+    "sample to another format": (
+        lambda c: ["sample", str(c["run"]), "--out", str(c["tmp"] / "x.jpg")],
+        "--out must end in .png",
+    ),
+    "too many samples for a picture": (
+        lambda c: ["sample", str(c["run"]), "-n", "5000", "--out", str(c["tmp"] / "x.png")],
+        "a picture holds at most 1024 samples",
+    ),
     "no samples": (lambda c: ["sample", str(c["run"]), "-n", "0"], "-n must be positive, got 0"),
-    "sample seed beyond 64 bits": (lambda c: ["sample", str(c["run"]), "--seed", str(10**23)], "--seed must lie in 0 … 2^32 − 1"),
-    "negative sample seed": (lambda c: ["sample", str(c["run"]), "--seed", "-1"], "--seed must lie in 0 … 2^32 − 1, got -1"),
+    "sample seed beyond 64 bits": (
+        lambda c: ["sample", str(c["run"]), "--seed", str(10**23)],
+        "--seed must lie in 0 … 2^32 − 1",
+    ),
+    "negative sample seed": (
+        lambda c: ["sample", str(c["run"]), "--seed", "-1"],
+        "--seed must lie in 0 … 2^32 − 1, got -1",
+    ),
     "evaluate no examples": (lambda c: ["evaluate", str(c["run"]), "--limit", "0"], "--limit must be positive, got 0"),
-    "evaluate batches of zero": (lambda c: ["evaluate", str(c["run"]), "--batch-size", "0"], "--batch-size must be positive"),
-    "evaluate an unknown dataset": (lambda c: ["evaluate", str(c["run"]), "--dataset", "nope"], "unknown dataset 'nope'"),
-    "evaluate on images of another shape": (lambda c: ["evaluate", str(c["run"]), "--dataset", "mnist-5k"],
-                                            "mnist-5k has images of shape (1, 28, 28) but"),
+    "evaluate batches of zero": (
+        lambda c: ["evaluate", str(c["run"]), "--batch-size", "0"],
+        "--batch-size must be positive",
+    ),
+    "evaluate an unknown dataset": (
+        lambda c: ["evaluate", str(c["run"]), "--dataset", "nope"],
+        "unknown dataset 'nope'",
+    ),
+    "evaluate on images of another shape": (
+        lambda c: ["evaluate", str(c["run"]), "--dataset", "mnist-5k"],
+        "mnist-5k has images of shape (1, 28, 28) but",
+    ),
     "evaluate into a read-only folder": (
         lambda c: (failing_at(c["monkeypatch"], "mkstemp", 30, "existing"), ["evaluate", str(c["run"]), "-k", "2"])[1],
-        "existing: Read-only file system"),
+        "existing: Read-only file system",
+    ),
     "disk full while writing a checkpoint": (
         lambda c: (failing_at(c["monkeypatch"], "fsync", 28, "checkpoint.pt"), train_argv(c, "--name", "full"))[1],
-        "full/checkpoint.pt: No space left on device"),
+        "full/checkpoint.pt: No space left on device",
+    ),
     "samples larger than the free space": (
         lambda c: (disk_with_free(c["monkeypatch"], 1000), ["sample", str(c["run"]), "-n", "2500"])[1],
-        "2500 samples need 625.1 KiB in"),
+        "2500 samples need 625.1 KiB in",
+    ),
     "disk full while writing samples": (
         lambda c: (full_after(c["monkeypatch"], 100_000), ["sample", str(c["run"]), "-n", "2500"])[1],
-        "samples-2500.npy: No space left on device"),
+        "samples-2500.npy: No space left on device",
+    ),
     "download that fails": (
-        lambda c: (failing_download(c["monkeypatch"]), train_argv(c, "--dataset", "fashion-mnist", "--data-root", str(c["tmp"])))[1],
-        "(Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name or service not known>); point --data-root"),
+        lambda c: (
+            failing_download(c["monkeypatch"]),
+            train_argv(c, "--dataset", "fashion-mnist", "--data-root", str(c["tmp"])),
+        )[1],
+        "(Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name or service not known>); point --data-root",
+    ),
     "chunks beyond the free memory": (  # the process was killed, not told
-        lambda c: (c["monkeypatch"].setattr("pyro_vae.evaluate.free_memory", lambda device: 2**20),
-                   ["evaluate", str(c["run"]), "-k", "100000", "--chunk-size", "100000"])[1],
-        "a chunk of 100000 samples needs"),
-    "run in use by another process": (lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1], "is in use by process"),
-    "latent too large for memory": (lambda c: train_argv(c, "--set", "network.hidden=[65536, 65536]"),
-                                    "GiB for its weights, gradients and optimizer state"),
-    "latent beyond any sane size": (lambda c: train_argv(c, "--z-dim", "100000000"), "model.z_dim must be at most 65536, got 100000000"),
-    "network beyond any sane size": (lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"),
-                                     "network 'mlp' option 'hidden' must be at most 65536, got 2000000000"),
+        lambda c: (
+            c["monkeypatch"].setattr("pyro_vae.infer.importance.free_memory", lambda device: 2**20),
+            ["evaluate", str(c["run"]), "-k", "100000", "--chunk-size", "100000"],
+        )[1],
+        "a chunk of 100000 samples needs",
+    ),
+    "run in use by another process": (
+        lambda c: (hold_lock(c), ["train", "--resume", str(c["run"])])[1],
+        "is in use by process",
+    ),
+    "latent too large for memory": (
+        lambda c: train_argv(c, "--set", "network.hidden=[65536, 65536]"),
+        "GiB for its weights, gradients and optimizer state",
+    ),
+    "latent beyond any sane size": (
+        lambda c: train_argv(c, "--z-dim", "100000000"),
+        "model.z_dim must be at most 65536, got 100000000",
+    ),
+    "network beyond any sane size": (
+        lambda c: train_argv(c, "--set", "network.hidden=[2000000000]"),
+        "network 'mlp' option 'hidden' must be at most 65536, got 2000000000",
+    ),
     # every size bounded before the work starts (issue 29): a sane range, then what the machine holds
-    "a size of 2^64 − 1": (lambda c: train_argv(c, "--set", f"prior.name=mog", "--set", f"prior.num_components={2**64 - 1}"),
-                           "prior 'mog' option 'num_components' must be at most 65536"),
-    "classes beyond any sane count": (lambda c: train_argv(c, "--set", "data.num_classes=100000000000"),
-                                      "option 'num_classes' must be at most 1000, got 100000000000"),
-    "particles beyond any sane count": (lambda c: train_argv(c, "--set", "objective.num_particles=100000"),
-                                        "option 'num_particles' must be at most 10000, got 100000"),
-    "schedule of a thousand stages": (lambda c: train_argv(c, "--set", "schedule.name=burda", "--set", "schedule.stages=1000"),
-                                      "option 'stages' must be at most 20, got 1000"),
-    "flows beyond any sane count": (lambda c: train_argv(c, "--prior", "flow", "--set", "prior.num_flows=100000"),
-                                    "option 'num_flows' must be at most 256, got 100000"),
-    "warm-up of 1e308 epochs": (lambda c: train_argv(c, "--set", "train.warmup_epochs=1e308"),
-                                "train.warmup_epochs must be at most 1e+08, got 1e+308"),
-    "beta of 1e308": (lambda c: train_argv(c, "--set", "train.beta=1e308"), "train.beta must be at most 10000, got 1e+308"),
-    "likelihood scale of 1e-300": (lambda c: train_argv(c, "--likelihood", "gaussian", "--set", "likelihood.scale=1e-300",
-                                                        "--set", "likelihood.min_scale=0"),
-                                   "option 'scale' must be at least 1e-06, got 1e-300"),
-    "training step beyond the memory": (lambda c: train_argv(c, "--set", "objective.num_particles=10000", "--set",
-                                                             "train.batch_size=1000000", "--set", "network.hidden=[4096]"),
-                                        "a training step needs about"),
-    "K of 1e20": (lambda c: ["evaluate", str(c["run"]), "-k", str(10**20)], "--num-samples must be at most 1e+06, got 100000000000000000000"),
-    "classifier K of 1e14": (lambda c: ["evaluate", str(c["run"]), "--classify", "--classify-samples", str(10**14)],
-                             "--classify-samples must be at most 100000, got 100000000000000"),
-    "limit beyond any sane count": (lambda c: ["evaluate", str(c["run"]), "--limit", str(10**12)], "--limit must be at most 1e+08"),
-    "gradient draws beyond any sane count": (lambda c: ["gradvar", str(c["run"]), "--draws", str(10**9)], "--draws must be at most 100000"),
+    "a size of 2^64 − 1": (
+        lambda c: train_argv(c, "--set", "prior.name=mog", "--set", f"prior.num_components={2**64 - 1}"),
+        "prior 'mog' option 'num_components' must be at most 65536",
+    ),
+    "classes beyond any sane count": (
+        lambda c: train_argv(c, "--set", "data.num_classes=100000000000"),
+        "option 'num_classes' must be at most 1000, got 100000000000",
+    ),
+    "particles beyond any sane count": (
+        lambda c: train_argv(c, "--set", "objective.num_particles=100000"),
+        "option 'num_particles' must be at most 10000, got 100000",
+    ),
+    "schedule of a thousand stages": (
+        lambda c: train_argv(c, "--set", "schedule.name=burda", "--set", "schedule.stages=1000"),
+        "option 'stages' must be at most 20, got 1000",
+    ),
+    "flows beyond any sane count": (
+        lambda c: train_argv(c, "--prior", "flow", "--set", "prior.num_flows=100000"),
+        "option 'num_flows' must be at most 256, got 100000",
+    ),
+    "warm-up of 1e308 epochs": (
+        lambda c: train_argv(c, "--set", "train.warmup_epochs=1e308"),
+        "train.warmup_epochs must be at most 1e+08, got 1e+308",
+    ),
+    "beta of 1e308": (
+        lambda c: train_argv(c, "--set", "train.beta=1e308"),
+        "train.beta must be at most 10000, got 1e+308",
+    ),
+    "likelihood scale of 1e-300": (
+        lambda c: train_argv(
+            c, "--likelihood", "gaussian", "--set", "likelihood.scale=1e-300", "--set", "likelihood.min_scale=0"
+        ),
+        "option 'scale' must be at least 1e-06, got 1e-300",
+    ),
+    "training step beyond the memory": (
+        lambda c: train_argv(
+            c,
+            "--set",
+            "objective.num_particles=10000",
+            "--set",
+            "train.batch_size=1000000",
+            "--set",
+            "network.hidden=[4096]",
+        ),
+        "a training step needs about",
+    ),
+    "K of 1e20": (
+        lambda c: ["evaluate", str(c["run"]), "-k", str(10**20)],
+        "--num-samples must be at most 1e+06, got 100000000000000000000",
+    ),
+    "classifier K of 1e14": (
+        lambda c: ["evaluate", str(c["run"]), "--classify", "--classify-samples", str(10**14)],
+        "--classify-samples must be at most 100000, got 100000000000000",
+    ),
+    "limit beyond any sane count": (
+        lambda c: ["evaluate", str(c["run"]), "--limit", str(10**12)],
+        "--limit must be at most 1e+08",
+    ),
+    "gradient draws beyond any sane count": (
+        lambda c: ["gradvar", str(c["run"]), "--draws", str(10**9)],
+        "--draws must be at most 100000",
+    ),
     # every message one line
     "unknown flag": (lambda c: train_argv(c, "--epochz", "3"), "unrecognized arguments: --epochz 3"),
-    "flag without its value": (lambda c: ["evaluate", str(c["run"]), "-k"], "argument --num-samples/-k: expected one argument"),
-    "data root of bytes that are not UTF-8": (lambda c: train_argv(c, "--dataset", "mnist", "--data-root", "/tmp/caf\udce9"),
-                                              "dataset 'mnist' option 'root' holds bytes that are not UTF-8"),
-    "empty idx file": (lambda c: train_argv(c, "--dataset", "mnist", "--data-root", str(empty_idx(c["tmp"]))), "is empty; restore it"),
-    "train and test images of other shapes": (lambda c: train_argv(c, "--dataset", "test-other-shapes"),
-                                              "the train split holds images of shape (1, 4, 4) but the test split (1, 5, 5)"),
-    "NaN weights in the checkpoint": (lambda c: ["evaluate", str(nan_weights(c["run"]))], "hold NaN or infinite values"),
-    "NaN weights to sample": (lambda c: ["sample", str(nan_weights(c["run"])), "--out", str(c["tmp"] / "s.png")],
-                              "hold NaN or infinite values"),
-    "NaN weights to resume": (lambda c: ["train", "--resume", str(nan_weights(c["run"])), "--epochs", "2"],
-                              "hold NaN or infinite values"),
-    "torn metrics line": (lambda c: compare_argv(c, lambda run: edit(run / "metrics.jsonl", lambda t: t[: len(t) // 2])),
-                          "metrics.jsonl line 1 is not JSON (torn or edited)"),
-    "metrics line without a field": (lambda c: compare_argv(c, lambda run: edit(run / "metrics.jsonl",
-                                                                                lambda t: t.replace('"seconds"', '"s"'))),
-                                     "metrics.jsonl line 1 has no number 'seconds'"),
-    "eval.json that is {}": (lambda c: compare_argv(c, lambda run: (run / "eval.json").write_text("{}")),
-                             "eval.json is missing log_likelihood"),
-    "eval.json that is a list": (lambda c: compare_argv(c, lambda run: (run / "eval.json").write_text("[1, 2]")),
-                                 "eval.json is not a JSON object"),
-    "bench's plain estimate of a Gaussian run": (lambda c: ["bench", "--compare-run", str(gaussian_run(c)), "-k", "5"],
-                                                 "--compare-run's plain estimate is the one-layer MLP VAE with a Bernoulli"),
-    "sample written over the run's loss curve": (lambda c: ["sample", str(c["run"]), "--out", str(c["run"] / "loss.png")],
-                                                 "names a file that its run folder owns"),
-    "lock file that is a link": (lambda c: link(c["run"] / ".lock", c["tmp"] / "important.txt", ["train", "--resume", str(c["run"])]),
-                                 ".lock is a symbolic link; pyro-vae never writes through a link"),
-    "tensorboard folder that is a link": (lambda c: link(c["run"] / "tensorboard", folder_with_events(c["tmp"]),
-                                                         train_argv(c, "--name", "existing", "--overwrite")),
-                                          "tensorboard is a symbolic link"),
-    "run read by another command": (lambda c: (hold_lock(c, shared=True), train_argv(c, "--name", "existing", "--overwrite"))[1],
-                                    "is in use by a command that reads it"),
-    "run trained by another process, to evaluate": (lambda c: (hold_lock(c), ["evaluate", str(c["run"])])[1],
-                                                    "is being trained or replaced by process"),
+    "flag without its value": (
+        lambda c: ["evaluate", str(c["run"]), "-k"],
+        "argument --num-samples/-k: expected one argument",
+    ),
+    "data root of bytes that are not UTF-8": (
+        lambda c: train_argv(c, "--dataset", "mnist", "--data-root", "/tmp/caf\udce9"),
+        "dataset 'mnist' option 'root' holds bytes that are not UTF-8",
+    ),
+    "empty idx file": (
+        lambda c: train_argv(c, "--dataset", "mnist", "--data-root", str(empty_idx(c["tmp"]))),
+        "is empty; restore it",
+    ),
+    "train and test images of other shapes": (
+        lambda c: train_argv(c, "--dataset", "test-other-shapes"),
+        "the train split holds images of shape (1, 4, 4) but the test split (1, 5, 5)",
+    ),
+    "NaN weights in the checkpoint": (
+        lambda c: ["evaluate", str(nan_weights(c["run"]))],
+        "hold NaN or infinite values",
+    ),
+    "NaN weights to sample": (
+        lambda c: ["sample", str(nan_weights(c["run"])), "--out", str(c["tmp"] / "s.png")],
+        "hold NaN or infinite values",
+    ),
+    "NaN weights to resume": (
+        lambda c: ["train", "--resume", str(nan_weights(c["run"])), "--epochs", "2"],
+        "hold NaN or infinite values",
+    ),
+    "torn metrics line": (
+        lambda c: compare_argv(c, lambda run: edit(run / "metrics.jsonl", lambda t: t[: len(t) // 2])),
+        "metrics.jsonl line 1 is not JSON (torn or edited)",
+    ),
+    "metrics line without a field": (
+        lambda c: compare_argv(c, lambda run: edit(run / "metrics.jsonl", lambda t: t.replace('"seconds"', '"s"'))),
+        "metrics.jsonl line 1 has no number 'seconds'",
+    ),
+    "eval.json that is {}": (
+        lambda c: compare_argv(c, lambda run: (run / "eval.json").write_text("{}")),
+        "eval.json is missing log_likelihood",
+    ),
+    "eval.json that is a list": (
+        lambda c: compare_argv(c, lambda run: (run / "eval.json").write_text("[1, 2]")),
+        "eval.json is not a JSON object",
+    ),
+    "bench's plain estimate of a Gaussian run": (
+        lambda c: ["bench", "--compare-run", str(gaussian_run(c)), "-k", "5"],
+        "--compare-run's plain estimate is the one-layer MLP VAE with a Bernoulli",
+    ),
+    "sample written over the run's loss curve": (
+        lambda c: ["sample", str(c["run"]), "--out", str(c["run"] / "loss.png")],
+        "names a file that its run folder owns",
+    ),
+    "lock file that is a link": (
+        lambda c: link(c["run"] / ".lock", c["tmp"] / "important.txt", ["train", "--resume", str(c["run"])]),
+        ".lock is a symbolic link; pyro-vae never writes through a link",
+    ),
+    "tensorboard folder that is a link": (
+        lambda c: link(
+            c["run"] / "tensorboard", folder_with_events(c["tmp"]), train_argv(c, "--name", "existing", "--overwrite")
+        ),
+        "tensorboard is a symbolic link",
+    ),
+    "run read by another command": (
+        lambda c: (hold_lock(c, shared=True), train_argv(c, "--name", "existing", "--overwrite"))[1],
+        "is in use by a command that reads it",
+    ),
+    "run trained by another process, to evaluate": (
+        lambda c: (hold_lock(c), ["evaluate", str(c["run"])])[1],
+        "is being trained or replaced by process",
+    ),
 }
 
 
 @DATASETS.register("test-other-shapes")
 class OtherShapes:
     def load(self):
-        return ImageData(Split(torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)),
-                         Split(torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)), 2)
+        return ImageData(
+            Split(torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)),
+            Split(torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
+            2,
+        )
 
 
 def empty_idx(tmp):
     raw = tmp / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (raw / name).write_bytes(b"")
     return tmp / "data"
 
@@ -665,11 +957,12 @@ def link(path, target, argv):
     path.symlink_to(target)
     return argv
 
+
 HELD = []
 
 
 def hold_lock(c, shared=False):
-    from pyro_vae.files import RunLock
+    from pyro_vae.runs.files import RunLock
 
     HELD.append(RunLock(c["run"], shared=shared).acquire())
 
@@ -722,6 +1015,7 @@ def test_api_refuses_to_replace_a_run_without_overwrite(tiny):
     assert (run / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_name_started_together_never_lose_one(tmp_path):
     runs = [start(tmp_path, "same") for _ in range(2)]
     results = [(p.communicate(timeout=300)[1], p.returncode)[::-1] for p in runs]
@@ -754,9 +1048,28 @@ def test_a_diverging_run_stops_in_one_line(tiny, capsys, jit):
     line, without Pyro's warning of the NaN before it (pytest turns that warning into an error, so it would fail
     here too)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(cli_args("train", tiny, "--name", "diverged", "--lr", "1e6", "--likelihood", "gaussian",
-                      "--set", "likelihood.learn_scale=pixel", "--set", "likelihood.min_scale=0", "--set", "train.epochs=3",
-                      "--set", "train.batch_size=50", "--set", f"objective.jit={jit}"))
+        main(
+            cli_args(
+                "train",
+                tiny,
+                "--name",
+                "diverged",
+                "--lr",
+                "1e6",
+                "--likelihood",
+                "gaussian",
+                "--set",
+                "likelihood.learn_scale=pixel",
+                "--set",
+                "likelihood.min_scale=0",
+                "--set",
+                "train.epochs=3",
+                "--set",
+                "train.batch_size=50",
+                "--set",
+                f"objective.jit={jit}",
+            )
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pyro-vae: error: loss became "), err
@@ -770,8 +1083,14 @@ def test_nan_advice_works_lr_and_clipping_change_on_resume_and_are_recorded(tiny
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == 1e-4
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "event" in line]
-    assert events == [{"event": "resume", "epoch": 1, "step": 2, "changed": {
-        "train.clip_norm": [0.0, 5.0], "train.epochs": [1, 2], "train.lr": [0.001, 0.0001]}}]
+    assert events == [
+        {
+            "event": "resume",
+            "epoch": 1,
+            "step": 2,
+            "changed": {"train.clip_norm": [0.0, 5.0], "train.epochs": [1, 2], "train.lr": [0.001, 0.0001]},
+        }
+    ]
 
 
 def test_run_files_respect_the_umask(tiny):
@@ -779,7 +1098,7 @@ def test_run_files_respect_the_umask(tiny):
 
     old = os.umask(0o027)
     try:
-        from pyro_vae import files
+        from pyro_vae.runs import files
 
         files.UMASK, saved = 0o027, files.UMASK
         run = trained(tiny, "modes")
@@ -812,19 +1131,16 @@ def test_many_samples_go_to_an_array_in_batches(tiny, capsys):
     assert array.shape == (2500, 1, 8, 8) and array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
 
 
-def sigterm_caught(pid):
-    """Whether process ``pid`` has a handler for SIGTERM (bit 15 of SigCgt in /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
-    return False
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_start_up_is_one_line(tiny, signum):
     run = trained(tiny, "sig")
-    process = subprocess.Popen([sys.executable, "-m", "pyro_vae", "evaluate", str(run), "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae", "evaluate", str(run), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 30
     while not sigterm_caught(process.pid):  # main() has set up its handling; torch and Pyro are still loading
         assert time.time() < deadline and process.poll() is None
@@ -860,24 +1176,36 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny, capsys):
     checkpoint = (run / "checkpoint.pt").read_bytes()
     capsys.readouterr()
     main(["train", "--resume", str(run)])
-    assert "has trained all 1 of its epochs: nothing to train (--epochs 11 would train 10 more)" in capsys.readouterr().out
+    assert (
+        "has trained all 1 of its epochs: nothing to train (--epochs 11 would train 10 more)" in capsys.readouterr().out
+    )
     assert (run / "checkpoint.pt").read_bytes() == checkpoint
 
 
 def test_a_run_of_zero_epochs_is_its_initial_weights_to_evaluate_compare_and_resume(tiny, capsys):
-    zero = trained(tiny, "zero", "--epochs", "0")  # it said "done" and left no checkpoint: evaluate and resume refused it
+    zero = trained(
+        tiny, "zero", "--epochs", "0"
+    )  # it said "done" and left no checkpoint: evaluate and resume refused it
     one = trained(tiny, "one")
     main(["evaluate", str(zero), "-k", "5", "--limit", "5", "--quiet"])
     main(["compare", str(zero), str(one), "--out", str(Path(tiny["runs_root"]) / "cmp")])
     main(["train", "--resume", str(zero), "--epochs", "1", "--quiet"])
-    losses = [[m["train_loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in m]
-              for run in (zero, one)]
-    assert losses[0] == losses[1] and len(losses[0]) == 1  # resumed from its initial weights: the same epoch, to the bit
+    losses = [
+        [
+            m["train_loss"]
+            for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "train_loss" in m
+        ]
+        for run in (zero, one)
+    ]
+    assert (
+        losses[0] == losses[1] and len(losses[0]) == 1
+    )  # resumed from its initial weights: the same epoch, to the bit
 
 
 def test_a_refused_resume_releases_the_run(tiny):
     from pyro_vae import PyroVAEError, load_config, train
-    from pyro_vae.files import RunLock
+    from pyro_vae.runs.files import RunLock
 
     run = trained(tiny, "refused")
     damage_checkpoint(run, "model")

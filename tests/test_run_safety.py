@@ -1,5 +1,6 @@
 """Commands that share a run folder: locks, links, temporaries, what each result names, data that moved,
 and the parts of a split that every command takes."""
+
 import hashlib
 import json
 import os
@@ -13,9 +14,9 @@ from conftest import cli_args
 
 from pyro_vae import PyroVAEError, load_config, train
 from pyro_vae.cli import main
-from pyro_vae.config import Component
-from pyro_vae.datasets import balanced_order, load_data
-from pyro_vae.files import RunLock
+from pyro_vae.runs.config import Component
+from pyro_vae.runs.datasets import balanced_order, load_data
+from pyro_vae.runs.files import RunLock
 
 
 def trained(tiny, name, *extra):
@@ -28,8 +29,11 @@ def test_every_result_names_the_checkpoint_it_was_computed_from(tiny):
     main(["evaluate", str(run), "-k", "3", "--limit", "4", "--classify", "--classify-samples", "2", "--quiet"])
     main(["gradvar", str(run), "--draws", "2", "--examples", "2", "--quiet"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    expected = {"epoch": state["epoch"], "step": state["step"],
-                "sha256": hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()}
+    expected = {
+        "epoch": state["epoch"],
+        "step": state["step"],
+        "sha256": hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest(),
+    }
     for name in ("eval.json", "classify.json", "gradvar.json"):
         assert json.loads((run / name).read_text())["checkpoint"] == expected, name
 
@@ -70,8 +74,9 @@ def test_a_samples_file_says_its_label(tiny, capsys):
 
 def write_idx(path, array):
     """``array`` (uint8) as an idx file, the format torchvision's MNIST reads."""
-    path.write_bytes(b"\0\0\x08" + bytes([array.dim()]) + struct.pack(f">{array.dim()}I", *array.shape)
-                     + array.numpy().tobytes())
+    path.write_bytes(
+        b"\0\0\x08" + bytes([array.dim()]) + struct.pack(f">{array.dim()}I", *array.shape) + array.numpy().tobytes()
+    )
 
 
 def tiny_mnist(root):
@@ -79,15 +84,36 @@ def tiny_mnist(root):
     raw.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     for prefix, n in (("train", 40), ("t10k", 20)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8))
+        write_idx(
+            raw / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        )
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", (torch.arange(n) % 10).to(torch.uint8))
 
 
 def test_a_run_stores_its_data_root_absolute_and_follows_moved_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     tiny_mnist(tmp_path / "data")
-    base = ["--dataset", "mnist", "--data-root", "data", "--set", "data.download=false", "--set", "network.hidden=[8]",
-            "--z-dim", "2", "--epochs", "1", "--batch-size", "20", "--quiet", "--runs-root", "runs", "--name", "moved"]
+    base = [
+        "--dataset",
+        "mnist",
+        "--data-root",
+        "data",
+        "--set",
+        "data.download=false",
+        "--set",
+        "network.hidden=[8]",
+        "--z-dim",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--quiet",
+        "--runs-root",
+        "runs",
+        "--name",
+        "moved",
+    ]
     main(["train", *base])
     run = tmp_path / "runs" / "moved"
     assert f'root = "{tmp_path / "data"}"' in (run / "config.toml").read_text()

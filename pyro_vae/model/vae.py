@@ -15,6 +15,7 @@ around the per-example sites; latent sites and the observed site ``"x"`` (the ta
 ``.to_event(...)`` so that its log-prob has shape [B]. A model without labels refuses a ``y``; the
 label CVAE needs it.
 """
+
 import contextlib
 import dataclasses
 import itertools
@@ -27,9 +28,9 @@ from pyro import poutine
 from pyro.distributions import Normal
 from torch import nn
 
+from ..devices import free_memory
+from ..errors import PyroVAEError
 from .conditions import CONDITIONS
-from .devices import free_memory
-from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS, GaussianMLP, activation_class
 from .priors import PRIORS
@@ -80,7 +81,9 @@ class VAE(nn.Module):
         self.reparameterize = reparameterize
         self.pyro_name = f"vae{next(self._names)}"
         if prior.conditional and not spec.cond_dim:
-            raise PyroVAEError(f"the {prior.registered_name} prior needs a conditional model (a [condition], e.g. --conditional)")
+            raise PyroVAEError(
+                f"the {prior.registered_name} prior needs a conditional model (a [condition], e.g. --conditional)"
+            )
         self.spec = spec
         self.conditioning = condition or CONDITIONS.build("none", {}, spec.image_shape, spec.num_classes)
         self.encoder = network.encoder
@@ -116,9 +119,11 @@ class VAE(nn.Module):
         m = config.model
         condition = CONDITIONS.build(config.condition.name, config.condition.options, tuple(image_shape), num_classes)
         if m.z_dim == 0 and (not condition.partial or m.layers or config.prior.name != "standard_normal"):
-            raise PyroVAEError("model.z_dim = 0 (no latent, no prior) is the deterministic baseline of image completion; "
-                               "use it with a condition on part of the image (quadrants, column), no model.layers and "
-                               "the standard_normal prior")
+            raise PyroVAEError(
+                "model.z_dim = 0 (no latent, no prior) is the deterministic baseline of image completion; "
+                "use it with a condition on part of the image (quadrants, column), no model.layers and "
+                "the standard_normal prior"
+            )
         sizes = [*m.layers, m.z_dim]  # latent sizes, bottom (next to x) to top
         spec = ModelSpec(tuple(image_shape), m.z_dim, num_classes, condition.labels, condition.dim)
         bottom = dataclasses.replace(spec, image_shape=condition.target_shape, z_dim=sizes[0])  # what the networks see
@@ -133,7 +138,7 @@ class VAE(nn.Module):
     @property
     def latent_sites(self):
         """Names of the latent sites, bottom (next to x) to top: ["z"], or ["z1", …, "z"]; none where z_dim = 0."""
-        return [f"z{l + 1}" for l in range(len(self.up))] + ["z"] if self.spec.z_dim else []
+        return [f"z{layer + 1}" for layer in range(len(self.up))] + ["z"] if self.spec.z_dim else []
 
     def condition(self, x, y):
         """(t, c): the target t [B, *target_shape] the model generates and its condition c [B, cond_dim] (None
@@ -152,12 +157,15 @@ class VAE(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise PyroVAEError(f"images must be a tensor [B, *image_shape], got {type(x).__name__}")
         if x.device != weight.device:
-            raise PyroVAEError(f"images on {x.device} given to a model on {weight.device}; "
-                               f"move them with .to({str(weight.device)!r})")
+            raise PyroVAEError(
+                f"images on {x.device} given to a model on {weight.device}; move them with .to({str(weight.device)!r})"
+            )
         if x.dtype == weight.dtype:
             return x
         if not (x.is_floating_point() or x.dtype == torch.bool):
-            raise PyroVAEError(f"images of integer type {x.dtype} given to the model; pass grey levels in [0, 1] as floats")
+            raise PyroVAEError(
+                f"images of integer type {x.dtype} given to the model; pass grey levels in [0, 1] as floats"
+            )
         return x.to(weight.dtype)
 
     def label_condition(self, y, n, dtype):
@@ -165,12 +173,16 @@ class VAE(nn.Module):
         after checking that a conditional VAE has n integer labels in range and an unconditional one none."""
         if not self.spec.conditional:
             if y is not None:
-                raise PyroVAEError("a label y was given to a model without labels; train with --conditional to use labels")
+                raise PyroVAEError(
+                    "a label y was given to a model without labels; train with --conditional to use labels"
+                )
             return None
         if y is None:
             raise PyroVAEError("this conditional model needs the label y of every image")
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise PyroVAEError(f"labels must be an integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')}".rstrip())
+            raise PyroVAEError(
+                f"labels must be an integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')}".rstrip()
+            )
         if y.dim() != 1:
             raise PyroVAEError(f"labels must be a vector [n], got shape {tuple(y.shape)}")
         if len(y) != n:
@@ -243,7 +255,9 @@ class VAE(nn.Module):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise PyroVAEError(f"the number of samples must be a positive integer, got {n!r}")
         if self.conditioning.partial:
-            raise PyroVAEError("a completion model draws z ~ p(z|x_G) for the given part of an image; use complete(x, n)")
+            raise PyroVAEError(
+                "a completion model draws z ~ p(z|x_G) for the given part of an image; use complete(x, n)"
+            )
         c = self.label_condition(y, n, torch.float32)
         return self.prior(None if c is None else c.to(self.device)).expand([n]).sample()
 
@@ -281,7 +295,9 @@ def build_vae(config, image_shape, num_classes, device):
     memory is refused in one line instead of failing inside the allocator."""
     try:
         with torch.device("meta"):
-            weights = sum(p.numel() * p.element_size() for p in VAE.from_config(config, image_shape, num_classes).parameters())
+            weights = sum(
+                p.numel() * p.element_size() for p in VAE.from_config(config, image_shape, num_classes).parameters()
+            )
     except (RuntimeError, NotImplementedError):  # a component that reads tensor values while it is built
         weights = 0
     free = free_memory(device)
@@ -295,4 +311,6 @@ def build_vae(config, image_shape, num_classes, device):
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
         if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
             raise
-        raise PyroVAEError(f"the model does not fit in memory on {torch.device(device).type}; lower model.z_dim or the network sizes") from None
+        raise PyroVAEError(
+            f"the model does not fit in memory on {torch.device(device).type}; lower model.z_dim or the network sizes"
+        ) from None

@@ -3,11 +3,12 @@
 The factor depends on the epoch alone, so a run resumed at any step continues with the learning rate
 an uninterrupted run has there; the trainer sets it at the start of every epoch and logs it.
 """
+
 import bisect
 from itertools import accumulate
 from typing import Annotated
 
-from .registry import Count, Range, Registry
+from ..registry import Count, Range, Registry
 
 SCHEDULES = Registry("schedule")
 
@@ -45,4 +46,3 @@ class Burda:
     def factor(self, epoch):
         stage = bisect.bisect_right(self.ends, epoch * self.scale + 1e-9)
         return 10 ** (-min(stage, len(self.ends) - 1) / 7)
-

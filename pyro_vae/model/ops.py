@@ -10,6 +10,7 @@ exp(log σ(t) − t)), where autograd through the forward's pieces (or TorchScri
 under Pyro's JIT) takes a dozen passes over the [B, pixels] tensors. On GPUs the fused PyTorch
 kernels are used as they are.
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -2,6 +2,7 @@
 the Kingma–Welling manifold (z of dimension 2), CVAE class grids, image completions, log p̂(x) against
 K, and the generative classifier's confusion matrix; for points in ℝ², data against samples and the learned map
 g(z) = E[x|z]. Each function writes one PNG."""
+
 import io
 import itertools
 import math
@@ -15,8 +16,8 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from .devices import forked_rng  # noqa: E402
-from .files import atomic_file, atomic_write, check_space  # noqa: E402
+from ..devices import forked_rng  # noqa: E402
+from ..runs.files import atomic_file, atomic_write, check_space  # noqa: E402
 
 
 def save(fig, path):
@@ -101,7 +102,9 @@ def latent_scatter(loc, labels, path):
 def manifold(vae, path, steps=20):
     """Decoded images on a grid of z = Φ⁻¹(u), u ∈ (0.05, 0.95)², for a 2-dimensional z (Kingma & Welling 2014)."""
     u = torch.linspace(0.05, 0.95, steps)
-    z1, z2 = torch.meshgrid(torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u), indexing="ij")
+    z1, z2 = torch.meshgrid(
+        torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u), indexing="ij"
+    )
     z = torch.stack([z2.flatten(), -z1.flatten()], dim=-1).to(vae.device)
     image_grid(vae.decode(z), path, steps, "learned manifold: decoded z on a grid of Gaussian quantiles")
 
@@ -193,11 +196,21 @@ def class_grids(vae, run_dir, columns=10, seed=0):
         with forked_rng(vae.device):
             torch.manual_seed(seed)
             rows.append(vae.sample(columns, torch.full((columns,), label, device=vae.device)))
-    image_grid(torch.cat(rows), Path(run_dir) / "class_grid.png", columns,
-               "one row per label y, the same z in each column", row_labels=range(num_classes))
+    image_grid(
+        torch.cat(rows),
+        Path(run_dir) / "class_grid.png",
+        columns,
+        "one row per label y, the same z in each column",
+        row_labels=range(num_classes),
+    )
     labels = torch.arange(num_classes, device=vae.device).repeat_interleave(columns)
-    image_grid(vae.sample(len(labels), labels), Path(run_dir) / "class_samples.png", columns,
-               "samples x ~ p(x|z,y), z ~ p(z|y), one row per label", row_labels=range(num_classes))
+    image_grid(
+        vae.sample(len(labels), labels),
+        Path(run_dir) / "class_samples.png",
+        columns,
+        "samples x ~ p(x|z,y), z ~ p(z|y), one row per label",
+        row_labels=range(num_classes),
+    )
 
 
 def one_per_class(labels, n=10):
@@ -246,7 +259,9 @@ def confusion_matrix(matrix, accuracy, path):
     fig, ax = plt.subplots(figsize=(6, 5))
     image = ax.imshow(matrix.cpu(), cmap="Blues")
     fig.colorbar(image, ax=ax)
-    for (i, j), count in zip(torch.cartesian_prod(*[torch.arange(s) for s in matrix.shape]).tolist(), matrix.flatten().tolist()):
+    for (i, j), count in zip(
+        torch.cartesian_prod(*[torch.arange(s) for s in matrix.shape]).tolist(), matrix.flatten().tolist()
+    ):
         ax.text(j, i, str(count), ha="center", va="center", fontsize=7)
     ax.set_xlabel("predicted y = argmax p(y|x)")
     ax.set_ylabel("true y")
@@ -261,9 +276,16 @@ def compare_curves(names, metrics, path):
         epochs = [m for m in records if "train_loss" in m]
         tested = [m for m in epochs if "test_elbo" in m]
         color = f"C{i}"
-        ax.plot([m["epoch"] for m in tested], [-m["test_elbo"] for m in tested], color=color, label=f"{name}: test −ELBO")
-        ax.plot([m["epoch"] for m in epochs], [m["train_loss"] for m in epochs], color=color, linestyle="--",
-                label=f"{name}: train loss")
+        ax.plot(
+            [m["epoch"] for m in tested], [-m["test_elbo"] for m in tested], color=color, label=f"{name}: test −ELBO"
+        )
+        ax.plot(
+            [m["epoch"] for m in epochs],
+            [m["train_loss"] for m in epochs],
+            color=color,
+            linestyle="--",
+            label=f"{name}: train loss",
+        )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("nats per example")

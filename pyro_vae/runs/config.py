@@ -5,6 +5,7 @@ A config has one section per component chosen by name from a registry (``data``,
 sections (``model``, ``train``). Bundled configs live in ``pyro_vae/configs/*.toml``; the resolved
 config saved in a run folder is all that ``evaluate``, ``sample`` and ``--resume`` need.
 """
+
 import dataclasses
 import json
 import os
@@ -21,19 +22,26 @@ except ModuleNotFoundError:  # Python 3.10
 
 import torch
 
-from .conditions import CONDITIONS
+from ..errors import PyroVAEError
+from ..infer.objectives import OBJECTIVES
+from ..infer.schedules import SCHEDULES
+from ..model.conditions import CONDITIONS
+from ..model.likelihoods import LIKELIHOODS
+from ..model.networks import NETWORKS
+from ..model.priors import PRIORS
+from ..registry import MAX_COUNT, MAX_SIZE, Count, Range, Seed, Size, check_type
 from .datasets import DATASETS
-from .errors import PyroVAEError
 from .files import os_error
-from .likelihoods import LIKELIHOODS
-from .networks import NETWORKS
-from .objectives import OBJECTIVES
-from .priors import PRIORS
-from .registry import MAX_COUNT, MAX_SIZE, Count, Range, Seed, Size, check_type
-from .schedules import SCHEDULES
 
-REGISTRIES = {"data": DATASETS, "condition": CONDITIONS, "network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS, "objective": OBJECTIVES,
-              "schedule": SCHEDULES}
+REGISTRIES = {
+    "data": DATASETS,
+    "condition": CONDITIONS,
+    "network": NETWORKS,
+    "prior": PRIORS,
+    "likelihood": LIKELIHOODS,
+    "objective": OBJECTIVES,
+    "schedule": SCHEDULES,
+}
 
 
 @dataclass
@@ -66,7 +74,9 @@ class TrainConfig:
     clip_norm: Annotated[float, Range(0, 1e12)] = 0.0  # gradient clipping by norm (0: off)
     seed: Seed = 0
     device: str = "auto"  # auto | cpu | cuda
-    checkpoint_every: Annotated[int, Range(0, MAX_COUNT)] = 0  # also checkpoint every N steps (0: at each epoch's end only)
+    checkpoint_every: Annotated[int, Range(0, MAX_COUNT)] = (
+        0  # also checkpoint every N steps (0: at each epoch's end only)
+    )
     eval_batch_size: Annotated[int, Range(1, 2**20)] = 1000  # examples per batch when scoring the test set
     test_examples: Annotated[int, Range(0, MAX_COUNT)] = 0  # the epoch's test ELBO on N test examples (a fixed,
     # class-balanced part; 0: all of them)
@@ -121,7 +131,9 @@ def read_toml(name_or_path):
         except OSError as e:
             raise os_error("read", path, e) from None
         except UnicodeDecodeError as e:
-            raise PyroVAEError(f"config {path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); TOML files are UTF-8") from None
+            raise PyroVAEError(
+                f"config {path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); TOML files are UTF-8"
+            ) from None
     else:
         raise PyroVAEError(
             f"config {name_or_path!r} is neither a file nor a bundled config; bundled: {', '.join(bundled_configs())}"
@@ -219,7 +231,9 @@ def legacy_conditional(table):
     flag = check_type("model.conditional", model.pop("conditional"), bool)
     condition = dict(table.get("condition", {"name": "none"}))
     if flag and condition.get("name", "none") not in ("none", "label"):
-        raise PyroVAEError(f"model.conditional = true asks for the label condition, but condition.name is {condition['name']!r}")
+        raise PyroVAEError(
+            f"model.conditional = true asks for the label condition, but condition.name is {condition['name']!r}"
+        )
     if flag:
         condition["name"] = "label"
     return {**table, "model": model, "condition": condition}
@@ -235,18 +249,14 @@ def section_from_dict(section, cls, values):
 
 
 def check_ranges(config):
-    """The rules between settings (each setting's own range is in its type, checked as it is read)."""
+    """The rules between settings: the config's own, then each chosen component's ``check_config(config)``
+    where it has one (each setting's own range is in its type, checked as it is read)."""
     if not config.model.layer_hidden:
         raise PyroVAEError("model.layer_hidden must hold at least one size")
-    if config.model.layers and config.prior.name == "vamp":
-        raise PyroVAEError("the vamp prior maps pseudo-inputs through the encoder to the top latent; "
-                           "it needs one stochastic layer (model.layers = [])")
-    if not config.model.reparameterize and config.objective.name in ("mean_field", "iwae"):
-        raise PyroVAEError(f"objective {config.objective.name} needs a reparameterized guide; with "
-                           "model.reparameterize = false use trace_elbo (Pyro forms the score-function gradient)")
-    if config.model.layers and config.objective.name == "mean_field":
-        raise PyroVAEError("objective mean_field takes each layer's KL in closed form, which a guide q(z2|z1) … "
-                           "makes wrong; with model.layers use trace_elbo or iwae")
+    for section, registry in REGISTRIES.items():  # each component's own rules about the rest of the config
+        check = getattr(registry.get(getattr(config, section).name), "check_config", None)
+        if check is not None:
+            check(config)
     if config.train.device not in DEVICES:
         raise PyroVAEError(f"train.device must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
     if config.train.precision not in PRECISIONS:
@@ -270,8 +280,11 @@ def config_differences(a, b):
     """{"section.key": (value in a, value in b)} for every setting where two ``Config.to_dict()`` differ. A
     setting one of them leaves out (a run saved before the setting existed) counts as its default."""
     flat_a, flat_b = ({f"{s}.{k}": v for s, values in completed(d).items() for k, v in values.items()} for d in (a, b))
-    return {key: (flat_a.get(key), flat_b.get(key)) for key in sorted(flat_a.keys() | flat_b.keys())
-            if flat_a.get(key) != flat_b.get(key)}
+    return {
+        key: (flat_a.get(key), flat_b.get(key))
+        for key in sorted(flat_a.keys() | flat_b.keys())
+        if flat_a.get(key) != flat_b.get(key)
+    }
 
 
 def completed(table):

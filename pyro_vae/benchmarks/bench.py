@@ -6,6 +6,7 @@ on images binarized by ``torch.bernoulli``, with ``torch.optim.Adam`` at its def
 hand-written vectorized IWAE estimate of log p(x). Repetitions are interleaved so that machine
 noise hits every variant alike; medians are reported.
 """
+
 import copy
 import ctypes
 import json
@@ -23,16 +24,16 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from .config import load_config, to_toml
-from .datasets import load_data
-from .devices import resolve_device
-from .errors import PyroVAEError
-from .evaluate import importance_sample, inspect_model, measured_chunk_size
-from .experiment import build, expand
-from .files import atomic_write, make_folder
-from .networks import activation_class, mlp
-from .runs import holds_run, open_run_dir, save_checkpoint, write_metrics
-from .trainer import Trainer, test_elbo
+from ..devices import resolve_device
+from ..errors import PyroVAEError
+from ..infer.importance import importance_sample, inspect_model, measured_chunk_size
+from ..model.networks import activation_class, mlp
+from ..runs.config import load_config, to_toml
+from ..runs.datasets import load_data
+from ..runs.experiment import build, expand
+from ..runs.files import atomic_write, make_folder
+from ..runs.folders import holds_run, open_run_dir, save_checkpoint, write_metrics
+from ..trainer import Trainer, test_elbo
 
 
 def plain_loss(vae, x):
@@ -73,7 +74,9 @@ class PlainTrainer:
     def __init__(self, trainer, binarize=plain_binarize):
         self.trainer, self.binarize = trainer, binarize
         self.vae = copy.deepcopy(trainer.vae)
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=trainer.config.train.lr, eps=trainer.config.train.adam_eps)
+        self.optimizer = torch.optim.Adam(
+            self.vae.parameters(), lr=trainer.config.train.lr, eps=trainer.config.train.adam_eps
+        )
 
     def train_step(self, index):
         x = self.binarize(expand(self.trainer.train_x[index]), self.trainer.generator)
@@ -93,11 +96,17 @@ class CarefulTrainer:
     def __init__(self, trainer, dtype=None):
         encoder, decoder = trainer.vae.encoder, trainer.vae.decoder  # the MLP network's GaussianMLP encoder
         self.trainer, self.dtype = trainer, dtype
-        self.encoder, self.decoder = (flat_mlp([m for m in net.modules() if isinstance(m, torch.nn.Linear)], type(encoder.act))
-                                      for net in (encoder, decoder))
+        self.encoder, self.decoder = (
+            flat_mlp([m for m in net.modules() if isinstance(m, torch.nn.Linear)], type(encoder.act))
+            for net in (encoder, decoder)
+        )
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=trainer.config.train.lr, eps=trainer.config.train.adam_eps,
-                                          fused=trainer.device.type in ("cpu", "cuda") or None)
+        self.optimizer = torch.optim.Adam(
+            params,
+            lr=trainer.config.train.lr,
+            eps=trainer.config.train.adam_eps,
+            fused=trainer.device.type in ("cpu", "cuda") or None,
+        )
 
     def train_step(self, index):
         trainer = self.trainer
@@ -150,7 +159,9 @@ def matmul_limit(device, dtype, batch_sizes, size=(784, 400), seconds=0.5):
 
 def forward_flops(*networks):
     """FLOPs of the forward pass of ``networks``' linear layers for one example: 2·Σ in·out."""
-    return 2 * sum(m.in_features * m.out_features for net in networks for m in net.modules() if isinstance(m, torch.nn.Linear))
+    return 2 * sum(
+        m.in_features * m.out_features for net in networks for m in net.modules() if isinstance(m, torch.nn.Linear)
+    )
 
 
 def step_flops(vae):
@@ -253,8 +264,8 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
             trainer = Trainer(load_config(None, common), tmp, progress=False)
             bf16_trainer = Trainer(load_config(None, common + ["train.precision=bfloat16"]), tmp_bf16, progress=False)
             variants = {
-                "pyro": lambda index: trainer.train_step(index).item(),
-                "pyro_bf16": lambda index: bf16_trainer.train_step(index).item(),
+                "pyro": lambda index, t=trainer: t.train_step(index).item(),
+                "pyro_bf16": lambda index, t=bf16_trainer: t.train_step(index).item(),
                 "plain": PlainTrainer(trainer).train_step,
                 "careful": CarefulTrainer(trainer).train_step,
                 "careful_bf16": CarefulTrainer(trainer, torch.bfloat16).train_step,
@@ -262,8 +273,11 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
             rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
         r = results[batch_size] = {f"{name}_images_per_s": statistics.median(v) for name, v in rates.items()}
         r["pyro_uses_jit"] = trainer.jit_elbo is not None and bf16_trainer.jit_elbo is not None
-        for key, (name, reference) in {"ratio_careful": ("pyro", "careful"), "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
-                                       "ratio_plain": ("pyro", "plain")}.items():
+        for key, (name, reference) in {
+            "ratio_careful": ("pyro", "careful"),
+            "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
+            "ratio_plain": ("pyro", "plain"),
+        }.items():
             ratios = [p / q for p, q in zip(rates[name], rates[reference])]
             r[key], r[f"{key}_quartiles"] = statistics.median(ratios), statistics.quantiles(ratios, n=4)[::2]
         flops = step_flops(trainer.vae)
@@ -284,7 +298,10 @@ def fixed_cost(config_overrides, repeats, steps, device):
     overrides = config_overrides + FIXED_COST_NETWORK + [f"train.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(load_config(None, overrides), tmp, progress=False)
-        variants = {"pyro": lambda index: trainer.train_step(index).item(), "careful": CarefulTrainer(trainer).train_step}
+        variants = {
+            "pyro": lambda index: trainer.train_step(index).item(),
+            "careful": CarefulTrainer(trainer).train_step,
+        }
         batch_size = trainer.config.train.batch_size
         rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
     return {f"{name}_seconds_per_step": batch_size / statistics.median(v) for name, v in rates.items()}
@@ -295,7 +312,9 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     importance_sample against plain_log_likelihood at K = num_samples."""
     experiment = build(load_config(None, config_overrides), device)
     vae, x = experiment.vae.eval(), experiment.test_x[:num_examples]
-    chunk_size = measured_chunk_size(vae.model, vae.guide, (x,), {}, inspect_model(vae.model, vae.guide, (x,), {}), num_samples)
+    chunk_size = measured_chunk_size(
+        vae.model, vae.guide, (x,), {}, inspect_model(vae.model, vae.guide, (x,), {}), num_samples
+    )
 
     def project():
         return importance_sample(vae.model, vae.guide, x, num_samples=num_samples).log_likelihood
@@ -318,10 +337,15 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
         memory[name] = peak.extra
     pyro_s, plain_s = statistics.median(times["pyro"]), statistics.median(times["plain"])
     return {
-        "num_samples": num_samples, "num_examples": num_examples, "chunk_size": chunk_size,
-        "pyro_seconds": pyro_s, "plain_seconds": plain_s, "speed_ratio": plain_s / pyro_s,
+        "num_samples": num_samples,
+        "num_examples": num_examples,
+        "chunk_size": chunk_size,
+        "pyro_seconds": pyro_s,
+        "plain_seconds": plain_s,
+        "speed_ratio": plain_s / pyro_s,
         "flops": num_examples * (forward_flops(vae.encoder) + num_samples * forward_flops(vae.decoder)),
-        "pyro_peak_extra_mb": memory["pyro"] / 2**20, "plain_peak_extra_mb": memory["plain"] / 2**20,
+        "pyro_peak_extra_mb": memory["pyro"] / 2**20,
+        "plain_peak_extra_mb": memory["plain"] / 2**20,
         "mean_log_likelihood": {k: v.mean().item() for k, v in values.items()},
     }
 
@@ -334,8 +358,10 @@ def parity(epochs, config_name, overrides, device, keep=None, overwrite=False):
     there are replaced only with ``overwrite``."""
     for name in ("pyro", "plain") if keep else ():  # before minutes of training
         if holds_run(Path(keep) / name) and not overwrite:
-            raise PyroVAEError(f"{Path(keep) / name} holds a run; pass --overwrite to replace the runs that --keep names, "
-                               "or --keep another folder")
+            raise PyroVAEError(
+                f"{Path(keep) / name} holds a run; pass --overwrite to replace the runs that --keep names, "
+                "or --keep another folder"
+            )
     config = load_config(config_name, overrides + [f"train.epochs={epochs}", f"train.device={device}"])
     objective = config.objective
     if objective.name not in ("trace_elbo", "mean_field") or objective.options.get("num_particles", 1) != 1:
@@ -349,27 +375,42 @@ def parity(epochs, config_name, overrides, device, keep=None, overwrite=False):
         n, batch_size = len(trainer.train_x), config.train.batch_size
         seconds, plain_metrics = {"pyro": 0.0, "plain": 0.0}, []
         for epoch in range(epochs):
-            trainer.train_epoch()
-            trainer.end_epoch()
-            seconds["pyro"] += trainer.epoch_seconds
+            seconds["pyro"] += trainer.train_one_epoch()["seconds"]
             for group in plain.optimizer.param_groups:
                 group["lr"] = config.train.lr * trainer.schedule.factor(epoch)
             order = torch.randperm(n, generator=trainer.generator, device=trainer.device)
             synchronize(trainer.device)
             started = time.perf_counter()
-            plain_loss_sum = sum(plain.train_step(order[start : start + batch_size]) for start in range(0, n, batch_size))
+            plain_loss_sum = sum(
+                plain.train_step(order[start : start + batch_size]) for start in range(0, n, batch_size)
+            )
             synchronize(trainer.device)
             seconds["plain"] += time.perf_counter() - started
-            plain_metrics.append({"epoch": epoch + 1, "step": trainer.step, "train_loss": plain_loss_sum / n,
-                                  "lr": group["lr"], "seconds": time.perf_counter() - started})
+            plain_metrics.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": trainer.step,
+                    "train_loss": plain_loss_sum / n,
+                    "lr": group["lr"],
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             if (epoch + 1) % max(1, epochs // 10) == 0:
-                print(f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1].get('test_elbo', math.nan):.3f}, "
-                      f"plain {test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000):.3f}", flush=True)
+                print(
+                    f"epoch {epoch + 1}: test ELBO pyro {trainer.metrics[-1].get('test_elbo', math.nan):.3f}, "
+                    f"plain {test_elbo(plain.vae, trainer.experiment.test_x, trainer.experiment.test_y, 1000):.3f}",
+                    flush=True,
+                )
         trainer.release()
         test_x, test_y = trainer.experiment.test_x, trainer.experiment.test_y
         result = {
-            "epochs": epochs, "dataset": config.data.name, "train_examples": n, "test_examples": len(test_x),
-            "batch_size": batch_size, "lr": config.train.lr, "schedule": config.schedule.name,
+            "epochs": epochs,
+            "dataset": config.data.name,
+            "train_examples": n,
+            "test_examples": len(test_x),
+            "batch_size": batch_size,
+            "lr": config.train.lr,
+            "schedule": config.schedule.name,
             "pyro_test_elbo": test_elbo(trainer.vae, test_x, test_y, 1000),
             "plain_test_elbo": test_elbo(plain.vae, test_x, test_y, 1000),
             "pyro_images_per_s": epochs * n / seconds["pyro"],
@@ -395,12 +436,14 @@ def discriminative(config_name, overrides, device):
     torch.manual_seed(config.train.seed)
     x_dim = math.prod(experiment.vae.spec.image_shape)
     sizes = [x_dim, *options["hidden"], experiment.data.num_classes]
-    net = torch.nn.Sequential(torch.nn.Flatten(), mlp(sizes, activation_class(options["activation"]))).to(experiment.vae.device)
+    net = torch.nn.Sequential(torch.nn.Flatten(), mlp(sizes, activation_class(options["activation"]))).to(
+        experiment.vae.device
+    )
     optimizer = torch.optim.Adam(net.parameters(), lr=config.train.lr, eps=config.train.adam_eps)
     generator = torch.Generator(experiment.vae.device).manual_seed(config.train.seed)
     likelihood, n, batch_size = experiment.vae.likelihood, len(experiment.train_x), config.train.batch_size
     started = time.perf_counter()
-    for epoch in range(config.train.epochs):
+    for _ in range(config.train.epochs):
         for index in torch.randperm(n, generator=generator, device=experiment.vae.device).split(batch_size):
             x = expand(experiment.train_x[index])
             x = likelihood.observe(x, generator) if likelihood.dynamic else x
@@ -410,16 +453,27 @@ def discriminative(config_name, overrides, device):
             optimizer.step()
     with torch.no_grad():
         accuracy = (net(experiment.test_x).argmax(-1) == experiment.test_y).double().mean().item()
-    return {"config": config_name, "dataset": config.data.name, "train_examples": n, "test_examples": len(experiment.test_x),
-            "hidden": options["hidden"], "epochs": config.train.epochs, "test_accuracy": accuracy,
-            "seconds": time.perf_counter() - started}
+    return {
+        "config": config_name,
+        "dataset": config.data.name,
+        "train_examples": n,
+        "test_examples": len(experiment.test_x),
+        "hidden": options["hidden"],
+        "epochs": config.train.epochs,
+        "test_accuracy": accuracy,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def keep_plain(trainer, plain, folder, metrics, overwrite=False):
     """The plain loop's networks as a run folder (the project run's config and checkpoint, its weights
     swapped in, no optimizer state, its own ``metrics``), so that every command reads it like any run."""
-    state = {**trainer.state([{"torch": torch.get_rng_state()}]), "model": plain.vae.state_dict(), "optimizer": None,
-             "metrics": metrics}
+    state = {
+        **trainer.state([{"torch": torch.get_rng_state()}]),
+        "model": plain.vae.state_dict(),
+        "optimizer": None,
+        "metrics": metrics,
+    }
     lock = open_run_dir(folder, overwrite=overwrite)
     try:
         atomic_write(folder / "config.toml", to_toml(trainer.config))
@@ -438,16 +492,28 @@ def scaling(nproc, overrides, device, epochs=3):
     examples = len(load_data(config.data).train.images)
     cores = len(os.sched_getaffinity(0))
     flags = ["--quiet", "--device", device, "--epochs", str(epochs)] + [f for o in overrides for f in ("--set", o)]
-    result = {"processes": nproc, "device": device, "train_examples": examples, "batch_size": config.train.batch_size,
-              "epochs_timed": epochs - 1}
+    result = {
+        "processes": nproc,
+        "device": device,
+        "train_examples": examples,
+        "batch_size": config.train.batch_size,
+        "epochs_timed": epochs - 1,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, nproc):
-            launcher = [sys.executable] if n == 1 else [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+            launcher = (
+                [sys.executable]
+                if n == 1
+                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+            )
             threads = cores if device == "cpu" and n == 1 else max(1, cores // n)
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            done = subprocess.run(launcher + ["-m", "pyro_vae", "train", "--runs-root", tmp, "--name", f"p{n}", *flags],
-                                  capture_output=True, text=True, env=env)
+            done = subprocess.run(
+                launcher + ["-m", "pyro_vae", "train", "--runs-root", tmp, "--name", f"p{n}", *flags],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if done.returncode:
                 raise PyroVAEError(f"the {n}-process run failed: {done.stderr.strip().splitlines()[-1:]}")
             metrics = [json.loads(line) for line in (Path(tmp) / f"p{n}" / "metrics.jsonl").read_text().splitlines()]
@@ -464,17 +530,24 @@ def compare_run(run_dir, num_samples, device):
     """``pyro-vae evaluate`` of a trained run against plain_log_likelihood of the same networks on
     the same test images: both means, their difference and its standard error, and the evaluator's
     share of the float32 matrix-product limit (its FLOP/s: N·(encoder + K·decoder) forward FLOPs over its seconds)."""
-    from .report import evaluate_run, run_examples
-    from .runs import run_config
+    from ..report.evaluation import evaluate_run, run_examples
+    from ..runs.folders import run_config
 
     config = run_config(run_dir)
-    plain_kind = {"network.name": "mlp", "likelihood.name": "bernoulli", "prior.name": "standard_normal",
-                  "condition.name": "none", "model.layers": []}
+    plain_kind = {
+        "network.name": "mlp",
+        "likelihood.name": "bernoulli",
+        "prior.name": "standard_normal",
+        "condition.name": "none",
+        "model.layers": [],
+    }
     found = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in plain_kind}
     differ = [f"{key} = {found[key]!r}" for key, value in plain_kind.items() if found[key] != value]
     if differ:
-        raise PyroVAEError(f"--compare-run's plain estimate is the one-layer MLP VAE with a Bernoulli likelihood and "
-                           f"N(0, I) prior; {run_dir} has {', '.join(differ)}")
+        raise PyroVAEError(
+            f"--compare-run's plain estimate is the one-layer MLP VAE with a Bernoulli likelihood and "
+            f"N(0, I) prior; {run_dir} has {', '.join(differ)}"
+        )
     summary = evaluate_run(run_dir, num_samples=num_samples, device=device)
     _, vae, x, _ = run_examples(run_dir, device=device)
     started = time.perf_counter()
@@ -485,11 +558,19 @@ def compare_run(run_dir, num_samples, device):
     flops = len(x) * (forward_flops(vae.encoder) + num_samples * forward_flops(vae.decoder))
     limit = matmul_limit(device, torch.float32, BATCH_SIZES)
     return {
-        "run": str(run_dir), "num_examples": len(x), "num_samples": num_samples,
-        "pyro_log_likelihood": summary["log_likelihood"], "plain_log_likelihood": plain.mean().item(),
-        "difference": summary["log_likelihood"] - plain.mean().item(), "difference_stderr": stderr,
-        "pyro_elbo": summary["elbo"], "pyro_seconds": summary["seconds"], "plain_seconds": plain_seconds,
-        "flops": flops, "matmul_flops_per_s": limit, "share_of_limit": flops / summary["seconds"] / limit,
+        "run": str(run_dir),
+        "num_examples": len(x),
+        "num_samples": num_samples,
+        "pyro_log_likelihood": summary["log_likelihood"],
+        "plain_log_likelihood": plain.mean().item(),
+        "difference": summary["log_likelihood"] - plain.mean().item(),
+        "difference_stderr": stderr,
+        "pyro_elbo": summary["elbo"],
+        "pyro_seconds": summary["seconds"],
+        "plain_seconds": plain_seconds,
+        "flops": flops,
+        "matmul_flops_per_s": limit,
+        "share_of_limit": flops / summary["seconds"] / limit,
     }
 
 
@@ -497,8 +578,16 @@ def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, cl
     """Refuse, before any measuring, a benchmark's arguments that do not fit together: at most one of the
     separate benchmarks (``--parity``, ``--compare-run``, ``--nproc``, ``--discriminative``), each
     number in its range, and the options that belong to one of them only with it."""
-    modes = [flag for flag, given in (("--parity", parity_epochs is not None), ("--compare-run", compare is not None),
-                                      ("--nproc", nproc is not None), ("--discriminative", classifier)) if given]
+    modes = [
+        flag
+        for flag, given in (
+            ("--parity", parity_epochs is not None),
+            ("--compare-run", compare is not None),
+            ("--nproc", nproc is not None),
+            ("--discriminative", classifier),
+        )
+        if given
+    ]
     if len(modes) > 1:
         raise PyroVAEError(f"{' and '.join(modes)} are separate benchmarks; run them one at a time")
     if parity_epochs is not None and parity_epochs < 1:
@@ -510,12 +599,26 @@ def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, cl
     if keep is not None and parity_epochs is None:
         raise PyroVAEError("--keep keeps the two models that --parity trains; it needs --parity")
     if config is not None and parity_epochs is None and not classifier:
-        raise PyroVAEError("--config picks the config of --parity or --discriminative; the other benchmarks use "
-                           "the default config with --set overrides")
+        raise PyroVAEError(
+            "--config picks the config of --parity or --discriminative; the other benchmarks use "
+            "the default config with --set overrides"
+        )
 
 
-def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, overrides=(), compare=None, num_samples=5000,
-         nproc=None, config=None, keep=None, classifier=False, overwrite=False):
+def main(
+    quick=False,
+    out="runs/bench.json",
+    device="auto",
+    parity_epochs=None,
+    overrides=(),
+    compare=None,
+    num_samples=5000,
+    nproc=None,
+    config=None,
+    keep=None,
+    classifier=False,
+    overwrite=False,
+):
     """Run the benchmark, print a table and write JSON to ``out``."""
     check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier)
     if overwrite and keep is None:
@@ -535,14 +638,21 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, 
         r = scaling(nproc, tiny + list(overrides), device, epochs=2 if quick else 4)
         print(f"{'processes':>10} {'img/s':>10} {'threads each':>13} {'test ELBO':>10}")
         for n in (1, nproc):
-            print(f"{n:>10} {r[f'images_per_s_{n}']:>10.0f} {r[f'threads_per_process_{n}']:>13} {r[f'test_elbo_{n}']:>10.3f}")
-        print(f"speed-up {r['speedup']:.3f}, scaling efficiency {r['efficiency']:.3f} (batch {r['batch_size']}, "
-              f"{r['train_examples']} examples, median of {r['epochs_timed']} epochs after the first)")
+            print(
+                f"{n:>10} {r[f'images_per_s_{n}']:>10.0f} {r[f'threads_per_process_{n}']:>13} {r[f'test_elbo_{n}']:>10.3f}"
+            )
+        print(
+            f"speed-up {r['speedup']:.3f}, scaling efficiency {r['efficiency']:.3f} (batch {r['batch_size']}, "
+            f"{r['train_examples']} examples, median of {r['epochs_timed']} epochs after the first)"
+        )
         atomic_write(out, json.dumps(r, indent=2) + "\n")
         return r
     if parity_epochs is not None or compare is not None:
-        result = (compare_run(compare, num_samples, device) if compare else
-                  parity(parity_epochs, config, list(overrides), device, keep, overwrite))
+        result = (
+            compare_run(compare, num_samples, device)
+            if compare
+            else parity(parity_epochs, config, list(overrides), device, keep, overwrite)
+        )
         print(json.dumps(result, indent=2))
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
@@ -550,8 +660,10 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, 
     batch_sizes = [32] if quick else BATCH_SIZES
 
     def read_limits():
-        return {name: matmul_limit(device, dtype, batch_sizes, seconds=0.1 if quick else 0.5)
-                for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+        return {
+            name: matmul_limit(device, dtype, batch_sizes, seconds=0.1 if quick else 0.5)
+            for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+        }
 
     limits = read_limits()
     report = {
@@ -564,32 +676,54 @@ def main(quick=False, out="runs/bench.json", device="auto", parity_epochs=None, 
         "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 5, device),
     }
     again = report["matmul_flops_per_s_after"] = read_limits()  # a second reading far from the first: a noisy machine
-    report["evaluation"]["share_of_limit"] = report["evaluation"]["flops"] / report["evaluation"]["pyro_seconds"] / limits["float32"]
+    report["evaluation"]["share_of_limit"] = (
+        report["evaluation"]["flops"] / report["evaluation"]["pyro_seconds"] / limits["float32"]
+    )
     print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
-    print(f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}): float32 "
-          f"{limits['float32'] / 1e12:.3f} TFLOP/s, bfloat16 {limits['bfloat16'] / 1e12:.3f} TFLOP/s (measured at start; "
-          f"{again['float32'] / 1e12:.3f} and {again['bfloat16'] / 1e12:.3f} at the end)")
+    print(
+        f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}): float32 "
+        f"{limits['float32'] / 1e12:.3f} TFLOP/s, bfloat16 {limits['bfloat16'] / 1e12:.3f} TFLOP/s (measured at start; "
+        f"{again['float32'] / 1e12:.3f} and {again['bfloat16'] / 1e12:.3f} at the end)"
+    )
     for name, what in TRAINING_VARIANTS.items():
         print(f"  {name:>13}: {what}")
-    print(f"{'batch':>6} " + " ".join(f"{name:>13}" for name in TRAINING_VARIANTS)
-          + "  (img/s, share of the limit; ratios: median [quartiles] of the repeats' ratios)")
+    print(
+        f"{'batch':>6} "
+        + " ".join(f"{name:>13}" for name in TRAINING_VARIANTS)
+        + "  (img/s, share of the limit; ratios: median [quartiles] of the repeats' ratios)"
+    )
     for batch_size, r in report["training"].items():
-        print(f"{batch_size:>6} " + " ".join(f"{r[f'{name}_images_per_s']:>7.0f} ({r[f'{name}_share_of_limit']:.0%})"
-                                             for name in TRAINING_VARIANTS)
-              + "   " + ", ".join(f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]" for label, key in (
-                  ("pyro/careful", "ratio_careful"), ("bf16", "ratio_careful_bf16"), ("pyro/plain", "ratio_plain")))
-              + ("" if r["pyro_uses_jit"] else "  (JIT unavailable: eager)"))
+        print(
+            f"{batch_size:>6} "
+            + " ".join(
+                f"{r[f'{name}_images_per_s']:>7.0f} ({r[f'{name}_share_of_limit']:.0%})" for name in TRAINING_VARIANTS
+            )
+            + "   "
+            + ", ".join(
+                f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]"
+                for label, key in (
+                    ("pyro/careful", "ratio_careful"),
+                    ("bf16", "ratio_careful_bf16"),
+                    ("pyro/plain", "ratio_plain"),
+                )
+            )
+            + ("" if r["pyro_uses_jit"] else "  (JIT unavailable: eager)")
+        )
     f = report["fixed_cost"]
     extra = f["pyro_seconds_per_step"] - f["careful_seconds_per_step"]
-    print(f"fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): pyro {f['pyro_seconds_per_step'] * 1e3:.2f} ms, "
-          f"careful {f['careful_seconds_per_step'] * 1e3:.2f} ms; the difference, {extra * 1e3:.2f} ms, is "
-          + ", ".join(f"{extra * r['careful_images_per_s'] / b:.1%}" for b, r in report["training"].items())
-          + f" of a careful step at batch {', '.join(map(str, report['training']))}")
+    print(
+        f"fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): pyro {f['pyro_seconds_per_step'] * 1e3:.2f} ms, "
+        f"careful {f['careful_seconds_per_step'] * 1e3:.2f} ms; the difference, {extra * 1e3:.2f} ms, is "
+        + ", ".join(f"{extra * r['careful_images_per_s'] / b:.1%}" for b, r in report["training"].items())
+        + f" of a careful step at batch {', '.join(map(str, report['training']))}"
+    )
     e = report["evaluation"]
-    print(f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "
-          f"pyro {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit), plain {e['plain_seconds']:.2f} s, "
-          f"speed ratio {e['speed_ratio']:.3f}; "
-          f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB")
+    print(
+        f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "
+        f"pyro {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit), plain {e['plain_seconds']:.2f} s, "
+        f"speed ratio {e['speed_ratio']:.3f}; "
+        f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB"
+    )
     atomic_write(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return report

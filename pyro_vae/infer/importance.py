@@ -32,6 +32,7 @@ tail (Vehtari et al., "Pareto Smoothed Importance Sampling").
 The functions here run Pyro, whose handler stack is global to the process: calls from several
 threads are serialized (``serial.PYRO_LOCK``), each giving the result it would alone.
 """
+
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,9 +50,9 @@ from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 from torch.utils._pytree import tree_leaves
 
-from .devices import AllocatedBytes, forked_rng, free_memory
-from .errors import PyroVAEError
-from .serial import PYRO_LOCK
+from ..devices import AllocatedBytes, forked_rng, free_memory
+from ..errors import PyroVAEError
+from ..serial import PYRO_LOCK
 
 PARTICLES = "_importance_particles"
 DATA = "data"
@@ -88,12 +89,15 @@ def log_likelihood(model, guide, *args, num_samples=5000, chunk_size=None, **kwa
 
     ``args`` and ``kwargs`` are passed to both model and guide (e.g. ``(x,)`` or ``(x, y)``).
     """
-    return importance_sample(model, guide, *args, num_samples=num_samples, chunk_size=chunk_size, **kwargs).log_likelihood
+    return importance_sample(
+        model, guide, *args, num_samples=num_samples, chunk_size=chunk_size, **kwargs
+    ).log_likelihood
 
 
 @torch.no_grad()
-def importance_sample(model, guide, *args, num_samples=5000, chunk_size=None, memory=DEFAULT_MEMORY, progress=None,
-                      **kwargs):
+def importance_sample(
+    model, guide, *args, num_samples=5000, chunk_size=None, memory=DEFAULT_MEMORY, progress=None, **kwargs
+):
     """``ImportanceEstimate`` of log p(x) with K = ``num_samples`` draws from the guide, ``chunk_size``
     at a time (when None, as many as fit in ``memory`` bytes by a measured trial). ``progress``, if
     given, is called with the number of samples × examples after each chunk."""
@@ -124,8 +128,10 @@ def _importance_sample(model, guide, args, kwargs, num_samples, chunk_size, memo
         if progress is not None:
             progress(log_w.numel())
     if lse.isnan().any():
-        raise PyroVAEError(f"the importance weights of {int(lse.isnan().sum())} of {len(lse)} examples are NaN: a "
-                           "log-density of the model or guide is undefined at the values drawn or observed")
+        raise PyroVAEError(
+            f"the importance weights of {int(lse.isnan().sum())} of {len(lse)} examples are NaN: a "
+            "log-density of the model or guide is undefined at the values drawn or observed"
+        )
     ess = torch.exp(2 * lse - lse2)
     stderr = (1 / ess - 1 / num_samples).clamp(min=0).sqrt()
     return ImportanceEstimate(
@@ -200,8 +206,10 @@ def inspect_model(model, guide, args, kwargs):
         first_line = str(error).partition("\n")[0]
         if "Shape mismatch inside plate" not in first_line:
             raise
-        raise PyroVAEError(f"{first_line}: a site's per-example dims must be declared with .to_event(n), so that "
-                           'its batch shape holds only its plates (pyro.plate("data", B) and those inside)') from None
+        raise PyroVAEError(
+            f"{first_line}: a site's per-example dims must be declared with .to_event(n), so that "
+            'its batch shape holds only its plates (pyro.plate("data", B) and those inside)'
+        ) from None
     dims, data_frames = [1], set()
     for role, trace in (("guide", guide_trace), ("model", model_trace)):
         for site in sample_sites(trace):
@@ -209,10 +217,12 @@ def inspect_model(model, guide, args, kwargs):
             dims += [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
             data_frames.add((data.dim, data.size))
     if len(data_frames) != 1:
-        raise PyroVAEError('the model and guide must put their per-example sites inside one pyro.plate("data", B) at one dim')
-    (data_dim, data_size), = data_frames
+        raise PyroVAEError(
+            'the model and guide must put their per-example sites inside one pyro.plate("data", B) at one dim'
+        )
+    ((data_dim, data_size),) = data_frames
     if data_size == 0:
-        raise PyroVAEError("the batch holds no examples (pyro.plate(\"data\", 0)); pass one example or more")
+        raise PyroVAEError('the batch holds no examples (pyro.plate("data", 0)); pass one example or more')
     check_sites_match(guide_trace, model_trace)
     check_auxiliary(guide, args, kwargs, guide_trace)
     if is_validation_enabled():
@@ -234,8 +244,11 @@ def check_site(role, site, guide=None):
         )
     if data is None:
         plates = sorted({f.name for f in frames}) or "none"
-        hint = (" (an AutoContinuous guide draws all latents jointly; AutoNormal keeps them per example)"
-                if role == "guide" and isinstance(guide, AutoContinuous) else "")
+        hint = (
+            " (an AutoContinuous guide draws all latents jointly; AutoNormal keeps them per example)"
+            if role == "guide" and isinstance(guide, AutoContinuous)
+            else ""
+        )
         raise PyroVAEError(
             f'{role} site {name!r} lies outside pyro.plate("data", B) (its plates: {plates}): a site '
             f"shared by all examples has no per-example weight{hint}; put every sample site inside the data plate"
@@ -285,21 +298,28 @@ def check_sites_match(guide_trace, model_trace):
         how = site["infer"].get("enumerate")
         if how == "parallel" and site["fn"].has_enumerate_support:
             continue
-        reason = ("is marked for sequential enumeration, which is not supported; mark it 'parallel'" if how == "sequential"
-                  else "has no finite support to enumerate" if how == "parallel"
-                  else "would be drawn from the prior by replay, a biased estimate; sample it in the guide, or mark a "
-                       "discrete site for enumeration with infer={'enumerate': 'parallel'}")
+        reason = (
+            "is marked for sequential enumeration, which is not supported; mark it 'parallel'"
+            if how == "sequential"
+            else "has no finite support to enumerate"
+            if how == "parallel"
+            else "would be drawn from the prior by replay, a biased estimate; sample it in the guide, or mark a "
+            "discrete site for enumeration with infer={'enumerate': 'parallel'}"
+        )
         raise PyroVAEError(f"model latent {name!r} is not sampled by the guide and {reason}")
     for name, site in guide_sites.items():
         if name not in model_sites and not is_auxiliary(site):
-            raise PyroVAEError(f"guide site {name!r} has no site of that name in the model; mark it infer={{'is_auxiliary': True}} or rename it")
+            raise PyroVAEError(
+                f"guide site {name!r} has no site of that name in the model; mark it infer={{'is_auxiliary': True}} or rename it"
+            )
         if name in model_sites and model_sites[name]["is_observed"]:
             raise PyroVAEError(f"guide site {name!r} is observed in the model; the guide samples latents only")
         if name in model_sites and not within(support_of(site["fn"]), support_of(model_sites[name]["fn"])):
             raise PyroVAEError(
                 f"guide site {name!r} draws from {support_of(site['fn'])}, wider than the model's support "
                 f"{support_of(model_sites[name]['fn'])}: draws outside it have no model density; choose a guide "
-                "distribution on the model's support (a LogNormal for a positive latent, a Beta for one in [0, 1])")
+                "distribution on the model's support (a LogNormal for a positive latent, a Beta for one in [0, 1])"
+            )
     if not any(is_auxiliary(site) for site in guide_sites.values()):
         for name, site in guide_sites.items():
             if point_mass(site["fn"]):
@@ -331,12 +351,15 @@ def check_auxiliary(guide, args, kwargs, guide_trace):
         if point_mass(site["fn"]):
             if torch.equal(moved["value"], site["value"]):
                 raise point_mass_error(site["name"])
-        elif not torch.allclose(moved["fn"].log_prob(site["value"]), site["fn"].log_prob(site["value"]), equal_nan=True):
+        elif not torch.allclose(
+            moved["fn"].log_prob(site["value"]), site["fn"].log_prob(site["value"]), equal_nan=True
+        ):
             name = auxiliary[0]["name"]
             raise PyroVAEError(
                 f"guide site {site['name']!r} is drawn given the auxiliary site {name!r}: the importance weight would "
                 f"divide by q({name}) q({site['name']}|{name}), not by the marginal q({site['name']}), and overstate "
-                f"log p(x); make {site['name']!r} a function of {name!r} (a Delta with its log-density) or drop {name!r}")
+                f"log p(x); make {site['name']!r} a function of {name!r} (a Delta with its log-density) or drop {name!r}"
+            )
 
 
 def support_of(fn):
@@ -390,7 +413,8 @@ def check_finite_observations(model_trace):
             raise PyroVAEError(
                 f"observed site {site['name']!r} has a log-density of {value} for {int(bad.sum())} of {log_p.numel()} "
                 f"examples: values where its {type(site['fn']).__name__} has no finite density "
-                "(a Beta at exactly 0 or 1, say); move the data inside the support, e.g. x·(1 − 2ε) + ε")
+                "(a Beta at exactly 0 or 1, say); move the data inside the support, e.g. x·(1 − 2ε) + ε"
+            )
 
 
 def check_support(model_trace):
@@ -473,6 +497,8 @@ def check_chunk_size(model, guide, args, kwargs, layout, chunk_size, num_samples
     size = min(chunk_size, num_samples)
     need, free = fixed + size * per_sample, free_memory(device)
     if need > free:
-        raise PyroVAEError(f"a chunk of {size} samples needs {need / 2**30:.1f} GiB, more than "
-                           f"the {free / 2**30:.1f} GiB free on {device}; choose a smaller chunk size (without one, "
-                           "the evaluator picks one that fits)")
+        raise PyroVAEError(
+            f"a chunk of {size} samples needs {need / 2**30:.1f} GiB, more than "
+            f"the {free / 2**30:.1f} GiB free on {device}; choose a smaller chunk size (without one, "
+            "the evaluator picks one that fits)"
+        )

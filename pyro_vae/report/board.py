@@ -7,17 +7,18 @@ add up to the ELBO); every ``train.tensorboard_images_every`` epochs and after t
 with their reconstructions and samples decoded from z ~ p(z) (completions of test digits for a
 condition on part of the image).
 """
+
 import pyro
 import torch
 from pyro import poutine
 from torchvision.utils import make_grid
 
+from ..devices import forked_rng
+from ..errors import PyroVAEError
+from ..runs.config import to_toml
+from ..runs.datasets import TEST_SEED
+from ..runs.experiment import seeded_batches
 from . import plots
-from .config import to_toml
-from .datasets import TEST_SEED
-from .devices import forked_rng
-from .errors import PyroVAEError
-from .experiment import seeded_batches
 
 INSTALL = 'pip install -e ".[tensorboard]"'
 
@@ -71,7 +72,9 @@ class Board:
         self.writer.add_image("reconstructions", make_grid(pairs.float().cpu(), nrow=16, pad_value=1.0), step)
         with forked_rng(vae.device):
             torch.manual_seed(TEST_SEED)
-            samples = vae.sample(64, torch.arange(64, device=vae.device) % vae.spec.num_classes if labels is not None else None)
+            samples = vae.sample(
+                64, torch.arange(64, device=vae.device) % vae.spec.num_classes if labels is not None else None
+            )
         self.writer.add_image("samples", make_grid(samples.float().cpu(), nrow=8, pad_value=1.0), step)
 
     def close(self):

@@ -1,14 +1,15 @@
 """Run folders: where a run's files live, written atomically, and how a run is read back.
 
-    runs/<name>/config.toml     the resolved config
-    runs/<name>/checkpoint.pt   weights, optimizer, epoch/step, data order, RNG states, metrics
-    runs/<name>/metrics.jsonl   one line per epoch (and one per resume that changed a setting)
-    runs/<name>/*.png           pictures (``PICTURES``: loss.png, samples.png, …)
-    runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data;
-                                an earlier one with other K, examples or seed kept as eval-k<K>-n<N>-seed<s>.json)
-    runs/<name>/.lock           locked by every command that uses the run: exclusively by the one that trains it,
-                                shared by those that read it
+runs/<name>/config.toml     the resolved config
+runs/<name>/checkpoint.pt   weights, optimizer, epoch/step, data order, RNG states, metrics
+runs/<name>/metrics.jsonl   one line per epoch (and one per resume that changed a setting)
+runs/<name>/*.png           pictures (``PICTURES``: loss.png, samples.png, …)
+runs/<name>/eval.json       written by ``pyro-vae evaluate`` (eval-<dataset>-<split>.json for other data;
+                            an earlier one with other K, examples or seed kept as eval-k<K>-n<N>-seed<s>.json)
+runs/<name>/.lock           locked by every command that uses the run: exclusively by the one that trains it,
+                            shared by those that read it
 """
+
 import fnmatch
 import hashlib
 import io
@@ -19,23 +20,56 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
+from ..errors import PyroVAEError
+from ..model.vae import build_vae
 from .config import config_differences, load_config
-from .devices import resolve_device
-from .errors import PyroVAEError
 from .files import RunLock, atomic_write, make_folder, os_error, read_json
-from .model import build_vae
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
 # settings a resumed run may change (the learning rate and clipping are what a non-finite loss calls for; the data
 # root where the data moved)
-RESUMABLE_KEYS = {"data.root", "train.epochs", "train.device", "train.lr", "train.clip_norm", "train.checkpoint_every", "train.eval_batch_size",
-                  "train.test_examples", "train.test_every", "train.tensorboard", "train.tensorboard_images_every"}
+RESUMABLE_KEYS = {
+    "data.root",
+    "train.epochs",
+    "train.device",
+    "train.lr",
+    "train.clip_norm",
+    "train.checkpoint_every",
+    "train.eval_batch_size",
+    "train.test_examples",
+    "train.test_every",
+    "train.tensorboard",
+    "train.tensorboard_images_every",
+}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_MAX = 255  # bytes in one file name on common file systems
-PICTURES = ("loss.png", "samples.png", "latent.png", "reconstructions.png", "interpolations.png", "manifold.png",
-            "completions.png", "class_grid.png", "class_samples.png", "samples-*.png", "eval*_vs_k.png", "confusion*.png")
-RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "eval*.json", "eval*_examples.csv", "classify*.json", "gradvar*.json",
-             "samples-*.npy", *PICTURES, "tensorboard/events.out.tfevents.*")  # what the project writes into a run folder
+PICTURES = (
+    "loss.png",
+    "samples.png",
+    "latent.png",
+    "reconstructions.png",
+    "interpolations.png",
+    "manifold.png",
+    "completions.png",
+    "class_grid.png",
+    "class_samples.png",
+    "samples-*.png",
+    "eval*_vs_k.png",
+    "confusion*.png",
+)
+RUN_FILES = (
+    "config.toml",
+    "checkpoint.pt",
+    "metrics.jsonl",
+    "eval*.json",
+    "eval*_examples.csv",
+    "classify*.json",
+    "gradvar*.json",
+    "samples-*.npy",
+    *PICTURES,
+    "tensorboard/events.out.tfevents.*",
+)  # what the project writes into a run folder
 
 
 def new_run_dir(runs_root, name=None, overwrite=False):
@@ -95,8 +129,10 @@ def refuse_linked_folders(run_dir):
     removed, outside the run folder. (Files are replaced by ``atomic_file``'s rename, which replaces a link
     itself, never what it points to; RUN/.lock is opened without following one.)"""
     if (Path(run_dir) / "tensorboard").is_symlink():
-        raise PyroVAEError(f"{Path(run_dir) / 'tensorboard'} is a symbolic link; pyro-vae never writes or removes files "
-                           "through a link in a run folder: remove it")
+        raise PyroVAEError(
+            f"{Path(run_dir) / 'tensorboard'} is a symbolic link; pyro-vae never writes or removes files "
+            "through a link in a run folder: remove it"
+        )
 
 
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")  # atomic_file's temporary of RUN/<name>
@@ -131,8 +167,18 @@ def owned_by_run(path):
     path = Path(path)
     if not (path.parent / "config.toml").is_file():
         return False
-    return any(fnmatch.fnmatch(path.name, pattern) for pattern in RUN_FILES + (".lock",)
-               if not pattern.startswith("samples-"))
+    return any(
+        fnmatch.fnmatch(path.name, pattern) for pattern in RUN_FILES + (".lock",) if not pattern.startswith("samples-")
+    )
+
+
+def resumed_checkpoint(run_dir, config):
+    """The checkpoint a resume of the run in ``run_dir`` continues from (None where the run stopped before its
+    first), once the run's folders are checked for links and the torn temporaries of its files are removed.
+    The caller holds the run's exclusive lock."""
+    refuse_linked_folders(run_dir)
+    remove_torn(run_dir)  # left by a write that was killed midway
+    return load_checkpoint(run_dir, config, "cpu") if (Path(run_dir) / "checkpoint.pt").is_file() else None
 
 
 def save_checkpoint(run_dir, state):
@@ -184,11 +230,16 @@ def read_result(path, fields):
     data = read_json(path)
     if data is None:
         return None
-    missing = [key for key in fields if not isinstance(data.get(key), (int, float)) or isinstance(data.get(key), bool)] \
-        if isinstance(data, dict) else None
+    missing = (
+        [key for key in fields if not isinstance(data.get(key), (int, float)) or isinstance(data.get(key), bool)]
+        if isinstance(data, dict)
+        else None
+    )
     if missing is None or missing:
         what = "not a JSON object" if missing is None else f"missing {', '.join(missing)}"
-        raise PyroVAEError(f"{path} is {what}; run the command that writes it again (pyro-vae evaluate {Path(path).parent})")
+        raise PyroVAEError(
+            f"{path} is {what}; run the command that writes it again (pyro-vae evaluate {Path(path).parent})"
+        )
     return data
 
 
@@ -210,9 +261,19 @@ def check_run_dir(run_dir):
 
 
 CHECKPOINT_FIELDS = {
-    "config": dict, "image_shape": list, "num_classes": int, "label_counts": torch.Tensor, "model": dict,
-    "optimizer": (dict, type(None)), "epoch": int, "step": int, "position": int, "loss_sum": float,
-    "permutation": (torch.Tensor, type(None)), "metrics": list, "rng": dict,
+    "config": dict,
+    "image_shape": list,
+    "num_classes": int,
+    "label_counts": torch.Tensor,
+    "model": dict,
+    "optimizer": (dict, type(None)),
+    "epoch": int,
+    "step": int,
+    "position": int,
+    "loss_sum": float,
+    "permutation": (torch.Tensor, type(None)),
+    "metrics": list,
+    "rng": dict,
 }
 
 
@@ -228,7 +289,9 @@ def load_checkpoint(run_dir, config, device="cpu"):
     try:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as e:  # truncated, corrupt or foreign files fail in many ways
-        raise PyroVAEError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); retrain or restore it") from None
+        raise PyroVAEError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); retrain or restore it"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
     check_fields(state, path)
@@ -241,6 +304,7 @@ def load_checkpoint(run_dir, config, device="cpu"):
 
 def check_fields(state, path):
     """Refuse a checkpoint whose fields are missing or of the wrong type, naming the first one."""
+
     def damaged(what):
         return PyroVAEError(f"checkpoint {path} is damaged: {what}; retrain or restore it")
 
@@ -255,8 +319,10 @@ def check_fields(state, path):
         raise damaged("'model' holds values that are not tensors")
     broken = [key for key, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
-        raise damaged(f"its weights {broken[0]!r}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''} hold NaN "
-                      "or infinite values (training never saves those)")
+        raise damaged(
+            f"its weights {broken[0]!r}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''} hold NaN "
+            "or infinite values (training never saves those)"
+        )
     for key in ("torch", "data"):
         if not isinstance(state["rng"].get(key), torch.Tensor) or state["rng"][key].dtype != torch.uint8:
             raise damaged(f"its random state {key!r} is missing or not a byte tensor")

@@ -1,16 +1,17 @@
 """What a config describes, built in one place: the VAE on its device and the data it is trained and
 scored on, observed in the likelihood's space. The trainer, ``evaluate``, ``sample`` (through
 ``build_vae``) and the benchmark all build through here."""
+
 from dataclasses import dataclass
 
 import torch
 
+from ..devices import forked_rng, resolve_device
+from ..errors import PyroVAEError
+from ..model.likelihoods import LIKELIHOODS
+from ..model.vae import VAE, build_vae
 from .config import Component
 from .datasets import TEST_SEED, ImageData, load_data, observed_split
-from .devices import forked_rng, resolve_device
-from .errors import PyroVAEError
-from .likelihoods import LIKELIHOODS
-from .model import VAE, build_vae
 
 
 @dataclass
@@ -53,8 +54,10 @@ def check_likelihood(data, likelihood, dataset):
     """Refuse a likelihood of grey levels in [0, 1] for points in ℝ^D."""
     if data.points and not LIKELIHOODS.get(likelihood).real:
         real = sorted(name for name in LIKELIHOODS.names() if LIKELIHOODS.get(name).real)
-        raise PyroVAEError(f"{dataset} holds points in ℝ^{data.image_shape[0]}, which the {likelihood} likelihood "
-                           f"cannot score (it models grey levels in [0, 1]); use {' or '.join(real)}")
+        raise PyroVAEError(
+            f"{dataset} holds points in ℝ^{data.image_shape[0]}, which the {likelihood} likelihood "
+            f"cannot score (it models grey levels in [0, 1]); use {' or '.join(real)}"
+        )
 
 
 def compact(images):
@@ -91,4 +94,6 @@ def seeded_batches(vae, x, y, batch_size, rank=0, size=1):
         for j, start in enumerate(range(0, len(x), batch_size)):
             if j % size == rank:
                 torch.manual_seed(TEST_SEED + j)
-                yield (x[start : start + batch_size],) + ((y[start : start + batch_size],) if vae.spec.conditional else ())
+                yield (x[start : start + batch_size],) + (
+                    (y[start : start + batch_size],) if vae.spec.conditional else ()
+                )

@@ -8,6 +8,7 @@ compiles the loss with ``pyro.ops.jit``: model and guide are traced once into a 
 a step no longer runs Pyro's Python machinery. The trainer checks the traced loss against the eager
 one, loss and gradient, before it uses it (``Trainer.checked_jit``).
 """
+
 import math
 
 import pyro.distributions as dist
@@ -25,8 +26,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
-from .errors import PyroVAEError
-from .registry import Particles, Registry
+from ..errors import PyroVAEError
+from ..registry import Particles, Registry
 
 OBJECTIVES = Registry("objective")
 
@@ -69,6 +70,29 @@ class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
         return super().differentiable_loss(model, guide, *args, **kwargs)
 
 
+def needs_reparameterized(name):
+    """The ``check_config`` of an objective whose gradient needs reparameterized draws from the guide."""
+
+    def check_config(config):
+        if not config.model.reparameterize:
+            raise PyroVAEError(
+                f"objective {name} needs a reparameterized guide; with "
+                "model.reparameterize = false use trace_elbo (Pyro forms the score-function gradient)"
+            )
+
+    return check_config
+
+
+def check_mean_field(config):
+    """The KL in closed form is one layer's; reparameterized draws."""
+    needs_reparameterized("mean_field")(config)
+    if config.model.layers:
+        raise PyroVAEError(
+            "objective mean_field takes each layer's KL in closed form, which a guide q(z2|z1) … "
+            "makes wrong; with model.layers use trace_elbo or iwae"
+        )
+
+
 @OBJECTIVES.register("mean_field")
 def mean_field(*, num_particles: Particles = 1, jit: bool = True):
     """E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), with the KL in closed form where one is registered
@@ -95,7 +119,9 @@ class IWAE_ELBO(RenyiELBO):
                     if site["type"] != "sample":
                         continue
                     if sign < 0 and not site["fn"].has_rsample:
-                        raise PyroVAEError(f"objective iwae needs a reparameterized guide; site {site['name']!r} is not")
+                        raise PyroVAEError(
+                            f"objective iwae needs a reparameterized guide; site {site['name']!r} is not"
+                        )
                     log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
             log_weights.append(log_w)
         log_w = log_weights[0] if self.vectorize_particles and self.num_particles > 1 else torch.stack(log_weights)
@@ -136,6 +162,10 @@ class ReconstructionELBO(Trace_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         return super()._get_trace(UnscoredLatents()(model), PointLatents()(guide), args, kwargs)
+
+
+mean_field.check_config = check_mean_field
+iwae.check_config = needs_reparameterized("iwae")
 
 
 @OBJECTIVES.register("autoencoder")

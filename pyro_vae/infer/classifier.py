@@ -1,7 +1,8 @@
 """A generative classifier from a conditional model: p(y|x) ∝ p(x|y) p(y)."""
+
 import torch
 
-from .evaluate import importance_sample
+from .importance import importance_sample
 
 
 @torch.no_grad()

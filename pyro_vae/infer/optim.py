@@ -4,9 +4,17 @@ Parameters are ordered by the names Pyro's param store gives them (``vae0.decode
 …), the order in which checkpoints have always stored Adam's moments, so saved state restores onto
 the same tensors.
 """
+
 import torch
 
-PARTS = ("encoder", "up", "decoder", "down", "prior", "likelihood")  # the order the guide, then the model, register them
+PARTS = (
+    "encoder",
+    "up",
+    "decoder",
+    "down",
+    "prior",
+    "likelihood",
+)  # the order the guide, then the model, register them
 
 
 def ordered_parameters(vae):

@@ -10,20 +10,28 @@ truth and each run's completions). One more row says how much of each run's code
 of test codes inside the region that holds 95% of p(z)'s mass (``codes_where_the_prior_is``). Above the
 table, a line for each way the runs' likelihood figures do not compare (``caveats``).
 """
+
 import contextlib
 from pathlib import Path
 
 import torch
 
+from ..errors import PyroVAEError
+from ..runs.config import config_differences
+from ..runs.files import atomic_write, make_folder
+from ..runs.folders import read_metrics, read_result, reading
 from . import plots
-from .config import config_differences
-from .errors import PyroVAEError
-from .files import atomic_write, make_folder
-from .report import run_examples
-from .runs import read_metrics, read_result, reading
+from .evaluation import run_examples
 
 SAMPLES = 16
-COMPARE_FILES = ("compare.md", "compare.txt", "loss.png", "samples.png", "latent.png", "completions.png")  # what it writes
+COMPARE_FILES = (
+    "compare.md",
+    "compare.txt",
+    "loss.png",
+    "samples.png",
+    "latent.png",
+    "completions.png",
+)  # what it writes
 LATENT_EXAMPLES = 2000
 
 
@@ -41,8 +49,9 @@ def run_figures(run_dir, metrics):
     }
     if evaluation is not None:
         stderr = evaluation.get("log_likelihood_stderr")
-        figures[f"test {evaluation.get('what', 'log p(x)')}"] = (f"{evaluation['log_likelihood']:.2f}"
-                                                               + (f" ± {stderr:.2f}" if isinstance(stderr, float) else ""))
+        figures[f"test {evaluation.get('what', 'log p(x)')}"] = f"{evaluation['log_likelihood']:.2f}" + (
+            f" ± {stderr:.2f}" if isinstance(stderr, float) else ""
+        )
         figures["K, examples"] = f"{evaluation['num_samples']}, {evaluation['num_examples']}"
         figures["mean ESS"] = round(evaluation["mean_ess"], 1)
         if evaluation.get("median_pareto_k") is not None:
@@ -90,7 +99,9 @@ def _compare(run_dirs, names, out, device, seed):
     configs = [config.to_dict() for config, *_ in loaded]
     partial = [vae.conditioning.partial for _, vae, _, _ in loaded]
     if any(partial) and (not all(partial) or len({str(c["condition"]) for c in configs}) > 1):
-        raise PyroVAEError("image-completion runs compare with runs of the same condition (their pictures are completions)")
+        raise PyroVAEError(
+            "image-completion runs compare with runs of the same condition (their pictures are completions)"
+        )
     make_folder(out)
     differing = sorted({key for other in configs[1:] for key in config_differences(configs[0], other)})
     flat = [{f"{s}.{k}": v for s, values in c.items() for k, v in values.items()} for c in configs]
@@ -101,8 +112,12 @@ def _compare(run_dirs, names, out, device, seed):
     plots.compare_curves(names, metrics, out / "loss.png")
     if any(partial):
         _, _, x, y = loaded[0]
-        plots.completions([(name, vae) for name, (_, vae, _, _) in zip(names, loaded)], x[plots.one_per_class(y)],
-                          out / "completions.png", seed=seed)
+        plots.completions(
+            [(name, vae) for name, (_, vae, _, _) in zip(names, loaded)],
+            x[plots.one_per_class(y)],
+            out / "completions.png",
+            seed=seed,
+        )
         return write_table(out, names, rows, ("loss.png", "completions.png"))
     samples = []
     for _, vae, _, _ in loaded:
@@ -128,16 +143,21 @@ def caveats(rows):
     notes = []
     data = [key for key in TEST_SET_KEYS if key in values]
     if data:
-        notes.append(f"the runs are tested on different data ({', '.join(data)} differ): their ELBOs and log p(x) "
-                     "do not compare")
+        notes.append(
+            f"the runs are tested on different data ({', '.join(data)} differ): their ELBOs and log p(x) do not compare"
+        )
     if "likelihood.name" in values:
-        notes.append(f"the runs' likelihoods differ ({', '.join(map(str, values['likelihood.name']))}): each scores "
-                     "its own kind of x, so their ELBOs and log p(x) do not compare")
+        notes.append(
+            f"the runs' likelihoods differ ({', '.join(map(str, values['likelihood.name']))}): each scores "
+            "its own kind of x, so their ELBOs and log p(x) do not compare"
+        )
     estimates = [v.split(", ") for v in values.get("K, examples", []) if v is not None]  # run_figures' "K, examples"
     if len({k for k, _ in estimates}) > 1 or len({n for _, n in estimates}) > 1:
-        notes.append(f"log p(x) was estimated with other K or on other test examples (K, examples: "
-                     f"{'; '.join(', '.join(e) for e in estimates)}): evaluate each run with the same -k and --limit "
-                     "to compare them")
+        notes.append(
+            f"log p(x) was estimated with other K or on other test examples (K, examples: "
+            f"{'; '.join(', '.join(e) for e in estimates)}): evaluate each run with the same -k and --limit "
+            "to compare them"
+        )
     return notes
 
 
@@ -149,8 +169,10 @@ def check_out(out):
     if not (out / "compare.md").exists():
         taken = [name for name in COMPARE_FILES if (out / name).exists()]
         if taken:
-            raise PyroVAEError(f"{out} holds {', '.join(taken)} that compare would replace and is not an earlier "
-                               "comparison; choose another --out")
+            raise PyroVAEError(
+                f"{out} holds {', '.join(taken)} that compare would replace and is not an earlier "
+                "comparison; choose another --out"
+            )
 
 
 def write_table(out, names, rows, pictures):

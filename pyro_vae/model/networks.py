@@ -5,15 +5,16 @@ diagonal Gaussian q(z|x, y).
 decoder(z [..., B, z_dim], c [B, C] | None) → outputs [..., B, num_outputs, *image_shape] that the
 likelihood turns into p(x|z, y); leading particle dimensions of z are kept.
 """
+
 import math
 from typing import Annotated
 
 import torch
 from torch import nn
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from ..registry import Range, Registry, Size
 from .ops import Softplus, softplus
-from .registry import Range, Registry, Size
 
 NETWORKS = Registry("network")
 ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -105,8 +106,10 @@ class ConvEncoder(nn.Module):
         super().__init__()
         c_in = spec.image_shape[0]
         self.features = nn.Sequential(
-            nn.Conv2d(c_in, channels, 4, stride=2, padding=1), activation(),  # 28 → 14
-            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), activation(),  # 14 → 7
+            nn.Conv2d(c_in, channels, 4, stride=2, padding=1),
+            activation(),  # 28 → 14
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
+            activation(),  # 14 → 7
             nn.Flatten(),
         )
         self.body = nn.Sequential(nn.Linear(2 * channels * 7 * 7 + spec.cond_dim, hidden), activation())
@@ -122,11 +125,14 @@ class ConvDecoder(nn.Module):
         self.channels = channels
         self.out_shape = (num_outputs, *spec.image_shape)
         self.body = nn.Sequential(
-            nn.Linear(spec.z_dim + spec.cond_dim, hidden), activation(),
-            nn.Linear(hidden, 2 * channels * 7 * 7), activation(),
+            nn.Linear(spec.z_dim + spec.cond_dim, hidden),
+            activation(),
+            nn.Linear(hidden, 2 * channels * 7 * 7),
+            activation(),
         )
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), activation(),  # 7 → 14
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
+            activation(),  # 7 → 14
             nn.ConvTranspose2d(channels, num_outputs * spec.image_shape[0], 4, stride=2, padding=1),  # 14 → 28
         )
 
@@ -142,11 +148,21 @@ class Conv(nn.Module):
     """A small convolutional encoder/decoder for 28×28 images: two stride-2 4×4 convolutions
     (28 → 14 → 7) and a hidden layer, mirrored with transposed convolutions in the decoder."""
 
-    def __init__(self, spec, num_outputs, *, channels: Annotated[int, Range(1, 4096)] = 32, hidden: Size = 256, activation: str = "relu"):
+    def __init__(
+        self,
+        spec,
+        num_outputs,
+        *,
+        channels: Annotated[int, Range(1, 4096)] = 32,
+        hidden: Size = 256,
+        activation: str = "relu",
+    ):
         super().__init__()
         if tuple(spec.image_shape[1:]) != (28, 28):
-            raise PyroVAEError(f"the conv network generates whole 28×28 images, not {spec.image_shape} (a condition on part "
-                               "of the image generates the missing pixels only); use the mlp network")
+            raise PyroVAEError(
+                f"the conv network generates whole 28×28 images, not {spec.image_shape} (a condition on part "
+                "of the image generates the missing pixels only); use the mlp network"
+            )
         act = activation_class(activation)
         self.encoder = ConvEncoder(spec, channels, hidden, act)
         self.decoder = ConvDecoder(spec, num_outputs, channels, hidden, act)

@@ -1,5 +1,6 @@
 """``pyro-vae evaluate``: a trained run's log p(x) (or log p(x|y)) by importance sampling, its
 bound against K, and the CVAE's generative classifier; results go to the run folder."""
+
 import csv
 import io
 import json
@@ -12,22 +13,23 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from . import distributed, plots
-from .classifier import class_log_posterior
-from .conditions import CONDITIONS
-from .datasets import observed_split
-from .devices import resolve_device
-from .errors import PyroVAEError
-from .evaluate import (
+from .. import distributed
+from ..devices import resolve_device
+from ..errors import PyroVAEError
+from ..infer.classifier import class_log_posterior
+from ..infer.importance import (
     PARETO_K_WARNING,
     check_chunk_size,
     importance_sample,
     inspect_model,
     measured_chunk_size,
 )
-from .experiment import build, dataset_component
-from .files import atomic_write, check_writable, os_error, read_json
-from .runs import load_checkpoint, load_weights, reading, run_config
+from ..model.conditions import CONDITIONS
+from ..runs.datasets import observed_split
+from ..runs.experiment import build, dataset_component
+from ..runs.files import atomic_write, check_writable, os_error, read_json
+from ..runs.folders import load_checkpoint, load_weights, reading, run_config
+from . import plots
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100
@@ -42,14 +44,22 @@ def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None,
     component = dataset_component(config, dataset, data_root)
     experiment = build(config, device, component)
     if experiment.data.image_shape != tuple(state["image_shape"]):
-        raise PyroVAEError(f"{component.name} has images of shape {experiment.data.image_shape} but {run_dir} was "
-                           f"trained on {tuple(state['image_shape'])}")
+        raise PyroVAEError(
+            f"{component.name} has images of shape {experiment.data.image_shape} but {run_dir} was "
+            f"trained on {tuple(state['image_shape'])}"
+        )
     if experiment.vae.spec.conditional and experiment.data.num_classes != state["num_classes"]:
-        raise PyroVAEError(f"{component.name} has {experiment.data.num_classes} classes but the conditional run {run_dir} "
-                           f"has {state['num_classes']}")
+        raise PyroVAEError(
+            f"{component.name} has {experiment.data.num_classes} classes but the conditional run {run_dir} "
+            f"has {state['num_classes']}"
+        )
     vae = experiment.vae
     load_weights(vae, state, run_dir)
-    x, y = (experiment.test_x, experiment.test_y) if split == "test" else observed_split(experiment.data, vae.likelihood, split, device)
+    x, y = (
+        (experiment.test_x, experiment.test_y)
+        if split == "test"
+        else observed_split(experiment.data, vae.likelihood, split, device)
+    )
     return config, vae.eval(), x[:limit], y[:limit]
 
 
@@ -92,8 +102,19 @@ def keep_earlier(run_dir, files, summary, settings):
     return kept
 
 
-def evaluate_run(run_dir, *, num_samples=5000, split="test", limit=None, chunk_size=None, device="auto", progress=True,
-                 dataset=None, data_root=None, seed=0):
+def evaluate_run(
+    run_dir,
+    *,
+    num_samples=5000,
+    split="test",
+    limit=None,
+    chunk_size=None,
+    device="auto",
+    progress=True,
+    dataset=None,
+    data_root=None,
+    seed=0,
+):
     """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
     <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
     run's own test split) and returns the summary (the contents of the JSON file, which names the
@@ -127,15 +148,25 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
     begin, end = world.shard(0, len(x))
     started = time.perf_counter()
     results = []
-    with tqdm(total=(end - begin) * num_samples, desc=f"log p(x), K={num_samples}", unit="sample", unit_scale=True,
-              disable=not (progress and world.main)) as bar:
+    with tqdm(
+        total=(end - begin) * num_samples,
+        desc=f"log p(x), K={num_samples}",
+        unit="sample",
+        unit_scale=True,
+        disable=not (progress and world.main),
+    ) as bar:
         for i in range(begin, end):
             torch.manual_seed(example_seed(seed, i))
-            results.append(importance_sample(vae.model, vae.guide, *args(i), num_samples=num_samples,
-                                             chunk_size=chunk_size, progress=bar.update))
+            results.append(
+                importance_sample(
+                    vae.model, vae.guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
+                )
+            )
     names = ("log_likelihood", "elbo", "ess", "stderr", "pareto_k")
-    mine = {name: torch.cat([getattr(r, name) for r in results]).cpu() if results else torch.zeros(0, dtype=torch.float64)
-            for name in names}
+    mine = {
+        name: torch.cat([getattr(r, name) for r in results]).cpu() if results else torch.zeros(0, dtype=torch.float64)
+        for name in names
+    }
     shares = distributed.all_gather(mine)
     seconds = time.perf_counter() - started
     if not world.main:
@@ -179,7 +210,9 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
     atomic_write(run_dir / json_name, json.dumps(summary, indent=2) + "\n")
     write_examples(run_dir / examples_name, y.cpu(), columns)
     torch.manual_seed(seed)
-    curve(vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / curve_name)
+    curve(
+        vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / curve_name
+    )
     summary["files"], summary["kept"] = [json_name, examples_name, curve_name], kept
     return summary
 
@@ -250,17 +283,30 @@ def _classify_run(run_dir, num_samples, split, limit, batch_size, device, progre
     num_classes = vae.spec.num_classes
     started = time.perf_counter()
     predictions = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"p(y|x), K={num_samples}", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(x), batch_size), desc=f"p(y|x), K={num_samples}", unit="batch", disable=not progress
+    ):
         log_post = class_log_posterior(
-            vae.model, vae.guide, x[start : start + batch_size], num_classes, log_prior=log_prior, num_samples=num_samples
+            vae.model,
+            vae.guide,
+            x[start : start + batch_size],
+            num_classes,
+            log_prior=log_prior,
+            num_samples=num_samples,
         )
         predictions.append(log_post.argmax(-1))
     predicted = torch.cat(predictions).cpu()
     truth = y.cpu()
     matrix = torch.bincount(truth * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
     accuracy = (predicted == truth).double().mean().item()
-    summary = {"split": split, "num_examples": len(x), "num_samples": num_samples, "accuracy": accuracy,
-               "seconds": time.perf_counter() - started, "checkpoint": vae.checkpoint}
+    summary = {
+        "split": split,
+        "num_examples": len(x),
+        "num_samples": num_samples,
+        "accuracy": accuracy,
+        "seconds": time.perf_counter() - started,
+        "checkpoint": vae.checkpoint,
+    }
     kept = keep_earlier(run_dir, [("classify", ".json"), ("confusion", ".png")], summary, CLASSIFICATION_SETTINGS)
     atomic_write(run_dir / "classify.json", json.dumps(summary, indent=2) + "\n")
     plots.confusion_matrix(matrix, accuracy, run_dir / "confusion.png")

@@ -1,4 +1,5 @@
 """The shape facts every component of a VAE is built from."""
+
 from dataclasses import dataclass
 
 

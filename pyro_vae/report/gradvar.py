@@ -7,6 +7,7 @@ the score-function estimator). Both estimate the same gradient; per parameter gr
 decoder, …) the report gives the mean over parameters of each estimator's variance across draws,
 their ratio, and the mean signal-to-noise ratio |E[g]| / sd(g).
 """
+
 import json
 import math
 from pathlib import Path
@@ -16,10 +17,10 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from .errors import PyroVAEError
-from .files import atomic_write, check_writable
-from .report import keep_earlier, run_examples
-from .runs import reading
+from ..errors import PyroVAEError
+from ..runs.files import atomic_write, check_writable
+from ..runs.folders import reading
+from .evaluation import keep_earlier, run_examples
 
 SETTINGS = {"draws": "d", "examples": "n"}  # what names a kept earlier gradvar.json
 
@@ -28,9 +29,17 @@ ESTIMATORS = {"reparameterized": True, "score_function": False}
 
 def gradient_draws(vae, args, draws, seed=0):
     """{group: gradients [draws, parameters of the group]} of −ELBO per example on ``args``, one z each draw."""
-    groups = {name: [p for p in module.parameters() if p.requires_grad]
-              for name, module in (("encoder", vae.encoder), ("up", vae.up), ("decoder", vae.decoder),
-                                   ("down", vae.down), ("prior", vae.prior), ("likelihood", vae.likelihood))}
+    groups = {
+        name: [p for p in module.parameters() if p.requires_grad]
+        for name, module in (
+            ("encoder", vae.encoder),
+            ("up", vae.up),
+            ("decoder", vae.decoder),
+            ("down", vae.down),
+            ("prior", vae.prior),
+            ("likelihood", vae.likelihood),
+        )
+    }
     groups = {name: params for name, params in groups.items() if params}
     elbo, n = Trace_ELBO(max_plate_nesting=1), len(args[0])
     flat = [p for params in groups.values() for p in params]
@@ -38,7 +47,9 @@ def gradient_draws(vae, args, draws, seed=0):
     torch.manual_seed(seed)
     with pyro.validation_enabled(False):
         for _ in range(draws):
-            grads = torch.autograd.grad(elbo.differentiable_loss(vae.model, vae.guide, *args) / n, flat, allow_unused=True)
+            grads = torch.autograd.grad(
+                elbo.differentiable_loss(vae.model, vae.guide, *args) / n, flat, allow_unused=True
+            )
             grads = iter(torch.zeros_like(p) if g is None else g for g, p in zip(grads, flat))
             for name, params in groups.items():
                 out[name].append(torch.cat([next(grads).flatten() for _ in params]))
@@ -65,7 +76,9 @@ def gradient_variance(run_dir, *, draws=200, examples=100, device="auto", progre
 def _gradient_variance(run_dir, draws, examples, device, progress, seed):
     _, vae, x, y = run_examples(run_dir, limit=examples, device=device)
     if not vae.latent_sites:
-        raise PyroVAEError(f"{run_dir} has no latent (model.z_dim = 0), so no draw of z whose gradient estimators could differ")
+        raise PyroVAEError(
+            f"{run_dir} has no latent (model.z_dim = 0), so no draw of z whose gradient estimators could differ"
+        )
     check_writable(run_dir)
     args = (x, y) if vae.spec.conditional else (x,)
     results = {}

@@ -6,6 +6,7 @@ and maps grey images in [0, 1] to its own data space with ``observe`` (binarizat
 Bernoulli, 8-bit levels for the discretized logistic). Each is a normalized density or mass on
 that space, so log p(x) values of one likelihood are comparable across models.
 """
+
 import math
 from typing import Annotated
 
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from ..registry import Range, Registry
 from .ops import bernoulli_log_mass, log_sigmoid
-from .registry import Range, Registry
 
 LIKELIHOODS = Registry("likelihood")
 
@@ -111,8 +112,14 @@ class LocScale(Likelihood):
     family = None  # a pyro.distributions class taking (loc, scale)
     real = True
 
-    def __init__(self, image_shape, *, scale: Annotated[float, Range(1e-6, 1e6)] = 0.1, learn_scale: str = "fixed",
-                 min_scale: Annotated[float, Range(0, 1e6)] = 0.01):
+    def __init__(
+        self,
+        image_shape,
+        *,
+        scale: Annotated[float, Range(1e-6, 1e6)] = 0.1,
+        learn_scale: str = "fixed",
+        min_scale: Annotated[float, Range(0, 1e6)] = 0.01,
+    ):
         super().__init__(image_shape)
         shapes = {"fixed": None, "shared": (), "pixel": self.image_shape}
         if learn_scale not in shapes:
@@ -195,8 +202,13 @@ class DiscretizedLogistic(Likelihood):
     num_outputs = 2
     discrete = True
 
-    def __init__(self, image_shape, *, num_bins: Annotated[int, Range(2, 2**16)] = 256,
-                 min_scale: Annotated[float, Range(1e-6, 1e6)] = 1e-3):
+    def __init__(
+        self,
+        image_shape,
+        *,
+        num_bins: Annotated[int, Range(2, 2**16)] = 256,
+        min_scale: Annotated[float, Range(1e-6, 1e6)] = 1e-3,
+    ):
         super().__init__(image_shape)
         self.num_bins = num_bins
         self.min_scale = min_scale
@@ -204,9 +216,7 @@ class DiscretizedLogistic(Likelihood):
     def forward(self, params):
         loc, raw_scale = self.outputs(params)
         scale = self.min_scale + F.softplus(raw_scale)
-        return dist.Independent(
-            DiscretizedLogisticDistribution(loc, scale, self.num_bins), len(self.image_shape)
-        )
+        return dist.Independent(DiscretizedLogisticDistribution(loc, scale, self.num_bins), len(self.image_shape))
 
     def observe(self, grey, generator=None):
         return (grey * (self.num_bins - 1)).round() / (self.num_bins - 1)

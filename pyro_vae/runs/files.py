@@ -1,6 +1,7 @@
 """The project's own files: atomic writes that respect the umask, early write and free-space checks,
 and the lock that keeps two processes from training one run folder. Every operating-system error on
 these files becomes a one-line ``PyroVAEError`` naming the path and the cause."""
+
 import contextlib
 import errno
 import fcntl
@@ -11,7 +12,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
 
 
 def _umask():
@@ -137,8 +138,9 @@ class RunLock:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o666)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise PyroVAEError(f"{self.path} is a symbolic link; pyro-vae never writes through a link in a run "
-                                   "folder: remove it") from None
+                raise PyroVAEError(
+                    f"{self.path} is a symbolic link; pyro-vae never writes through a link in a run folder: remove it"
+                ) from None
             if self.shared and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
                 try:
                     return os.open(self.path, os.O_RDONLY | flags)
@@ -159,8 +161,10 @@ class RunLock:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() if trained else ""
             os.close(fd)
             if self.shared:
-                raise PyroVAEError(f"run {self.path.parent} is being trained or replaced by {holder or 'another process'}; "
-                                   "wait for it to finish or stop it first") from None
+                raise PyroVAEError(
+                    f"run {self.path.parent} is being trained or replaced by {holder or 'another process'}; "
+                    "wait for it to finish or stop it first"
+                ) from None
             raise PyroVAEError(
                 f"run {self.path.parent} is in use by {holder or 'a command that reads it (evaluate, sample, compare, gradvar)'}; "
                 "wait for it to finish or stop it first"

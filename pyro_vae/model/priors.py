@@ -4,6 +4,7 @@ A prior is an ``nn.Module`` built from the ``ModelSpec`` and the encoder; callin
 condition c ([B, cond_dim]: one-hot y, or the given pixels; or None) gives a distribution with event
 shape (z_dim,) and batch shape [] (or [B] when it depends on c). Its parameters are learned with the VAE.
 """
+
 import math
 from typing import Annotated
 
@@ -14,9 +15,9 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from ..registry import Range, Registry, Size
 from .networks import GaussianMLP, activation_class
-from .registry import Range, Registry, Size
 
 PRIORS = Registry("prior")
 SOFTPLUS_INV_1 = math.log(math.e - 1)  # softplus⁻¹(1): raw value of a unit scale
@@ -128,11 +129,22 @@ class VampPrior(Prior):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) Σₖ q(z | uₖ), the encoder's posteriors at K
     learned pseudo-inputs uₖ (kept in [0, 1] through a sigmoid)."""
 
+    @staticmethod
+    def check_config(config):
+        """The pseudo-inputs go through the encoder to the top latent: one stochastic layer only."""
+        if config.model.layers:
+            raise PyroVAEError(
+                "the vamp prior maps pseudo-inputs through the encoder to the top latent; "
+                "it needs one stochastic layer (model.layers = [])"
+            )
+
     def __init__(self, spec, encoder, *, num_components: Size = 500):
         super().__init__(spec, encoder)
         if spec.cond_dim:
-            raise PyroVAEError("the vamp prior is for models without a condition; use standard_normal, conditional_gaussian "
-                               "(labels) or network")
+            raise PyroVAEError(
+                "the vamp prior is for models without a condition; use standard_normal, conditional_gaussian "
+                "(labels) or network"
+            )
         if num_components < 1:
             raise PyroVAEError(f"prior.num_components must be positive, got {num_components}")
         # the VAE's encoder, held outside this module's submodules: the guide registers its parameters
@@ -185,8 +197,10 @@ class ConditionalGaussian(Prior):
     def __init__(self, spec, encoder):
         super().__init__(spec, encoder)
         if not spec.conditional:
-            raise PyroVAEError("the conditional_gaussian prior needs labels (--conditional); for a condition on part of "
-                               "the image use the network prior")
+            raise PyroVAEError(
+                "the conditional_gaussian prior needs labels (--conditional); for a condition on part of "
+                "the image use the network prior"
+            )
         self.locs = nn.Parameter(torch.zeros(spec.num_classes, spec.z_dim))
         self.raw_scales = nn.Parameter(torch.full((spec.num_classes, spec.z_dim), SOFTPLUS_INV_1))
 

@@ -11,10 +11,11 @@ the guide q(z|t,c); the ELBO then bounds log p(t|c) (Doersch's tutorial, section
   pixels x_M [B, |M|], where G and M partition the image. Only the missing pixels are observed, so
   log p(x_M|x_G) is a normalized mass on them (image completion).
 """
+
 import torch
 
-from .errors import PyroVAEError
-from .registry import Registry, Size
+from ..errors import PyroVAEError
+from ..registry import Registry, Size
 
 CONDITIONS = Registry("condition")
 
@@ -102,7 +103,9 @@ class MaskCondition(Condition):
 def image_grid(image_shape, name):
     """(H, W) of images [C, H, W]; a clear error for points or other shapes."""
     if len(image_shape) != 3:
-        raise PyroVAEError(f"the {name} condition takes part of an image [C, H, W]; this data has shape {tuple(image_shape)}")
+        raise PyroVAEError(
+            f"the {name} condition takes part of an image [C, H, W]; this data has shape {tuple(image_shape)}"
+        )
     return tuple(image_shape)[1:]
 
 
@@ -137,4 +140,3 @@ class Column(MaskCondition):
         start = (w - width) // 2
         mask[:, start : start + width] = True
         super().__init__(image_shape, num_classes, mask)
-

@@ -1,0 +1,2 @@
+"""What a run is made of: its configuration (``config``), data (``datasets``), the experiment built from
+both, the run folder with its checkpoint and lock (``folders``), and safe file writing (``files``)."""
