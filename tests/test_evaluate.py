@@ -5,6 +5,7 @@ import math
 import pyro
 import pytest
 import torch
+from conftest import LinearGaussian
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -364,6 +365,17 @@ def refusal_cases(lg):
                 "x", pyro.distributions.Beta(torch.full((3,), 0.5, dtype=torch.float64), 0.5).to_event(1), obs=x
             )
 
+    def uniform_guide(x):  # elementwise bounds, some below the model's support
+        with pyro.plate("data", x.shape[0]):
+            low = -torch.ones(x.shape[0], 2, dtype=torch.float64)
+            pyro.sample("z", pyro.distributions.Uniform(low, 1.0).to_event(1))
+
+    def unbroadcastable_model(x):  # shapes written for one draw: expand(x.shape) drops the particles' dim
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+            loc = z.sum(-1, keepdim=True).expand(x.shape)
+            pyro.sample("x", pyro.distributions.Normal(loc, 1.0).to_event(1), obs=x)
+
     edges = torch.tensor([[0.0, 0.5, 0.5], [0.5, 1.0, 0.5]], dtype=torch.float64)
     return {
         "event holding the batch": (
@@ -386,6 +398,18 @@ def refusal_cases(lg):
             lambda x: None,
             (edges,),
             "has a log-density of inf for 2 of 2 examples",
+        ),
+        "guide with elementwise bounds wider than the model's": (
+            positive_model,
+            uniform_guide,
+            (x,),
+            "draws from [-1, 1], wider than the model's support (0, inf)",
+        ),
+        "shapes that do not broadcast over the samples": (
+            unbroadcastable_model,
+            lg.guide,
+            (x,),
+            "fails when its K samples are drawn at once under an outer plate",
         ),
         "AutoDiagonalNormal": (
             lg.model,
@@ -433,27 +457,7 @@ def refusal_cases(lg):
     }
 
 
-REFUSALS = [
-    "event holding the batch",
-    "guide without .to_event",
-    "latent drawn given an auxiliary",
-    "point mass beside an auxiliary",
-    "guide wider than the model's support",
-    "Beta observations at 0 and 1",
-    "AutoDiagonalNormal",
-    "AutoMultivariateNormal",
-    "global model latent",
-    "latent the guide leaves out",
-    "discrete latent not marked",
-    "annealing scale",
-    "subsampled plate",
-    "sequential plate",
-    "differently named plate",
-    "batch dims outside plates",
-    "guide site not in the model",
-    "AutoDelta",
-    "grey levels for a Bernoulli",
-]
+REFUSALS = list(refusal_cases(LinearGaussian()))
 
 
 @pytest.mark.parametrize("case", REFUSALS)

@@ -314,10 +314,11 @@ def check_sites_match(guide_trace, model_trace):
             )
         if name in model_sites and model_sites[name]["is_observed"]:
             raise PyroVAEError(f"guide site {name!r} is observed in the model; the guide samples latents only")
-        if name in model_sites and not within(support_of(site["fn"]), support_of(model_sites[name]["fn"])):
+        inner, outer = support_of(site["fn"]), support_of(model_sites[name]["fn"]) if name in model_sites else None
+        if outer is not None and not within(inner, outer):
             raise PyroVAEError(
-                f"guide site {name!r} draws from {support_of(site['fn'])}, wider than the model's support "
-                f"{support_of(model_sites[name]['fn'])}: draws outside it have no model density; choose a guide "
+                f"guide site {name!r} draws from {interval_text(inner, True)}, wider than the model's support "
+                f"{interval_text(outer, False)}: draws outside it have no model density; choose a guide "
                 "distribution on the model's support (a LogNormal for a positive latent, a Beta for one in [0, 1])"
             )
     if not any(is_auxiliary(site) for site in guide_sites.values()):
@@ -372,8 +373,9 @@ def support_of(fn):
 
 def within(inner, outer):
     """Whether the support ``inner`` lies within ``outer``, where both are intervals of the real line
-    (the real line, half-lines, bounded intervals); other supports (discrete, simplex, …) are taken to fit."""
-    a, b = interval(inner), interval(outer)
+    (the real line, half-lines, bounded intervals; elementwise bounds taken at their widest for ``inner``
+    and their narrowest for ``outer``); other supports (discrete, simplex, …) are taken to fit."""
+    a, b = interval(inner, widest=True), interval(outer, widest=False)
     if a is None or b is None:
         return True
     (low_a, open_a, high_a, open_high_a), (low_b, open_b, high_b, open_high_b) = a, b
@@ -382,21 +384,40 @@ def within(inner, outer):
     return above and below
 
 
-def interval(support):
-    """(low, low open, high, high open) of a support on the real line, or None for any other."""
+def interval_text(support, widest):
+    """A support on one line: "[0, inf)", "(0, 1]"."""
+    low, open_low, high, open_high = interval(support, widest)
+    return f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+def base_name(fn):
+    """The name of a distribution under its Independent, masked and expanded wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
+def interval(support, widest):
+    """(low, low open, high, high open) of a support on the real line, or None for any other; bounds that
+    differ between elements are reduced to the widest (or narrowest) interval they span."""
     c = torch.distributions.constraints
+
+    def bound(value, low):
+        value = torch.as_tensor(value, dtype=torch.float64)
+        return (value.min() if low == widest else value.max()).item()
+
     if isinstance(support, c._Real):
         return (-math.inf, True, math.inf, True)
     if isinstance(support, c._GreaterThan):
-        return (float(support.lower_bound), True, math.inf, True)
+        return (bound(support.lower_bound, True), True, math.inf, True)
     if isinstance(support, c._GreaterThanEq):
-        return (float(support.lower_bound), False, math.inf, True)
+        return (bound(support.lower_bound, True), False, math.inf, True)
     if isinstance(support, c._LessThan):
-        return (-math.inf, True, float(support.upper_bound), True)
+        return (-math.inf, True, bound(support.upper_bound, False), True)
     if isinstance(support, c._HalfOpenInterval):
-        return (float(support.lower_bound), False, float(support.upper_bound), True)
+        return (bound(support.lower_bound, True), False, bound(support.upper_bound, False), True)
     if isinstance(support, c._Interval):
-        return (float(support.lower_bound), False, float(support.upper_bound), False)
+        return (bound(support.lower_bound, True), False, bound(support.upper_bound, False), False)
     return None
 
 
@@ -412,7 +433,7 @@ def check_finite_observations(model_trace):
             value = log_p[bad].flatten()[0].item()
             raise PyroVAEError(
                 f"observed site {site['name']!r} has a log-density of {value} for {int(bad.sum())} of {log_p.numel()} "
-                f"examples: values where its {type(site['fn']).__name__} has no finite density "
+                f"examples: values where its {base_name(site['fn'])} has no finite density "
                 "(a Beta at exactly 0 or 1, say); move the data inside the support, e.g. x·(1 − 2ε) + ε"
             )
 
@@ -438,8 +459,17 @@ def log_weights(model, guide, args, kwargs, num_particles, layout):
     """log wₖ = log p(x, zₖ) − log q(zₖ|x) [num_particles, B], zₖ drawn by the guide under an outer plate;
     enumerated model sites are summed out of log p(x, zₖ)."""
     particles = pyro.plate(PARTICLES, num_particles, dim=-layout.plate_nesting - 1)
-    with particles:
-        guide_trace, model_trace = traces(model, guide, args, kwargs, enumerate_from=-layout.plate_nesting - 2)
+    try:
+        with particles:
+            guide_trace, model_trace = traces(model, guide, args, kwargs, enumerate_from=-layout.plate_nesting - 2)
+    except (RuntimeError, ValueError) as error:  # shapes written for one draw: Pyro appends whole trace tables
+        if isinstance(error, torch.OutOfMemoryError):
+            raise
+        raise PyroVAEError(
+            f"the model or guide fails when its K samples are drawn at once under an outer plate "
+            f"({str(error).partition(chr(10))[0]}); write shapes that broadcast from the right: a leading "
+            "dim may be added to every sample (use broadcasting or expand_as, not expand(x.shape) or view(B, …))"
+        ) from None
     return per_example(model_trace, layout, num_particles) - per_example(guide_trace, layout, num_particles)
 
 
