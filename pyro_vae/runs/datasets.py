@@ -282,6 +282,144 @@ class Ring:
         return torch.where(inside, torch.full_like(log_p, -math.inf), log_p)
 
 
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts an image array may have
+
+
+@DATASETS.register("array")
+class ArrayData:
+    """A user's own data in one NumPy file ``path`` (``.npy``, or ``.npz`` of named arrays).
+
+    Images [N, H, W], [N, H, W, C] or [N, C, H, W] (C of 1, 3 or 4; ``layout`` says which of the last
+    two where the shape cannot), as uint8 levels 0…255 or floats in [0, 1]; or points [N, D], real
+    vectors (tabular data). A ``.npz`` holds them as ``x`` (or its only array), with optional integer
+    ``labels`` [N]; or as ``train`` and ``test`` with ``train_labels`` and ``test_labels``. Without a
+    test array, ``test_fraction`` of the examples, chosen with ``seed``, is held out as the test split.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str = "",
+        test_fraction: Annotated[float, Range(0, 0.9)] = 0.1,
+        seed: Seed = 0,
+        layout: str = "auto",
+    ):
+        if not path:
+            raise PyroVAEError("the array dataset reads the file that data.path names: --set data.path=FILE.npy")
+        if layout not in ("auto", "nhwc", "nchw"):
+            raise PyroVAEError(f"data.layout must be auto, nhwc or nchw, got {layout!r}")
+        self.path, self.test_fraction, self.seed, self.layout = Path(path), test_fraction, seed, layout
+
+    def load(self):
+        arrays = self.read()
+        if "train" in arrays:
+            if "test" not in arrays:
+                raise PyroVAEError(f"{self.path} holds 'train' but no 'test' array; add one, or name the data 'x'")
+            train = self.split(arrays["train"], arrays.get("train_labels"), "train")
+            test = self.split(arrays["test"], arrays.get("test_labels"), "test")
+        else:
+            x = arrays.get("x", next(iter(arrays.values())) if len(arrays) == 1 else None)
+            if x is None:
+                raise PyroVAEError(
+                    f"{self.path} holds {', '.join(sorted(arrays))}; name the data 'x' (and its labels "
+                    "'labels'), or 'train' and 'test'"
+                )
+            whole = self.split(x, arrays.get("labels", arrays.get("y")), "x")
+            if not self.test_fraction:
+                raise PyroVAEError(
+                    f"{self.path} has no test array and data.test_fraction is 0: hold some examples out "
+                    "(data.test_fraction=0.1) or store 'train' and 'test'"
+                )
+            count = round(len(whole.images) * self.test_fraction)
+            if not 0 < count < len(whole.images):
+                raise PyroVAEError(
+                    f"{self.path}: a test fraction of {self.test_fraction} of {len(whole.images)} "
+                    "examples leaves no test or no training example"
+                )
+            order = torch.randperm(len(whole.images), generator=torch.Generator().manual_seed(self.seed))
+            train = Split(whole.images[order[count:]], whole.labels[order[count:]])
+            test = Split(whole.images[order[:count]], whole.labels[order[:count]])
+        classes = int(max(train.labels.max(), test.labels.max())) + 1
+        return ImageData(train, test, classes)
+
+    def read(self):
+        """{name: array} of the file (a .npy is one array, 'x')."""
+        try:
+            loaded = np.load(self.path, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                return {"x": loaded}
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+        except FileNotFoundError:
+            raise PyroVAEError(f"data.path {self.path} does not exist") from None
+        except IsADirectoryError:
+            raise PyroVAEError(
+                f"data.path {self.path} is a folder; the array dataset reads one .npy or .npz file "
+                "(a folder of images: --dataset folder)"
+            ) from None
+        except (OSError, ValueError, EOFError) as e:
+            raise PyroVAEError(
+                f"{self.path} is not a NumPy .npy or .npz file of plain arrays "
+                f"({str(e).partition(chr(10))[0] or type(e).__name__})"
+            ) from None
+
+    def split(self, array, labels, name):
+        """A ``Split`` of one array (and its labels) in the data's form: images [N, C, H, W] in [0, 1], or points."""
+        where = f"{self.path} array {name!r}"
+        if array.dtype == np.uint8:
+            images = torch.from_numpy(array.astype(np.float32) / 255)
+        elif array.dtype.kind == "b" or array.dtype.kind == "f":
+            images = torch.from_numpy(array.astype(np.float32))
+        else:
+            raise PyroVAEError(
+                f"{where} holds {array.dtype} values; images are uint8 (0…255) or floats in [0, 1], points are floats"
+            )
+        if not len(images):
+            raise PyroVAEError(f"{where} holds no examples")
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        elif images.dim() == 4:
+            images = self.channels_first(images, where)
+        elif images.dim() != 2:
+            raise PyroVAEError(
+                f"{where} has shape {tuple(array.shape)}; give images [N, H, W], [N, H, W, C] or "
+                "[N, C, H, W], or points [N, D]"
+            )
+        if not torch.isfinite(images).all():
+            raise PyroVAEError(f"{where} holds NaN or infinite values")
+        if images.dim() == 4 and (images.min() < 0 or images.max() > 1):
+            raise PyroVAEError(
+                f"{where} holds values in [{images.min():.3g}, {images.max():.3g}]; image floats must lie "
+                "in [0, 1] (uint8 arrays are read as 0…255)"
+            )
+        if labels is None:
+            return Split(images, torch.zeros(len(images), dtype=torch.long))
+        if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+            raise PyroVAEError(
+                f"{where}'s labels must be integers [{len(images)}], got {labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        if len(labels) and labels.min() < 0:
+            raise PyroVAEError(f"{where}'s labels must be 0 or more, got {labels.min()}")
+        return Split(images, torch.from_numpy(labels.astype(np.int64)))
+
+    def channels_first(self, images, where):
+        """Images [N, C, H, W] of a 4-dimensional array, its channels found last or second (``layout``)."""
+        last, second = images.shape[-1] in CHANNELS, images.shape[1] in CHANNELS
+        layout = self.layout
+        if layout == "auto":
+            if last == second:
+                raise PyroVAEError(
+                    f"{where} has shape {tuple(images.shape)}, whose channels could be second or last; "
+                    "say which with data.layout=nchw or data.layout=nhwc"
+                )
+            layout = "nhwc" if last else "nchw"
+        if (layout == "nhwc" and not last) or (layout == "nchw" and not second):
+            raise PyroVAEError(
+                f"{where} has shape {tuple(images.shape)}: no 1, 3 or 4 channels where data.layout={layout} puts them"
+            )
+        return images.permute(0, 3, 1, 2).contiguous() if layout == "nhwc" else images
+
+
 def balanced_order(labels, num_classes, seed=TEST_SEED):
     """A fixed order [N] of a split's examples in which every prefix is as class-balanced as the split
     allows: each class shuffled with a fixed seed, then the classes taken in turn (first example of
