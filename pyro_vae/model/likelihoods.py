@@ -28,6 +28,7 @@ class Likelihood(nn.Module):
     discrete = False  # True where log p(x) is a log mass, so bits per dimension are reported
     dynamic = False  # True where observe() draws a fresh x at every use (dynamic binarization)
     real = False  # True where x may be any real vector (points in ℝ^D), not only grey levels in [0, 1]
+    grey_only = False  # True where only one channel makes sense (binarized grey levels)
 
     def __init__(self, image_shape):
         super().__init__()
@@ -74,6 +75,7 @@ class Bernoulli(Likelihood):
     """
 
     discrete = True
+    grey_only = True
 
     def __init__(self, image_shape, *, binarize: str = "dynamic"):
         super().__init__(image_shape)

@@ -8,9 +8,13 @@ exists, or read from ``root`` (e.g. ``../shared/data``) where the files already 
 
 import functools
 import gzip
+import hashlib
+import io
+import json
 import math
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +25,7 @@ import torch
 
 from ..errors import PyroVAEError
 from ..registry import Range, Registry, Seed
-from .files import os_error
+from .files import atomic_write, os_error
 
 DATASETS = Registry("dataset")
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
@@ -418,6 +422,170 @@ class ArrayData:
                 f"{where} has shape {tuple(images.shape)}: no 1, 3 or 4 channels where data.layout={layout} puts them"
             )
         return images.permute(0, 3, 1, 2).contiguous() if layout == "nhwc" else images
+
+
+@DATASETS.register("folder")
+class ImageFolder:
+    """A user's own folder of image files (PNG, JPEG, … as torchvision's ``ImageFolder`` reads them, with
+    Pillow), ``root``: either ``train/`` and ``test/`` subfolders, or one folder of which ``test_fraction``
+    (chosen with ``seed``) is held out. Class subfolders give labels (their names sorted, as torchvision
+    does); image files with no class folder are unlabelled.
+
+    ``size`` [H, W] resizes every image (``fit = "crop"`` first crops the centre to that aspect); without
+    it every image must have one size. ``channels`` is ``grey``, ``rgb`` or ``auto`` (grey where every
+    image is grey). The decoded images are cached as one array under ``~/.cache/pyro_vae`` (or
+    ``$XDG_CACHE_HOME``), keyed by the files' names, sizes and times and these options, so that a folder
+    is decoded once (``cache = false`` does not read or write it).
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str = "",
+        size: list[Annotated[int, Range(1, 4096)]] = [],
+        fit: str = "resize",
+        channels: str = "auto",
+        test_fraction: Annotated[float, Range(0, 0.9)] = 0.1,
+        seed: Seed = 0,
+        cache: bool = True,
+    ):
+        if not root:
+            raise PyroVAEError("the folder dataset reads the images under --data-root DIR (data.root)")
+        if size and len(size) != 2:
+            raise PyroVAEError(f"data.size must be [H, W], got {size}")
+        if fit not in ("resize", "crop"):
+            raise PyroVAEError(f"data.fit must be resize or crop, got {fit!r}")
+        if channels not in ("auto", "grey", "rgb"):
+            raise PyroVAEError(f"data.channels must be auto, grey or rgb, got {channels!r}")
+        self.root, self.size, self.fit, self.channels = Path(root), list(size), fit, channels
+        self.test_fraction, self.seed, self.cache = test_fraction, seed, cache
+
+    def load(self):
+        if not self.root.is_dir():
+            raise PyroVAEError(f"data.root {self.root} is {'not a folder' if self.root.exists() else 'missing'}")
+        split = (self.root / "train").is_dir() and (self.root / "test").is_dir()
+        folders = [self.root / "train", self.root / "test"] if split else [self.root]
+        listed = [self.files(folder) for folder in folders]
+        if split and listed[0][1] != listed[1][1]:
+            raise PyroVAEError(f"{self.root}: train/ has classes {listed[0][1]} but test/ has {listed[1][1]}")
+        items = [item for files, _ in listed for item in files]
+        images, labels = self.decoded(items)
+        labels = torch.from_numpy(labels)
+        images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+        if split:
+            n = len(listed[0][0])
+            return ImageData(Split(images[:n], labels[:n]), Split(images[n:], labels[n:]), max(1, len(listed[0][1])))
+        count = round(len(images) * self.test_fraction)
+        if not 0 < count < len(images):
+            raise PyroVAEError(
+                f"{self.root} has no train/ and test/ folders, and a test fraction of {self.test_fraction} "
+                f"of its {len(images)} images leaves no test or no training image"
+            )
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
+        test, train = order[:count], order[count:]
+        return ImageData(
+            Split(images[train], labels[train]), Split(images[test], labels[test]), max(1, len(listed[0][1]))
+        )
+
+    def files(self, folder):
+        """([(path, label)], class names) of ``folder``: its class subfolders, or its own image files."""
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
+
+        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if classes:
+            names, index = find_classes(folder)
+            items = make_dataset(str(folder), index, extensions=IMG_EXTENSIONS, allow_empty=True)
+        else:
+            names, items = (
+                [],
+                [
+                    (str(p), 0)
+                    for p in sorted(folder.iterdir())
+                    if p.is_file() and has_file_allowed_extension(p.name, IMG_EXTENSIONS)
+                ],
+            )
+        if not items:
+            raise PyroVAEError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS[:4])}, …)")
+        return items, names
+
+    def decoded(self, items):
+        """(images [N, H, W, C] uint8, labels [N] int64) of the files, from the cache where it holds them."""
+        stats = [(path, label, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path, label in items]
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    str(self.root.resolve()),
+                    self.size,
+                    self.fit,
+                    self.channels,
+                    [(os.path.relpath(p, self.root), label, size, mtime) for p, label, size, mtime in stats],
+                ]
+            ).encode()
+        ).hexdigest()[:32]
+        cached = cache_folder() / f"folder-{key}.npz"
+        if self.cache and cached.is_file():
+            try:
+                with np.load(cached, allow_pickle=False) as data:
+                    return data["images"], data["labels"]
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache is decoded again and replaced
+        images = self.decode([path for path, _ in items])
+        labels = np.array([label for _, label in items], dtype=np.int64)
+        if self.cache:
+            buffer = io.BytesIO()
+            np.savez(buffer, images=images, labels=labels)
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(cached, buffer.getvalue())
+            except (OSError, PyroVAEError) as e:
+                warnings.warn(
+                    f"the decoded images could not be cached ({e}); they are decoded again next time", stacklevel=2
+                )
+        return images, labels
+
+    def decode(self, paths):
+        """Images [N, H, W, C] uint8 of the files, in ``channels``, at ``size`` (or their one common size)."""
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms import functional as TF
+
+        opened = []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                    opened.append(image)
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise PyroVAEError(f"{path} is not an image Pillow can read ({str(e).partition(chr(10))[0]})") from None
+        grey = self.channels == "grey" or (
+            self.channels == "auto" and all(i.mode in ("1", "L", "I;16") for i in opened)
+        )
+        mode = "L" if grey else "RGB"
+        if not self.size:
+            sizes = {i.size for i in opened}
+            if len(sizes) > 1:
+                (w1, h1), (w2, h2) = sorted(sizes)[:2]
+                raise PyroVAEError(
+                    f"{self.root} holds images of {len(sizes)} sizes ({h1}×{w1}, {h2}×{w2}, …); choose one "
+                    "with data.size=[H, W] (data.fit=crop keeps their aspect)"
+                )
+        arrays = []
+        for image in opened:
+            image = image.convert(mode)
+            if self.size:
+                h, w = self.size
+                if self.fit == "crop":
+                    scale = max(h / image.height, w / image.width)
+                    image = TF.resize(image, [max(h, round(image.height * scale)), max(w, round(image.width * scale))])
+                    image = TF.center_crop(image, [h, w])
+                else:
+                    image = TF.resize(image, [h, w])
+            arrays.append(np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1))
+        return np.stack(arrays)
+
+
+def cache_folder():
+    """Where decoded folders are cached: $XDG_CACHE_HOME/pyro_vae, else ~/.cache/pyro_vae."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyro_vae"
 
 
 def balanced_order(labels, num_classes, seed=TEST_SEED):

@@ -51,7 +51,14 @@ def build(config, device, dataset=None):
 
 
 def check_likelihood(data, likelihood, dataset):
-    """Refuse a likelihood of grey levels in [0, 1] for points in ℝ^D."""
+    """Refuse a likelihood of grey levels in [0, 1] for points in ℝ^D, and one of binarized grey levels
+    for colour images."""
+    if not data.points and data.image_shape[0] > 1 and LIKELIHOODS.get(likelihood).grey_only:
+        raise PyroVAEError(
+            f"{dataset} holds images of {data.image_shape[0]} channels, which the {likelihood} likelihood "
+            "cannot score (it binarizes grey levels); use discretized_logistic for 8-bit colour, or "
+            "gaussian"
+        )
     if data.points and not LIKELIHOODS.get(likelihood).real:
         real = sorted(name for name in LIKELIHOODS.names() if LIKELIHOODS.get(name).real)
         raise PyroVAEError(
