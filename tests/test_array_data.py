@@ -123,3 +123,31 @@ def test_a_bad_array_is_one_line_and_makes_no_run(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 20), (3, 32, 32), (1, 7, 5), (3, 9, 64)])
+def test_the_conv_network_fits_any_image_shape(shape):
+    """Its decoder gives one output per pixel and channel of any H × W, and one ELBO step runs."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from pyro_vae import load_config
+    from pyro_vae.model.vae import build_vae
+
+    config = load_config(
+        None,
+        [
+            "network.name=conv",
+            "network.channels=4",
+            "network.hidden=8",
+            "model.z_dim=2",
+            "likelihood.name=discretized_logistic",
+        ],
+    )
+    vae = build_vae(config, shape, 1, "cpu")
+    x = torch.rand(5, *shape).mul(255).round().div(255)
+    assert vae.decoder(torch.zeros(5, 2)).shape == (5, 2, *shape)
+    loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in vae.parameters() if p.requires_grad)
+    pyro.clear_param_store()

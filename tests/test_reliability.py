@@ -87,7 +87,7 @@ BAD_INPUTS = {
     ),
     "completion by the conv network": (
         ["--condition", "quadrants", "--network", "conv"],
-        "the conv network generates whole 28×28 images, not (48,)",
+        "the conv network generates whole images [C, H, W], not (48,)",
     ),
     "prior network without a condition": (
         ["--prior", "network"],
@@ -101,7 +101,10 @@ BAD_INPUTS = {
         ["--dataset", "mnist", "--data-root", "/nonexistent", "--set", "data.download=false"],
         "mnist was not found under '/nonexistent'",
     ),
-    "images of the wrong size": (["--network", "conv"], "the conv network generates whole 28×28 images, not (1, 8, 8)"),
+    "images too small to convolve": (
+        ["--network", "conv", "--set", "data.size=3"],
+        "the conv network needs images of 4 × 4 pixels or more, got (1, 3, 3)",
+    ),
     "NaN pixels": (["--dataset", "test-nan-pixels"], "images contain NaN or infinite pixel values"),
     "pixels outside [0, 1]": (["--dataset", "test-out-of-range"], "pixel values must lie in [0, 1]"),
     "labels outside the classes": (["--dataset", "test-bad-labels"], "labels must lie in 0..2"),

@@ -101,18 +101,24 @@ class MLP(nn.Module):
         self.decoder = MLPDecoder(spec, num_outputs, hidden, act)
 
 
+def quarter(size):
+    """The side two stride-2 4×4 convolutions (padding 1) leave of ``size``: ⌊⌊size/2⌋/2⌋."""
+    return size // 2 // 2
+
+
 class ConvEncoder(nn.Module):
     def __init__(self, spec, channels, hidden, activation):
         super().__init__()
-        c_in = spec.image_shape[0]
+        c_in, height, width = spec.image_shape
         self.features = nn.Sequential(
             nn.Conv2d(c_in, channels, 4, stride=2, padding=1),
-            activation(),  # 28 → 14
+            activation(),  # H → ⌊H/2⌋
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
-            activation(),  # 14 → 7
+            activation(),  # → ⌊H/4⌋
             nn.Flatten(),
         )
-        self.body = nn.Sequential(nn.Linear(2 * channels * 7 * 7 + spec.cond_dim, hidden), activation())
+        features = 2 * channels * quarter(height) * quarter(width)
+        self.body = nn.Sequential(nn.Linear(features + spec.cond_dim, hidden), activation())
         self.head = GaussianHead(hidden, spec.z_dim)
 
     def forward(self, x, c=None):
@@ -120,33 +126,39 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
+    """z → a grid of ⌈H/4⌉ × ⌈W/4⌉, two stride-2 transposed convolutions up to 4⌈H/4⌉ × 4⌈W/4⌉, and the
+    top-left H × W of it: any image size."""
+
     def __init__(self, spec, num_outputs, channels, hidden, activation):
         super().__init__()
         self.channels = channels
         self.out_shape = (num_outputs, *spec.image_shape)
+        _, height, width = spec.image_shape
+        self.grid = (-(-height // 4), -(-width // 4))
         self.body = nn.Sequential(
             nn.Linear(spec.z_dim + spec.cond_dim, hidden),
             activation(),
-            nn.Linear(hidden, 2 * channels * 7 * 7),
+            nn.Linear(hidden, 2 * channels * self.grid[0] * self.grid[1]),
             activation(),
         )
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
-            activation(),  # 7 → 14
-            nn.ConvTranspose2d(channels, num_outputs * spec.image_shape[0], 4, stride=2, padding=1),  # 14 → 28
+            activation(),  # ×2
+            nn.ConvTranspose2d(channels, num_outputs * spec.image_shape[0], 4, stride=2, padding=1),  # ×2
         )
 
     def forward(self, z, c=None):
         h = self.body(with_condition(z, c))
         lead = h.shape[:-1]
-        out = self.deconv(h.reshape(-1, 2 * self.channels, 7, 7))
+        out = self.deconv(h.reshape(-1, 2 * self.channels, *self.grid))[..., : self.out_shape[2], : self.out_shape[3]]
         return out.reshape(*lead, *self.out_shape)
 
 
 @NETWORKS.register("conv")
 class Conv(nn.Module):
-    """A small convolutional encoder/decoder for 28×28 images: two stride-2 4×4 convolutions
-    (28 → 14 → 7) and a hidden layer, mirrored with transposed convolutions in the decoder."""
+    """A small convolutional encoder/decoder for images [C, H, W] of any size from 4 × 4: two stride-2 4×4
+    convolutions (H → ⌊H/2⌋ → ⌊H/4⌋) and a hidden layer, mirrored with transposed convolutions in the
+    decoder (cropped to H × W)."""
 
     def __init__(
         self,
@@ -158,11 +170,13 @@ class Conv(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        if tuple(spec.image_shape[1:]) != (28, 28):
+        if len(spec.image_shape) != 3:
             raise PyroVAEError(
-                f"the conv network generates whole 28×28 images, not {spec.image_shape} (a condition on part "
-                "of the image generates the missing pixels only); use the mlp network"
+                f"the conv network generates whole images [C, H, W], not {spec.image_shape} (points, or a condition "
+                "on part of the image, which generates the missing pixels only); use the mlp network"
             )
+        if min(spec.image_shape[1:]) < 4:
+            raise PyroVAEError(f"the conv network needs images of 4 × 4 pixels or more, got {spec.image_shape}")
         act = activation_class(activation)
         self.encoder = ConvEncoder(spec, channels, hidden, act)
         self.decoder = ConvDecoder(spec, num_outputs, channels, hidden, act)
