@@ -32,6 +32,7 @@ from ..model.priors import PRIORS
 from ..registry import MAX_COUNT, MAX_SIZE, Count, Range, Seed, Size, check_type
 from .datasets import DATASETS
 from .files import os_error
+from .plugins import load_plugins
 
 REGISTRIES = {
     "data": DATASETS,
@@ -87,6 +88,12 @@ class TrainConfig:
 
 
 @dataclass
+class PluginsConfig:
+    modules: list[str] = field(default_factory=list)  # modules that register components: importable names or
+    # paths of .py files (runs.plugins)
+
+
+@dataclass
 class Config:
     data: Component = field(default_factory=lambda: Component("mnist-5k"))
     condition: Component = field(default_factory=lambda: Component("none"))  # none | label | quadrants | column
@@ -97,6 +104,7 @@ class Config:
     objective: Component = field(default_factory=lambda: Component("trace_elbo"))
     schedule: Component = field(default_factory=lambda: Component("constant"))
     train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     def to_dict(self):
         out = {}
@@ -168,6 +176,10 @@ def load_config(name_or_path=None, overrides=()):
     for text in overrides:
         section, key, value = parse_override(text)
         updates.append({section: {key: value}})
+    for update in updates:  # the components they register must exist before any is chosen
+        plugins = update.get("plugins") if isinstance(update, dict) else None
+        if isinstance(plugins, dict) and "modules" in plugins:
+            load_plugins(check_type("plugins.modules", plugins["modules"], list[str]))
     for update in updates:
         merge(table, update)
     return config_from_dict(table)
@@ -210,6 +222,10 @@ def config_from_dict(table):
     kwargs = {}
     hints = typing.get_type_hints(Config)
     table = legacy_conditional(table)
+    plugins = table.get("plugins", {})
+    load_plugins(
+        check_type("plugins.modules", plugins.get("modules", []) if isinstance(plugins, dict) else [], list[str])
+    )
     for section in SECTIONS:
         values = dict(table.get(section, {}))
         if section in REGISTRIES:
@@ -267,13 +283,14 @@ PATH_OPTIONS = ("root", "path")  # data options that name files or folders
 
 
 def absolute_paths(config):
-    """``config`` with the data options that name a file or folder made absolute (a run made in one
-    working folder reads its data from any other)."""
+    """``config`` with the data options and plugin files that name a file or folder made absolute (a run
+    made in one working folder reads its data and components from any other)."""
     options = dict(config.data.options)
     for key in PATH_OPTIONS:
         if isinstance(options.get(key), str) and options[key]:
             options[key] = os.path.abspath(options[key])
-    return dataclasses.replace(config, data=Component(config.data.name, options))
+    modules = [os.path.abspath(m) if m.endswith(".py") else m for m in config.plugins.modules]
+    return dataclasses.replace(config, data=Component(config.data.name, options), plugins=PluginsConfig(modules))
 
 
 def config_differences(a, b):
