@@ -151,3 +151,25 @@ def test_the_conv_network_fits_any_image_shape(shape):
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in vae.parameters() if p.requires_grad)
     pyro.clear_param_store()
+
+
+@pytest.mark.parametrize("dataset, holds", [("cifar10", "cifar-10-batches-py"), ("svhn", "train_32x32.mat")])
+def test_torchvision_colour_sets_not_on_disk_are_one_line(dataset, holds, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "train",
+                "--dataset",
+                dataset,
+                "--data-root",
+                str(tmp_path / "none"),
+                "--set",
+                "data.download=false",
+                "--quiet",
+                "--runs-root",
+                str(tmp_path / "runs"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{dataset} was not found" in err and holds in err, err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "runs").exists()

@@ -275,3 +275,16 @@ def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_val
     unit, standard = UnitNormal(torch.zeros(3), torch.ones(3)).log_prob(other), Normal(0.0, 1.0).log_prob(other)
     torch.testing.assert_close(unit, standard)
     torch.testing.assert_close(*(torch.autograd.grad(f.sum(), other)[0] for f in (unit, standard)))
+
+
+@pytest.mark.parametrize("name", ["discretized_logistic", "discretized_logistic_mixture"])
+def test_discretized_likelihoods_sum_to_one_over_the_256_levels(name):
+    """Each pixel's masses over the 256 levels of 8-bit data add up to 1, whatever the decoder outputs."""
+    shape = (3, 2, 2)
+    lik = likelihood(name, shape).double()
+    params = 3 * torch.randn(lik.num_outputs, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pixel = lik(params).base_dist
+    levels = (torch.arange(256, dtype=torch.float64) / 255).reshape(256, 1, 1, 1).expand(256, *shape)
+    torch.testing.assert_close(
+        pixel.log_prob(levels).logsumexp(0), torch.zeros(shape, dtype=torch.float64), atol=1e-9, rtol=0
+    )

@@ -155,25 +155,44 @@ class TorchvisionImages:
     """A torchvision 28×28 grey dataset, read from ``root`` or downloaded there."""
 
     dataset_class = None  # name of the class in torchvision.datasets
+    files = None  # what --data-root must hold, where it is not the folder ``holds``
 
     def __init__(self, *, root: str = "data", download: bool = True):
         self.root = root
         self.download = download
 
+    @property
+    def holds(self):
+        """The folder under ``root`` where torchvision keeps the dataset's files."""
+        return Path(self.dataset_class) / "raw"
+
+    def check_files(self, cls):
+        """Refuse files that are there but damaged, before torchvision reads them (its idx files)."""
+        for url, _ in cls.resources:
+            path = (
+                Path(self.root) / self.holds / Path(url).stem
+            )  # the file torchvision reads, e.g. train-images-idx3-ubyte
+            if path.is_file():
+                check_idx(path, ndim=3 if "images" in path.name else 1)
+
+    def open(self, cls, train):
+        return cls(root=self.root, train=train, download=self.download)
+
+    def split(self, ds):
+        """The ``Split`` of a torchvision dataset object: images [N, C, H, W] in [0, 1] and labels."""
+        return Split(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long())
+
     def load(self):
         import torchvision.datasets
 
         cls = getattr(torchvision.datasets, self.dataset_class)
-        raw = Path(self.root) / self.dataset_class / "raw"
-        for url, _ in cls.resources:
-            path = raw / Path(url).stem  # the file torchvision reads, e.g. train-images-idx3-ubyte
-            if path.is_file():
-                check_idx(path, ndim=3 if "images" in path.name else 1)
-        new_folders = [folder for folder in (raw, raw.parent, Path(self.root)) if not folder.exists()]
+        self.check_files(cls)
+        holds = Path(self.root) / self.holds
+        new_folders = [folder for folder in (holds, *holds.parents) if not folder.exists()]
         splits = []
         for train in (True, False):
             try:
-                ds = cls(root=self.root, train=train, download=self.download)
+                ds = self.open(cls, train)
             except (RuntimeError, OSError) as e:
                 remove_empty(new_folders)  # those a failed download made
                 action = "could not be downloaded" if self.download else "was not found"
@@ -181,7 +200,7 @@ class TorchvisionImages:
                 cause = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # torchvision's first line, then why
                 raise PyroVAEError(
                     f"{self.registered_name} {action} under {self.root!r} ({cause}); "
-                    f"point --data-root at a folder that holds {self.dataset_class}/raw, "
+                    f"point --data-root at a folder that holds {self.files or self.holds}, "
                     "or use the offline default with --dataset mnist-5k"
                 ) from None
             except Exception as e:  # torchvision's readers fail in many ways on damaged files
@@ -189,8 +208,9 @@ class TorchvisionImages:
                     f"{self.registered_name} under {self.root!r} could not be read ({type(e).__name__}: "
                     f"{str(e).partition(chr(10))[0]}); restore its files"
                 ) from None
-            splits.append(Split(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()))
-        return ImageData(*splits, num_classes=len(ds.classes))
+            splits.append(self.split(ds))
+        classes = len(getattr(ds, "classes", ())) or int(max(s.labels.max() for s in splits)) + 1
+        return ImageData(*splits, num_classes=classes)
 
 
 def remove_empty(folders):
@@ -219,6 +239,46 @@ class KMNIST(TorchvisionImages):
     """Kuzushiji-MNIST cursive Japanese characters (60,000 train, 10,000 test)."""
 
     dataset_class = "KMNIST"
+
+
+@DATASETS.register("cifar10")
+class CIFAR10(TorchvisionImages):
+    """CIFAR-10's 32×32 colour images of 10 classes (50,000 train, 10,000 test), torchvision's files
+    (``cifar-10-batches-py`` under ``root``). A folder of its images is ``--dataset folder``."""
+
+    dataset_class = "CIFAR10"
+
+    @property
+    def holds(self):
+        return Path("cifar-10-batches-py")
+
+    def check_files(self, cls):
+        pass  # pickled batches, which torchvision checks by their md5
+
+    def split(self, ds):
+        return Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0, torch.tensor(ds.targets))
+
+
+@DATASETS.register("svhn")
+class SVHN(TorchvisionImages):
+    """Street View House Numbers: 32×32 colour digits (73,257 train, 26,032 test), torchvision's
+    ``train_32x32.mat`` and ``test_32x32.mat`` under ``root``."""
+
+    dataset_class = "SVHN"
+    files = "train_32x32.mat and test_32x32.mat"
+
+    @property
+    def holds(self):
+        return Path(".")
+
+    def check_files(self, cls):
+        pass  # .mat files, which torchvision checks by their md5
+
+    def open(self, cls, train):
+        return cls(root=self.root, split="train" if train else "test", download=self.download)
+
+    def split(self, ds):
+        return Split(torch.from_numpy(ds.data).float() / 255.0, torch.from_numpy(ds.labels).long() % 10)
 
 
 @DATASETS.register("synthetic")
