@@ -173,3 +173,61 @@ def test_torchvision_colour_sets_not_on_disk_are_one_line(dataset, holds, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{dataset} was not found" in err and holds in err, err
     assert not (tmp_path / "none").exists() and not (tmp_path / "runs").exists()
+
+
+def frey_like(tmp_path):
+    return ["--set", f"data.path={saved(tmp_path, 'faces.npy', x=RNG.integers(0, 256, (50, 28, 20), dtype=np.uint8))}"]
+
+
+def olivetti_like(tmp_path):
+    faces = saved(tmp_path, "faces.npy", x=RNG.integers(0, 256, (30, 64, 64), dtype=np.uint8))
+    labels = saved(tmp_path, "labels.npy", x=np.arange(30, dtype=np.uint8) % 3)
+    return ["--set", f"data.path={faces}", "--set", f"data.labels={labels}", "--set", "network.channels=2"]
+
+
+def cifar_like(tmp_path):
+    from PIL import Image
+
+    for split, count in (("train", 8), ("test", 2)):
+        for name in ("cat", "ship"):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "imgs" / split / name / f"{i}.jpg")
+    return [
+        "--data-root",
+        str(tmp_path / "imgs"),
+        "--set",
+        "network.channels=2",
+        "--set",
+        "likelihood.num_components=2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "config, data", [("frey-vae", frey_like), ("olivetti-vae", olivetti_like), ("cifar10-vae", cifar_like)]
+)
+def test_the_face_and_colour_configs_train_and_evaluate_as_shipped(config, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    main(
+        [
+            "train",
+            "--config",
+            config,
+            *data(tmp_path),
+            "--epochs",
+            "1",
+            "--set",
+            "train.batch_size=10",
+            "--set",
+            "network.hidden=" + ("[8]" if config == "frey-vae" else "8"),
+            "--quiet",
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--name",
+            config,
+        ]
+    )
+    run = tmp_path / "runs" / config
+    main(["evaluate", str(run), "-k", "2", "--limit", "2", "--quiet"])
+    assert (run / "eval.json").is_file() and (run / "samples.png").is_file()

@@ -127,12 +127,14 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
     x, yb = test_x[:32], None if y is None else y[:32]
     pairs = torch.stack([x, vae.reconstruct(x, yb)], dim=1).reshape(-1, *x.shape[1:])
     image_grid(pairs, run_dir / "reconstructions.png", 16, "test images (left) and reconstructions (right)")
-    loc, _ = vae.encode(test_x[:16], None if y is None else y[:16])
-    t = torch.linspace(0, 1, 10, device=x.device)[:, None, None]
-    path = (1 - t) * loc[0::2] + t * loc[1::2]  # [10, 8, z]: from digit 2i to digit 2i+1
-    labels = None if y is None else y[:16:2].expand(10, 8)  # a CVAE keeps the first digit's label
-    frames = vae.decode(path, labels).transpose(0, 1).reshape(-1, *x.shape[1:])
-    image_grid(frames, run_dir / "interpolations.png", 10, "interpolations in latent space between test digits")
+    pairs = min(16, len(test_x)) // 2  # up to 8 pairs of test images: a small test split has fewer
+    if pairs:
+        loc, _ = vae.encode(test_x[: 2 * pairs], None if y is None else y[: 2 * pairs])
+        t = torch.linspace(0, 1, 10, device=x.device)[:, None, None]
+        path = (1 - t) * loc[0::2] + t * loc[1::2]  # [10, pairs, z]: from image 2i to image 2i+1
+        labels = None if y is None else y[: 2 * pairs : 2].expand(10, pairs)  # a CVAE keeps the first one's label
+        frames = vae.decode(path, labels).transpose(0, 1).reshape(-1, *x.shape[1:])
+        image_grid(frames, run_dir / "interpolations.png", 10, "interpolations in latent space between test images")
     loc, _ = vae.encode(test_x[:2000], None if y is None else y[:2000])
     latent_scatter(loc, test_y[:2000], run_dir / "latent.png")
     if conditional:

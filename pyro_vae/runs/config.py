@@ -279,7 +279,7 @@ def check_ranges(config):
         raise PyroVAEError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}")
 
 
-PATH_OPTIONS = ("root", "path")  # data options that name files or folders
+PATH_OPTIONS = ("root", "path", "labels")  # data options that name files or folders
 
 
 def absolute_paths(config):

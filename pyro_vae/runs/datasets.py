@@ -356,7 +356,8 @@ class ArrayData:
     Images [N, H, W], [N, H, W, C] or [N, C, H, W] (C of 1, 3 or 4; ``layout`` says which of the last
     two where the shape cannot), as uint8 levels 0…255 or floats in [0, 1]; or points [N, D], real
     vectors (tabular data). A ``.npz`` holds them as ``x`` (or its only array), with optional integer
-    ``labels`` [N]; or as ``train`` and ``test`` with ``train_labels`` and ``test_labels``. Without a
+    ``labels`` [N] (or a second file names them: ``labels``); or as ``train`` and ``test`` with
+    ``train_labels`` and ``test_labels``. Without a
     test array, ``test_fraction`` of the examples, chosen with ``seed``, is held out as the test split.
     """
 
@@ -364,6 +365,7 @@ class ArrayData:
         self,
         *,
         path: str = "",
+        labels: str = "",
         test_fraction: Annotated[float, Range(0, 0.9)] = 0.1,
         seed: Seed = 0,
         layout: str = "auto",
@@ -373,6 +375,7 @@ class ArrayData:
         if layout not in ("auto", "nhwc", "nchw"):
             raise PyroVAEError(f"data.layout must be auto, nhwc or nchw, got {layout!r}")
         self.path, self.test_fraction, self.seed, self.layout = Path(path), test_fraction, seed, layout
+        self.labels = Path(labels) if labels else None
 
     def load(self):
         arrays = self.read()
@@ -407,23 +410,29 @@ class ArrayData:
         return ImageData(train, test, classes)
 
     def read(self):
-        """{name: array} of the file (a .npy is one array, 'x')."""
+        """{name: array} of the file (a .npy is one array, 'x'), with 'labels' from ``labels`` where given."""
+        arrays = self.read_file(self.path)
+        if self.labels is not None:
+            arrays["labels"] = next(iter(self.read_file(self.labels).values()))
+        return arrays
+
+    def read_file(self, path):
         try:
-            loaded = np.load(self.path, allow_pickle=False)
+            loaded = np.load(path, allow_pickle=False)
             if isinstance(loaded, np.ndarray):
                 return {"x": loaded}
             with loaded:
                 return {name: loaded[name] for name in loaded.files}
         except FileNotFoundError:
-            raise PyroVAEError(f"data.path {self.path} does not exist") from None
+            raise PyroVAEError(f"data.path {path} does not exist") from None
         except IsADirectoryError:
             raise PyroVAEError(
-                f"data.path {self.path} is a folder; the array dataset reads one .npy or .npz file "
+                f"data.path {path} is a folder; the array dataset reads one .npy or .npz file "
                 "(a folder of images: --dataset folder)"
             ) from None
         except (OSError, ValueError, EOFError) as e:
             raise PyroVAEError(
-                f"{self.path} is not a NumPy .npy or .npz file of plain arrays "
+                f"{path} is not a NumPy .npy or .npz file of plain arrays "
                 f"({str(e).partition(chr(10))[0] or type(e).__name__})"
             ) from None
 
