@@ -42,7 +42,7 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["likelihood.name=mse"], "unknown likelihood 'mse'; valid choices: bernoulli, continuous_bernoulli"),
         (["network.name=resnet"], "unknown network 'resnet'; valid choices: conv, mlp"),
         (["objective.name=vi"], "unknown objective 'vi'; valid choices: autoencoder, iwae, mean_field, trace_elbo"),
-        (["data.name=cifar"], "unknown dataset 'cifar'; valid choices: array, fashion-mnist, folder, kmnist, mnist"),
+        (["data.name=cifar"], "unknown dataset 'cifar'; valid choices: array, cifar10, fashion-mnist, folder, kmnist"),
         (
             ["prior.num_components=3"],
             "unknown option 'num_components' for prior 'standard_normal'; valid options: none",
@@ -101,4 +101,5 @@ def test_config_is_a_dataclass_of_sections():
         "objective",
         "schedule",
         "train",
+        "plugins",
     ]
