@@ -125,8 +125,9 @@ def test_a_bad_array_is_one_line_and_makes_no_run(case, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("network", ["conv", "resconv"])
 @pytest.mark.parametrize("shape", [(1, 28, 20), (3, 32, 32), (1, 7, 5), (3, 9, 64)])
-def test_the_conv_network_fits_any_image_shape(shape):
+def test_the_conv_networks_fit_any_image_shape(shape, network):
     """Its decoder gives one output per pixel and channel of any H × W, and one ELBO step runs."""
     import pyro
     from pyro.infer import Trace_ELBO
@@ -137,7 +138,7 @@ def test_the_conv_network_fits_any_image_shape(shape):
     config = load_config(
         None,
         [
-            "network.name=conv",
+            f"network.name={network}",
             "network.channels=4",
             "network.hidden=8",
             "model.z_dim=2",

@@ -180,3 +180,93 @@ class Conv(nn.Module):
         act = activation_class(activation)
         self.encoder = ConvEncoder(spec, channels, hidden, act)
         self.decoder = ConvDecoder(spec, num_outputs, channels, hidden, act)
+
+
+class ResidualBlock(nn.Module):
+    """h + conv3×3(act(conv3×3(act(h)))), the channels kept (He et al. 2016)."""
+
+    def __init__(self, channels, activation):
+        super().__init__()
+        self.body = nn.Sequential(
+            activation(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            activation(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, h):
+        return h + self.body(h)
+
+
+class ResConvEncoder(nn.Module):
+    def __init__(self, spec, channels, blocks, hidden, activation):
+        super().__init__()
+        c_in, height, width = spec.image_shape
+        layers = [nn.Conv2d(c_in, channels, 3, padding=1)]
+        for width_in, width_out in ((channels, channels), (channels, 2 * channels)):
+            layers += [ResidualBlock(width_in, activation) for _ in range(blocks)]
+            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1)]  # H → ⌊H/2⌋
+        self.features = nn.Sequential(*layers, activation(), nn.Flatten())
+        features = 2 * channels * quarter(height) * quarter(width)
+        self.body = nn.Sequential(nn.Linear(features + spec.cond_dim, hidden), activation())
+        self.head = GaussianHead(hidden, spec.z_dim)
+
+    def forward(self, x, c=None):
+        return self.head(self.body(with_condition(self.features(x), c)))
+
+
+class ResConvDecoder(nn.Module):
+    def __init__(self, spec, num_outputs, channels, blocks, hidden, activation):
+        super().__init__()
+        self.channels = channels
+        self.out_shape = (num_outputs, *spec.image_shape)
+        _, height, width = spec.image_shape
+        self.grid = (-(-height // 4), -(-width // 4))
+        self.body = nn.Sequential(
+            nn.Linear(spec.z_dim + spec.cond_dim, hidden),
+            activation(),
+            nn.Linear(hidden, 2 * channels * self.grid[0] * self.grid[1]),
+        )
+        layers = []
+        for width_in, width_out in ((2 * channels, channels), (channels, channels)):
+            layers += [ResidualBlock(width_in, activation) for _ in range(blocks)]
+            layers += [nn.ConvTranspose2d(width_in, width_out, 4, stride=2, padding=1)]  # ×2
+        layers += [activation(), nn.Conv2d(channels, num_outputs * spec.image_shape[0], 3, padding=1)]
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z, c=None):
+        h = self.body(with_condition(z, c))
+        lead = h.shape[:-1]
+        out = self.deconv(h.reshape(-1, 2 * self.channels, *self.grid))[..., : self.out_shape[2], : self.out_shape[3]]
+        return out.reshape(*lead, *self.out_shape)
+
+
+@NETWORKS.register("resconv")
+class ResConv(nn.Module):
+    """A residual convolutional encoder/decoder for images [C, H, W] of any size from 4 × 4, the default of
+    the colour config: a 3×3 convolution to ``channels``, then twice ``blocks`` residual blocks of two 3×3
+    convolutions (He et al. 2016; the block the ResNet VAEs of Kingma et al. 2016 stack) and a stride-2
+    4×4 convolution (H → ⌊H/2⌋ → ⌊H/4⌋, ``channels`` then 2 × ``channels``), a hidden layer; the decoder
+    mirrors it with transposed convolutions and crops to H × W."""
+
+    def __init__(
+        self,
+        spec,
+        num_outputs,
+        *,
+        channels: Annotated[int, Range(1, 1024)] = 64,
+        blocks: Annotated[int, Range(1, 16)] = 2,
+        hidden: Size = 512,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        if len(spec.image_shape) != 3:
+            raise PyroVAEError(
+                f"the resconv network generates whole images [C, H, W], not {spec.image_shape} (points, or a condition "
+                "on part of the image, which generates the missing pixels only); use the mlp network"
+            )
+        if min(spec.image_shape[1:]) < 4:
+            raise PyroVAEError(f"the resconv network needs images of 4 × 4 pixels or more, got {spec.image_shape}")
+        act = activation_class(activation)
+        self.encoder = ResConvEncoder(spec, channels, blocks, hidden, act)
+        self.decoder = ResConvDecoder(spec, num_outputs, channels, blocks, hidden, act)
