@@ -37,11 +37,15 @@ from ..trainer import Trainer, test_elbo
 
 
 def plain_loss(vae, x):
-    """−Σ_b [log p(x_b|z_b) + log p(z_b) − log q(z_b|x_b)], one reparameterized z_b ~ q(z|x_b)."""
+    """−Σ_b [log p(x_b|z_b) + log p(z_b) − log q(z_b|x_b)], one reparameterized z_b ~ q(z|x_b): the Bernoulli's
+    log-likelihood as binary cross-entropy, any other's from its torch distribution (no Pyro in the loop)."""
     loc, scale = vae.encoder(x)
     z = loc + scale * torch.randn_like(loc)
-    logits = vae.decoder(z)[:, 0]
-    log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+    if vae.likelihood.dynamic or type(vae.likelihood).__name__ == "Bernoulli":
+        logits = vae.decoder(z)[:, 0]
+        log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+    else:
+        log_px = vae.likelihood(vae.decoder(z)).log_prob(x)
     log_pz = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
     log_qz = (-0.5 * ((z - loc) / scale).square() - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     return -(log_px + log_pz - log_qz).sum()
@@ -79,7 +83,8 @@ class PlainTrainer:
         )
 
     def train_step(self, index):
-        x = self.binarize(expand(self.trainer.train_x[index]), self.trainer.generator)
+        x = expand(self.trainer.train_x[index])
+        x = self.binarize(x, self.trainer.generator) if self.trainer.likelihood.dynamic else x
         loss = plain_loss(self.vae, x)
         self.optimizer.zero_grad()
         loss.backward()
@@ -366,8 +371,8 @@ def parity(epochs, config_name, overrides, device, keep=None, overwrite=False):
     objective = config.objective
     if objective.name not in ("trace_elbo", "mean_field") or objective.options.get("num_particles", 1) != 1:
         raise PyroVAEError("--parity compares the one-sample ELBO; the plain loop has no other objective")
-    if config.model.layers or config.condition.name != "none" or config.likelihood.name != "bernoulli":
-        raise PyroVAEError("--parity's plain loop is the one-layer, unconditional Bernoulli VAE")
+    if config.model.layers or config.condition.name != "none" or config.prior.name != "standard_normal":
+        raise PyroVAEError("--parity's plain loop is the one-layer, unconditional VAE with an N(0, I) prior")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep) / "pyro" if keep else Path(tmp)
         trainer = Trainer(config, folder, overwrite=overwrite or not keep, progress=False)
