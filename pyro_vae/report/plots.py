@@ -242,7 +242,7 @@ def completion_rows(runs, x, samples=6, seed=0):
 def completions(runs, x, path, samples=6, seed=0):
     """``completion_rows`` as one picture, a column per test image."""
     rows, labels = completion_rows(runs, x, samples, seed)
-    image_grid(torch.cat(rows), path, len(x), "image completion: each column one test digit", row_labels=labels)
+    image_grid(torch.cat(rows), path, len(x), "image completion: each column one test image", row_labels=labels)
 
 
 def bound_vs_k(ks, means, stderrs, num_examples, path):
