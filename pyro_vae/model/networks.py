@@ -106,19 +106,34 @@ def quarter(size):
     return size // 2 // 2
 
 
-class ConvEncoder(nn.Module):
-    def __init__(self, spec, channels, hidden, activation):
-        super().__init__()
-        c_in, height, width = spec.image_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(c_in, channels, 4, stride=2, padding=1),
-            activation(),  # H → ⌊H/2⌋
-            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
-            activation(),  # → ⌊H/4⌋
-            nn.Flatten(),
+def check_whole_images(network, spec):
+    """Refuse, for the convolutional ``network``, data that are not whole images [C, H, W] of 4 × 4 or more."""
+    if len(spec.image_shape) != 3:
+        raise PyroVAEError(
+            f"the {network} network generates whole images [C, H, W], not {spec.image_shape} (points, or a condition "
+            "on part of the image, which generates the missing pixels only); use the mlp network"
         )
-        features = 2 * channels * quarter(height) * quarter(width)
-        self.body = nn.Sequential(nn.Linear(features + spec.cond_dim, hidden), activation())
+    if min(spec.image_shape[1:]) < 4:
+        raise PyroVAEError(f"the {network} network needs images of 4 × 4 pixels or more, got {spec.image_shape}")
+
+
+def decoder_grid(spec):
+    """(⌈H/4⌉, ⌈W/4⌉): the grid a convolutional decoder starts from, two ×2 upsamplings below H × W or above it."""
+    _, height, width = spec.image_shape
+    return (-(-height // 4), -(-width // 4))
+
+
+class ConvEncoder(nn.Module):
+    """x → ``features`` (convolutions to 2·``channels`` maps of ⌊H/4⌋ × ⌊W/4⌋, flattened) → a hidden layer →
+    (loc, scale) of q(z|x)."""
+
+    def __init__(self, spec, features, channels, hidden, activation):
+        super().__init__()
+        _, height, width = spec.image_shape
+        self.features = features
+        self.body = nn.Sequential(
+            nn.Linear(2 * channels * quarter(height) * quarter(width) + spec.cond_dim, hidden), activation()
+        )
         self.head = GaussianHead(hidden, spec.z_dim)
 
     def forward(self, x, c=None):
@@ -126,26 +141,15 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z → a grid of ⌈H/4⌉ × ⌈W/4⌉, two stride-2 transposed convolutions up to 4⌈H/4⌉ × 4⌈W/4⌉, and the
+    """z → ``body`` (to 2·``channels`` maps on ``decoder_grid``) → ``deconv`` (up to 4⌈H/4⌉ × 4⌈W/4⌉) → the
     top-left H × W of it: any image size."""
 
-    def __init__(self, spec, num_outputs, channels, hidden, activation):
+    def __init__(self, spec, num_outputs, channels, body, deconv):
         super().__init__()
         self.channels = channels
         self.out_shape = (num_outputs, *spec.image_shape)
-        _, height, width = spec.image_shape
-        self.grid = (-(-height // 4), -(-width // 4))
-        self.body = nn.Sequential(
-            nn.Linear(spec.z_dim + spec.cond_dim, hidden),
-            activation(),
-            nn.Linear(hidden, 2 * channels * self.grid[0] * self.grid[1]),
-            activation(),
-        )
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
-            activation(),  # ×2
-            nn.ConvTranspose2d(channels, num_outputs * spec.image_shape[0], 4, stride=2, padding=1),  # ×2
-        )
+        self.grid = decoder_grid(spec)
+        self.body, self.deconv = body, deconv
 
     def forward(self, z, c=None):
         h = self.body(with_condition(z, c))
@@ -170,16 +174,29 @@ class Conv(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        if len(spec.image_shape) != 3:
-            raise PyroVAEError(
-                f"the conv network generates whole images [C, H, W], not {spec.image_shape} (points, or a condition "
-                "on part of the image, which generates the missing pixels only); use the mlp network"
-            )
-        if min(spec.image_shape[1:]) < 4:
-            raise PyroVAEError(f"the conv network needs images of 4 × 4 pixels or more, got {spec.image_shape}")
+        check_whole_images("conv", spec)
         act = activation_class(activation)
-        self.encoder = ConvEncoder(spec, channels, hidden, act)
-        self.decoder = ConvDecoder(spec, num_outputs, channels, hidden, act)
+        features = nn.Sequential(
+            nn.Conv2d(spec.image_shape[0], channels, 4, stride=2, padding=1),
+            act(),  # H → ⌊H/2⌋
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
+            act(),  # → ⌊H/4⌋
+            nn.Flatten(),
+        )
+        self.encoder = ConvEncoder(spec, features, channels, hidden, act)
+        grid = decoder_grid(spec)
+        body = nn.Sequential(
+            nn.Linear(spec.z_dim + spec.cond_dim, hidden),
+            act(),
+            nn.Linear(hidden, 2 * channels * grid[0] * grid[1]),
+            act(),
+        )
+        deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
+            act(),  # ×2
+            nn.ConvTranspose2d(channels, num_outputs * spec.image_shape[0], 4, stride=2, padding=1),  # ×2
+        )
+        self.decoder = ConvDecoder(spec, num_outputs, channels, body, deconv)
 
 
 class ResidualBlock(nn.Module):
@@ -196,49 +213,6 @@ class ResidualBlock(nn.Module):
 
     def forward(self, h):
         return h + self.body(h)
-
-
-class ResConvEncoder(nn.Module):
-    def __init__(self, spec, channels, blocks, hidden, activation):
-        super().__init__()
-        c_in, height, width = spec.image_shape
-        layers = [nn.Conv2d(c_in, channels, 3, padding=1)]
-        for width_in, width_out in ((channels, channels), (channels, 2 * channels)):
-            layers += [ResidualBlock(width_in, activation) for _ in range(blocks)]
-            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1)]  # H → ⌊H/2⌋
-        self.features = nn.Sequential(*layers, activation(), nn.Flatten())
-        features = 2 * channels * quarter(height) * quarter(width)
-        self.body = nn.Sequential(nn.Linear(features + spec.cond_dim, hidden), activation())
-        self.head = GaussianHead(hidden, spec.z_dim)
-
-    def forward(self, x, c=None):
-        return self.head(self.body(with_condition(self.features(x), c)))
-
-
-class ResConvDecoder(nn.Module):
-    def __init__(self, spec, num_outputs, channels, blocks, hidden, activation):
-        super().__init__()
-        self.channels = channels
-        self.out_shape = (num_outputs, *spec.image_shape)
-        _, height, width = spec.image_shape
-        self.grid = (-(-height // 4), -(-width // 4))
-        self.body = nn.Sequential(
-            nn.Linear(spec.z_dim + spec.cond_dim, hidden),
-            activation(),
-            nn.Linear(hidden, 2 * channels * self.grid[0] * self.grid[1]),
-        )
-        layers = []
-        for width_in, width_out in ((2 * channels, channels), (channels, channels)):
-            layers += [ResidualBlock(width_in, activation) for _ in range(blocks)]
-            layers += [nn.ConvTranspose2d(width_in, width_out, 4, stride=2, padding=1)]  # ×2
-        layers += [activation(), nn.Conv2d(channels, num_outputs * spec.image_shape[0], 3, padding=1)]
-        self.deconv = nn.Sequential(*layers)
-
-    def forward(self, z, c=None):
-        h = self.body(with_condition(z, c))
-        lead = h.shape[:-1]
-        out = self.deconv(h.reshape(-1, 2 * self.channels, *self.grid))[..., : self.out_shape[2], : self.out_shape[3]]
-        return out.reshape(*lead, *self.out_shape)
 
 
 @NETWORKS.register("resconv")
@@ -260,13 +234,20 @@ class ResConv(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        if len(spec.image_shape) != 3:
-            raise PyroVAEError(
-                f"the resconv network generates whole images [C, H, W], not {spec.image_shape} (points, or a condition "
-                "on part of the image, which generates the missing pixels only); use the mlp network"
-            )
-        if min(spec.image_shape[1:]) < 4:
-            raise PyroVAEError(f"the resconv network needs images of 4 × 4 pixels or more, got {spec.image_shape}")
+        check_whole_images("resconv", spec)
         act = activation_class(activation)
-        self.encoder = ResConvEncoder(spec, channels, blocks, hidden, act)
-        self.decoder = ResConvDecoder(spec, num_outputs, channels, blocks, hidden, act)
+        layers = [nn.Conv2d(spec.image_shape[0], channels, 3, padding=1)]
+        for width_in, width_out in ((channels, channels), (channels, 2 * channels)):
+            layers += [ResidualBlock(width_in, act) for _ in range(blocks)]
+            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1)]  # H → ⌊H/2⌋
+        self.encoder = ConvEncoder(spec, nn.Sequential(*layers, act(), nn.Flatten()), channels, hidden, act)
+        grid = decoder_grid(spec)
+        body = nn.Sequential(
+            nn.Linear(spec.z_dim + spec.cond_dim, hidden), act(), nn.Linear(hidden, 2 * channels * grid[0] * grid[1])
+        )
+        layers = []
+        for width_in, width_out in ((2 * channels, channels), (channels, channels)):
+            layers += [ResidualBlock(width_in, act) for _ in range(blocks)]
+            layers += [nn.ConvTranspose2d(width_in, width_out, 4, stride=2, padding=1)]  # ×2
+        layers += [act(), nn.Conv2d(channels, num_outputs * spec.image_shape[0], 3, padding=1)]
+        self.decoder = ConvDecoder(spec, num_outputs, channels, body, nn.Sequential(*layers))
