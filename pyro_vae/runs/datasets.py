@@ -397,15 +397,7 @@ class ArrayData:
                     f"{self.path} has no test array and data.test_fraction is 0: hold some examples out "
                     "(data.test_fraction=0.1) or store 'train' and 'test'"
                 )
-            count = round(len(whole.images) * self.test_fraction)
-            if not 0 < count < len(whole.images):
-                raise PyroVAEError(
-                    f"{self.path}: a test fraction of {self.test_fraction} of {len(whole.images)} "
-                    "examples leaves no test or no training example"
-                )
-            order = torch.randperm(len(whole.images), generator=torch.Generator().manual_seed(self.seed))
-            train = Split(whole.images[order[count:]], whole.labels[order[count:]])
-            test = Split(whole.images[order[:count]], whole.labels[order[:count]])
+            train, test = hold_out(whole, self.test_fraction, self.seed, f"{self.path}:", "example")
         classes = int(max(train.labels.max(), test.labels.max())) + 1
         return ImageData(train, test, classes)
 
@@ -544,17 +536,9 @@ class ImageFolder:
         if split:
             n = len(listed[0][0])
             return ImageData(Split(images[:n], labels[:n]), Split(images[n:], labels[n:]), max(1, len(listed[0][1])))
-        count = round(len(images) * self.test_fraction)
-        if not 0 < count < len(images):
-            raise PyroVAEError(
-                f"{self.root} has no train/ and test/ folders, and a test fraction of {self.test_fraction} "
-                f"of its {len(images)} images leaves no test or no training image"
-            )
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
-        test, train = order[:count], order[count:]
-        return ImageData(
-            Split(images[train], labels[train]), Split(images[test], labels[test]), max(1, len(listed[0][1]))
-        )
+        where = f"{self.root} has no train/ and test/ folders, and"
+        train, test = hold_out(Split(images, labels), self.test_fraction, self.seed, where, "image")
+        return ImageData(train, test, max(1, len(listed[0][1])))
 
     def files(self, folder):
         """([(path, label)], class names) of ``folder``: its class subfolders, or its own image files."""
@@ -650,6 +634,18 @@ class ImageFolder:
                     image = TF.resize(image, [h, w])
             arrays.append(np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1))
         return np.stack(arrays)
+
+
+def hold_out(whole, fraction, seed, where, noun):
+    """(train, test) ``Split``s of ``whole``: a ``fraction`` of its examples, drawn with ``seed``, held out as
+    the test split; one that would leave either split empty is refused, ``where`` and ``noun`` naming it."""
+    n = len(whole.images)
+    count = round(n * fraction)
+    if not 0 < count < n:
+        raise PyroVAEError(f"{where} a test fraction of {fraction} of {n} {noun}s leaves no test or no training {noun}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train, test = order[count:], order[:count]
+    return Split(whole.images[train], whole.labels[train]), Split(whole.images[test], whole.labels[test])
 
 
 def cache_folder():
