@@ -567,14 +567,14 @@ def ended_first(signum):
     others once one has died or failed), the line that names it; else None."""
     if signum != signal.SIGTERM or "WORLD_SIZE" not in os.environ:
         return None
-    from .workers import ended_ranks
+    from .workers import ended_first as ended
 
-    ended = ended_ranks()
-    if not ended:
+    who = ended()
+    if who is None:
         return None
     return (
-        f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first (killed, or stopped "
-        "by its own error above), so torchrun stopped this one; files are written whole or not at all"
+        f"{who} (killed, or stopped by its own error above), so torchrun stopped this one; files are written whole "
+        "or not at all"
     )
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import PyroVAEError, Reported
-from .workers import ended_ranks
+from .workers import ended_first
 
 TIMEOUT = timedelta(seconds=120)
 
@@ -103,12 +103,7 @@ def first_line(error):
 
 def lost(error):
     """The one-line error for a failed collective, naming the processes of this machine that ended first."""
-    ended = ended_ranks()
-    who = (
-        f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first"
-        if ended
-        else "another process of this run stopped or timed out"
-    )
+    who = ended_first() or "another process of this run stopped or timed out"
     return PeerLost(f"process {world().rank}: {who} ({first_line(error)})")
 
 

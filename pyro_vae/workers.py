@@ -30,3 +30,11 @@ def ended_ranks():
     except (KeyError, ValueError, OSError):
         return []
     return sorted(set(range(first, first + local_size)) - running)
+
+
+def ended_first():
+    """ "process 1 of this run ended first" for the ranks ``ended_ranks`` finds, or None where it finds none."""
+    ended = ended_ranks()
+    if not ended:
+        return None
+    return f"process{'es' * (len(ended) > 1)} {', '.join(map(str, ended))} of this run ended first"
