@@ -55,3 +55,15 @@ class AllocatedBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.total += t.untyped_storage().nbytes()
         return out
+
+
+def allocation_line(run):
+    """(fixed, per_unit): ``run(n)`` allocates about fixed + n · per_unit bytes, counted by ``AllocatedBytes``
+    over ``run(1)`` and ``run(2)`` (per_unit at least 1)."""
+    counts = []
+    for n in (1, 2):
+        with AllocatedBytes() as counter:
+            run(n)
+        counts.append(counter.total)
+    per_unit = max(1, counts[1] - counts[0])
+    return max(0, counts[0] - per_unit), per_unit

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import distributed
-from .devices import AllocatedBytes, forked_rng, free_memory, resolve_device
+from .devices import allocation_line, forked_rng, free_memory, resolve_device
 from .distributed import World
 from .errors import Interrupted, PyroVAEError
 from .infer.objectives import OBJECTIVES, VAELoss
@@ -225,19 +225,15 @@ class Trainer:
         this process's share of ``train.batch_size`` (twice, for the backward pass), plus the gradients
         and Adam's two moments (3 × the weights). Runs under a forked RNG on a generator of its own."""
         generator = torch.Generator(self.device).manual_seed(TEST_SEED)
-        counts = []
         with forked_rng(self.device), pyro.validation_enabled(False):
-            for n in (1, 2):  # examples in this process's share of the measured batch
-                args = self.batch(
-                    torch.arange(min(n * self.world.size, len(self.train_x)), device=self.device), generator
-                )
-                with AllocatedBytes() as counter:
-                    self.loss(*args, beta=self.config.train.beta)
-                counts.append(counter.total)
-        per_example = max(0, counts[1] - counts[0])
+            batches = {  # n examples in this process's share of each measured batch
+                n: self.batch(torch.arange(min(n * self.world.size, len(self.train_x)), device=self.device), generator)
+                for n in (1, 2)
+            }
+            fixed, per_example = allocation_line(lambda n: self.loss(*batches[n], beta=self.config.train.beta))
         local = math.ceil(self.config.train.batch_size / self.world.size)
         weights = sum(p.numel() * p.element_size() for p in self.vae.parameters())
-        need = 3 * weights + 2 * (counts[0] + (local - 1) * per_example)
+        need = 3 * weights + 2 * (fixed + local * per_example)
         free = free_memory(self.device)
         if need > free:
             raise distributed.agreed_error(

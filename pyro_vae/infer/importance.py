@@ -50,7 +50,7 @@ from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 from torch.utils._pytree import tree_leaves
 
-from ..devices import AllocatedBytes, forked_rng, free_memory
+from ..devices import allocation_line, forked_rng, free_memory
 from ..errors import PyroVAEError
 from ..serial import PYRO_LOCK
 
@@ -501,14 +501,9 @@ def chunk_memory(model, guide, args, kwargs, layout):
     ``device``, whatever the networks, measured from the bytes that trial chunks of 1 and 2 samples
     allocate. The trial draws from a forked random stream, so the estimate's draws do not depend on it."""
     device = next((t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)), torch.device("cpu"))
-    counts = []
     with forked_rng(device), pyro.validation_enabled(False):
-        for n in (1, 2):
-            with AllocatedBytes() as counter:
-                log_weights(model, guide, args, kwargs, n, layout)
-            counts.append(counter.total)
-    per_sample = max(1, counts[1] - counts[0])
-    return max(0, counts[0] - per_sample), per_sample, device
+        fixed, per_sample = allocation_line(lambda n: log_weights(model, guide, args, kwargs, n, layout))
+    return fixed, per_sample, device
 
 
 def measured_chunk_size(model, guide, args, kwargs, layout, num_samples, memory=DEFAULT_MEMORY):
