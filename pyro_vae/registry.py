@@ -55,10 +55,14 @@ Positive = Annotated[float, Range(0, 1e6, open_low=True)]  # a scale or a rate a
 
 
 class Registry:
-    """Maps names to component classes; refuses duplicate names and lists the valid ones."""
+    """Maps names to component classes; refuses duplicate names and lists the valid ones. ``common``, where
+    given, is a function whose keyword-only arguments are options every component of the registry takes
+    (the data's ``labels``, say): they are checked and completed with the others, and left out when a
+    component is built, for the layer that reads them."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, common=None):
         self.kind = kind
+        self.common = common
         self._classes = {}
 
     def register(self, name):
@@ -95,15 +99,14 @@ class Registry:
             raise PyroVAEError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}") from None
 
     def options(self, name):
-        """The options of component ``name``: {option: (type, default)} from its keyword-only arguments."""
+        """The options of component ``name``: {option: (type, default)} from its keyword-only arguments, then
+        the registry's ``common`` ones."""
         cls = self.get(name)
-        signature_of = cls.__init__ if inspect.isclass(cls) else cls
-        hints = typing.get_type_hints(signature_of, include_extras=True)
-        return {
-            p.name: (hints.get(p.name, type(p.default)), p.default)
-            for p in inspect.signature(signature_of).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        return {**keyword_options(cls.__init__ if inspect.isclass(cls) else cls), **self.common_options()}
+
+    def common_options(self):
+        """{option: (type, default)} of the options every component takes (none without ``common``)."""
+        return keyword_options(self.common) if self.common is not None else {}
 
     def resolve(self, name, options):
         """``options`` checked against component ``name`` and completed with its defaults."""
@@ -118,7 +121,19 @@ class Registry:
 
     def build(self, name, options, *args, **context):
         """An instance of component ``name`` built with ``*args``, ``context`` and the checked ``options``."""
-        return self.get(name)(*args, **context, **self.resolve(name, options))
+        common = self.common_options()
+        own = {key: value for key, value in self.resolve(name, options).items() if key not in common}
+        return self.get(name)(*args, **context, **own)
+
+
+def keyword_options(function):
+    """{option: (type, default)} of ``function``'s keyword-only arguments."""
+    hints = typing.get_type_hints(function, include_extras=True)
+    return {
+        p.name: (hints.get(p.name, type(p.default)), p.default)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def type_name(tp):

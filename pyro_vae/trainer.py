@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -36,7 +36,7 @@ from . import distributed
 from .devices import allocation_line, forked_rng, free_memory, resolve_device
 from .distributed import World
 from .errors import Interrupted, PyroVAEError
-from .infer.objectives import OBJECTIVES, VAELoss
+from .infer.objectives import OBJECTIVES, SemiSupervisedLoss, VAELoss
 from .infer.optim import adam, load_adam_state
 from .infer.schedules import SCHEDULES
 from .report import plots
@@ -87,7 +87,12 @@ class Trainer:
         self.eager_elbo = OBJECTIVES.build(
             config.objective.name, {**options, "jit": False} if "jit" in options else options
         )
-        self.loss = VAELoss(self.vae, self.eager_elbo)
+        self.semi_supervised = self.vae.conditioning.latent_label
+        if self.semi_supervised:  # Kingma et al.'s M2: labelled and unlabelled examples, a classification term
+            self.labelled = torch.nonzero(self.train_y >= 0).flatten()
+            self.loss = SemiSupervisedLoss(self.vae, self.eager_elbo, self.vae.conditioning.alpha)
+        else:
+            self.loss = VAELoss(self.vae, self.eager_elbo)
         self.check_step_memory()
         self.jit_elbo = (
             self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
@@ -101,6 +106,13 @@ class Trainer:
         self.epoch = self.step = self.position = 0
         self.loss_sum, self.permutation, self.metrics, self.stop_signal = 0.0, None, [], None
         self.lock = None
+        if self.experiment.data.labelled is not None and self.progress:
+            counts = self.experiment.label_counts
+            tqdm.write(
+                f"data.labels = {int(counts.sum())}: kept {int(counts[0])} labels of each class (label_seed "
+                f"{config.data.options['label_seed']}) and hid those of the other {int((self.train_y < 0).sum())} "
+                "training examples"
+            )
         state = distributed.on_main(lambda: self.open(resume, overwrite))
         if self.world.size > 1:  # each rank its own latent noise, seeded once the collectives of setting up are done
             torch.manual_seed(rank_seed(config.train.seed, self.world.rank))
@@ -217,7 +229,22 @@ class Trainer:
             x = self.likelihood.observe(x, generator)
         begin, end = self.world.shard(0, len(index))
         x = x[begin:end]
+        if self.semi_supervised:
+            return (x, self.train_y.index_select(0, index[begin:end]), *self.labelled_batch(generator))
         return (x, self.train_y.index_select(0, index[begin:end])) if self.vae.spec.conditional else (x,)
+
+    def labelled_batch(self, generator):
+        """This rank's share of ``labelled_batch`` labelled training examples (x_l, y_l) drawn uniformly, with
+        replacement, with ``generator``, for M2's classification term (empty where no example has a label)."""
+        if not len(self.labelled):
+            return self.train_x[:0].float(), self.train_y[:0]
+        size = self.vae.conditioning.labelled_batch
+        index = self.labelled[torch.randint(len(self.labelled), (size,), generator=generator, device=self.device)]
+        x = expand(self.train_x.index_select(0, index))
+        if self.likelihood.dynamic:
+            x = self.likelihood.observe(x, generator)
+        begin, end = self.world.shard(0, size)
+        return x[begin:end], self.train_y.index_select(0, index[begin:end])
 
     def check_step_memory(self):
         """Refuse, before the run folder is made, a step that would not fit in the device's free memory:
@@ -449,6 +476,7 @@ class Trainer:
             "image_shape": list(self.vae.spec.image_shape),
             "num_classes": self.vae.spec.num_classes,
             "label_counts": self.experiment.label_counts,
+            "labelled": self.experiment.data.labelled,  # the training examples whose labels data.labels kept
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -517,6 +545,8 @@ def test_elbo(vae, x, y, batch_size, world=World()):
     # another or the guide's draws carry no gradient (TraceMeanField_ELBO refuses those)
     analytic = len(vae.latent_sites) == 1 and vae.reparameterize
     elbo = (TraceMeanField_ELBO if analytic else Trace_ELBO)(max_plate_nesting=1)
+    if vae.conditioning.latent_label:  # M2: the unknown label summed out, a bound on log p(x)
+        elbo = TraceEnum_ELBO(max_plate_nesting=1)
     total = torch.zeros((), dtype=torch.float64)
     for args in seeded_batches(vae, x, y, batch_size, world.rank, world.size):
         total -= elbo.loss(vae.model, vae.guide, *args)

@@ -183,7 +183,7 @@ def frey_like(tmp_path):
 def olivetti_like(tmp_path):
     faces = saved(tmp_path, "faces.npy", x=RNG.integers(0, 256, (30, 64, 64), dtype=np.uint8))
     labels = saved(tmp_path, "labels.npy", x=np.arange(30, dtype=np.uint8) % 3)
-    return ["--set", f"data.path={faces}", "--set", f"data.labels={labels}", "--set", "network.channels=2"]
+    return ["--set", f"data.path={faces}", "--set", f"data.label_file={labels}", "--set", "network.channels=2"]
 
 
 def cifar_like(tmp_path):
@@ -232,3 +232,11 @@ def test_the_face_and_colour_configs_train_and_evaluate_as_shipped(config, data,
     run = tmp_path / "runs" / config
     main(["evaluate", str(run), "-k", "2", "--limit", "2", "--quiet"])
     assert (run / "eval.json").is_file() and (run / "samples.png").is_file()
+
+
+def test_a_run_saved_with_the_earlier_labels_file_option_still_loads():
+    """``data.labels = "FILE"`` (before ``data.labels`` counted the labels kept) reads as ``data.label_file``."""
+    from pyro_vae.runs.config import config_from_dict
+
+    config = config_from_dict({"data": {"name": "array", "path": "/x.npz", "labels": "/y.npy"}})
+    assert config.data.options["label_file"] == "/y.npy" and config.data.options["labels"] == 0

@@ -138,7 +138,10 @@ def test_discriminative_baseline_learns_separated_classes(tmp_path):
         (["--parity", "2", "--nproc", "2"], "--parity and --nproc are separate benchmarks"),
         (["--compare-run", "runs/x", "-k", "0"], "--num-samples must be positive, got 0"),
         (["--keep", "kept"], "--keep keeps the two models that --parity trains"),
-        (["--nproc", "2", "--config", "mnist-cvae"], "--config picks the config of --parity or --discriminative"),
+        (
+            ["--nproc", "2", "--config", "mnist-cvae"],
+            "--nproc and --compare-run use the default config with --set overrides",
+        ),
     ],
 )
 def test_bench_refuses_arguments_that_do_not_fit_before_measuring(args, message, capsys, tmp_path):
@@ -155,3 +158,18 @@ def test_nproc_bench_times_one_and_two_processes(tmp_path):
     result = json.loads(out.read_text())
     assert result["images_per_s_1"] > 0 and result["images_per_s_2"] > 0
     assert result["efficiency"] == result["images_per_s_2"] / (2 * result["images_per_s_1"])
+
+
+def test_a_config_alone_times_its_training_step_beside_the_careful_loops(tmp_path):
+    """``bench --config``: any network and likelihood (here a small conv network with a Gaussian
+    of learned scale) against the careful plain loop, float32 and bfloat16."""
+    out = tmp_path / "conv.json"
+    colour = ["data.name=synthetic", "network.channels=2", "network.hidden=16", "model.z_dim=2"]
+    colour += ["likelihood.name=gaussian", "likelihood.learn_scale=shared"]
+    main(
+        ["bench", "--config", "mnist-conv", "--quick", "--device", "cpu", "--out", str(out)]
+        + sum((["--set", o] for o in colour), [])
+    )
+    r = json.loads(out.read_text())["training"]
+    (rates,) = r.values()
+    assert all(rates[f"{name}_images_per_s"] > 0 for name in ("pyro", "pyro_bf16", "plain", "careful", "careful_bf16"))

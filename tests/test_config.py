@@ -42,7 +42,10 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["likelihood.name=mse"], "unknown likelihood 'mse'; valid choices: bernoulli, continuous_bernoulli"),
         (["network.name=resnet"], "unknown network 'resnet'; valid choices: conv, mlp"),
         (["objective.name=vi"], "unknown objective 'vi'; valid choices: autoencoder, iwae, mean_field, trace_elbo"),
-        (["data.name=cifar"], "unknown dataset 'cifar'; valid choices: array, cifar10, fashion-mnist, folder, kmnist"),
+        (
+            ["data.name=cifar"],
+            "unknown dataset 'cifar'; valid choices: array, cifar10, codes, fashion-mnist, folder, kmnist",
+        ),
         (
             ["prior.num_components=3"],
             "unknown option 'num_components' for prior 'standard_normal'; valid options: none",

@@ -1,5 +1,7 @@
 """Data-parallel training and evaluation on torch.distributed: 2 processes, gloo, the CPU, tiny data."""
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import torch.multiprocessing as mp
 from conftest import sigterm_caught, wait_for
 
 from pyro_vae import load_config
+from pyro_vae.cli import main
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -255,3 +258,17 @@ def test_sharded_evaluation_equals_one_process_example_by_example(tmp_path):
     assert two.returncode == 0, two.stderr
     assert (folder / "eval_examples.csv").read_text() == single
     assert len(single.splitlines()) == 8
+
+
+def test_m2_trains_under_torchrun_and_evaluates(tmp_path):
+    """Kingma's M2 through the same trainer on two processes: each rank its shard of the batch and of the
+    labelled draw; the run evaluates from its folder."""
+    m2 = ["--config", "mnist-m2", "--set", "data.labels=8", "--set", "condition.hidden=[8]"]
+    m2 += ["--set", "condition.labelled_batch=4", "--epochs", "2"]
+    run = torchrun(*TRAIN[:6], *TRAIN[8:], *m2, "--runs-root", str(tmp_path), "--name", "m2")
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    metrics = [json.loads(line) for line in (tmp_path / "m2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(math.isfinite(m["test_elbo"]) for m in metrics)
+    main(["evaluate", str(tmp_path / "m2"), "-k", "3", "--limit", "20", "--quiet"])
+    assert "accuracy_classifier" in json.loads((tmp_path / "m2" / "eval.json").read_text())

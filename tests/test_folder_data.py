@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from pyro_vae.cli import main
+from pyro_vae.errors import PyroVAEError
 from pyro_vae.runs.config import Component
 from pyro_vae.runs.datasets import cache_folder, load_data
 
@@ -192,3 +193,33 @@ def test_parity_trains_a_colour_conv_vae_beside_its_plain_pytorch_loop(tmp_path)
     )
     result = json.loads(out.read_text())
     assert abs(result["elbo_difference"]) < 0.02 * abs(result["plain_test_elbo"]), result
+
+
+def fake_celeba(root, n=6):
+    """A CelebA of ``n`` faces in torchvision's layout: faces 0–3 train (partition 0), 4 validation, 5 test."""
+    from PIL import Image
+
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    names = [f"{i:06d}.jpg" for i in range(1, n + 1)]
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((218, 178, 3), 40 * i, dtype=np.uint8)).save(folder / "img_align_celeba" / name)
+    parts = ["0", "0", "0", "0", "1", "2"]
+    (folder / "list_eval_partition.txt").write_text("".join(f"{a} {b}\n" for a, b in zip(names, parts)))
+    attributes = [f"A{k}" for k in range(39)] + ["Smiling"]
+    rows = [f"{name} " + " ".join(["-1"] * 39 + ["1" if i % 2 else "-1"]) for i, name in enumerate(names)]
+    (folder / "list_attr_celeba.txt").write_text(f"{n}\n" + " ".join(attributes) + "\n" + "\n".join(rows) + "\n")
+
+
+def test_celeba_by_name_reads_torchvisions_layout_cropped_and_labelled(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fake_celeba(tmp_path)
+    data = load_data(Component("celeba", {"root": str(tmp_path), "size": [16, 16], "attribute": "Smiling"}))
+    assert data.image_shape == (3, 16, 16) and (len(data.train.images), len(data.test.images)) == (4, 1)
+    assert data.num_classes == 2 and sorted(data.train.labels.tolist()) == [0, 0, 1, 1]
+    unlabelled = load_data(Component("celeba", {"root": str(tmp_path), "size": [16, 16]}))
+    assert unlabelled.num_classes == 1
+    with pytest.raises(PyroVAEError, match="'Frowning' is not a CelebA attribute"):
+        load_data(Component("celeba", {"root": str(tmp_path), "attribute": "Frowning"}))
+    with pytest.raises(PyroVAEError, match="list_eval_partition.txt is missing"):
+        load_data(Component("celeba", {"root": str(tmp_path / "nowhere")}))

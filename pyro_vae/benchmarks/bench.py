@@ -93,19 +93,26 @@ class PlainTrainer:
 
 
 class CarefulTrainer:
-    """The reference a performance-minded user writes: the trainer's MLP copied into one flat module
-    (encoder D → hidden… → 2·z_dim, decoder z_dim → …hidden → D, no registries), the trainer's own
-    data path, a fused ``torch.optim.Adam``, and optionally ``torch.autocast(dtype)`` around the
-    networks with the loss summed in float32."""
+    """The reference a performance-minded user writes: the trainer's networks as plain modules (the MLP
+    copied into one flat module, encoder D → hidden… → 2·z_dim and decoder z_dim → …hidden → D; any other
+    network, a convolutional one, copied as it is), no registries, the trainer's own data path, a fused
+    ``torch.optim.Adam``, and optionally ``torch.autocast(dtype)`` around the networks with the loss summed
+    in float32. The Bernoulli's log-likelihood is binary cross-entropy; any other likelihood's is its
+    torch distribution's ``log_prob``."""
 
     def __init__(self, trainer, dtype=None):
-        encoder, decoder = trainer.vae.encoder, trainer.vae.decoder  # the MLP network's GaussianMLP encoder
-        self.trainer, self.dtype = trainer, dtype
-        self.encoder, self.decoder = (
-            flat_mlp([m for m in net.modules() if isinstance(m, torch.nn.Linear)], type(encoder.act))
-            for net in (encoder, decoder)
-        )
-        params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        vae = trainer.vae
+        self.trainer, self.dtype, self.likelihood = trainer, dtype, copy.deepcopy(vae.likelihood)
+        self.flat = trainer.config.network.name == "mlp"
+        if self.flat:  # the MLP network's GaussianMLP encoder and MLP decoder as two nn.Sequential
+            self.encoder, self.decoder = (
+                flat_mlp([m for m in net.modules() if isinstance(m, torch.nn.Linear)], type(vae.encoder.act))
+                for net in (vae.encoder, vae.decoder)
+            )
+        else:
+            self.encoder, self.decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
+        self.bernoulli = type(vae.likelihood).__name__ == "Bernoulli"
+        params = [*self.encoder.parameters(), *self.decoder.parameters(), *self.likelihood.parameters()]
         self.optimizer = torch.optim.Adam(
             params,
             lr=trainer.config.train.lr,
@@ -113,16 +120,26 @@ class CarefulTrainer:
             fused=trainer.device.type in ("cpu", "cuda") or None,
         )
 
+    def encode(self, x):
+        """(loc, scale) of q(z|x), the scale as the project's GaussianHead forms it: softplus + 1e-4."""
+        if not self.flat:
+            loc, scale = self.encoder(x)
+            return loc.float(), scale.float()
+        loc, raw_scale = self.encoder(x.flatten(1)).float().chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
     def train_step(self, index):
         trainer = self.trainer
-        x = trainer.likelihood.observe(expand(trainer.train_x.index_select(0, index)), trainer.generator).flatten(1)
+        x = trainer.likelihood.observe(expand(trainer.train_x.index_select(0, index)), trainer.generator)
         with torch.autocast(trainer.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            loc, raw_scale = self.encoder(x).float().chunk(2, dim=-1)
-            scale = F.softplus(raw_scale) + 1e-4
+            loc, scale = self.encode(x)
             eps = torch.randn_like(loc)
             z = loc + scale * eps
-            logits = self.decoder(z).float()
-        log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+            out = self.decoder(z).float()
+        if self.bernoulli:
+            log_px = -F.binary_cross_entropy_with_logits(out.flatten(1), x.flatten(1), reduction="none").sum(-1)
+        else:
+            log_px = self.likelihood(out).log_prob(x)
         log_w = log_px - 0.5 * z.square().sum(-1) + 0.5 * eps.square().sum(-1) + scale.log().sum(-1)
         loss = -log_w.sum()
         self.optimizer.zero_grad(set_to_none=True)
@@ -257,17 +274,20 @@ TRAINING_VARIANTS = {  # name → what it is, for the printed table
 }
 
 
-def training_throughput(config_overrides, batch_sizes, repeats, steps, device, limits):
+def training_throughput(config_overrides, batch_sizes, repeats, steps, device, limits, config_name=None):
     """{batch size: images/s of each of ``TRAINING_VARIANTS`` (medians of interleaved repeats), the
     ratios of the project's trainer to the careful loops at the same precision (medians of per-repeat
-    ratios, with their quartiles), and each variant's share of the matrix-product limit ``limits`` (FLOP/s by precision):
-    images/s × ``step_flops`` / limit}."""
+    ratios, with their quartiles), and each variant's share of the matrix-product limit ``limits`` (FLOP/s by
+    precision; None: not reported, as for a convolutional network): images/s × ``step_flops`` / limit}, for
+    the config ``config_name`` (None: the default) with ``config_overrides``."""
     results = {}
     for batch_size in batch_sizes:
         common = config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"]
         with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_bf16:
-            trainer = Trainer(load_config(None, common), tmp, progress=False)
-            bf16_trainer = Trainer(load_config(None, common + ["train.precision=bfloat16"]), tmp_bf16, progress=False)
+            trainer = Trainer(load_config(config_name, common), tmp, progress=False)
+            bf16_trainer = Trainer(
+                load_config(config_name, common + ["train.precision=bfloat16"]), tmp_bf16, progress=False
+            )
             variants = {
                 "pyro": lambda index, t=trainer: t.train_step(index).item(),
                 "pyro_bf16": lambda index, t=bf16_trainer: t.train_step(index).item(),
@@ -285,6 +305,8 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
         }.items():
             ratios = [p / q for p, q in zip(rates[name], rates[reference])]
             r[key], r[f"{key}_quartiles"] = statistics.median(ratios), statistics.quantiles(ratios, n=4)[::2]
+        if limits is None:
+            continue
         flops = step_flops(trainer.vae)
         for name in variants:
             limit = limits["bfloat16" if name.endswith("bf16") else "float32"]
@@ -352,6 +374,94 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
         "pyro_peak_extra_mb": memory["pyro"] / 2**20,
         "plain_peak_extra_mb": memory["plain"] / 2**20,
         "mean_log_likelihood": {k: v.mean().item() for k, v in values.items()},
+    }
+
+
+class PlainM2:
+    """The reference M2 step a user writes in plain PyTorch: copies of the trainer's classifier, encoder and
+    decoder, the sum over the labels by hand (every y at once, as a leading dim), the Bernoulli's
+    log-likelihood as binary cross-entropy, the classification term as cross-entropy, fused Adam. It takes
+    the same batches (the trainer's data path) as the trainer it is timed against."""
+
+    def __init__(self, trainer):
+        vae = trainer.vae
+        self.trainer, self.alpha, self.classes = trainer, vae.conditioning.alpha, vae.spec.num_classes
+        self.classifier, self.encoder, self.decoder = (
+            copy.deepcopy(m) for m in (vae.classifier, vae.encoder, vae.decoder)
+        )
+        params = [p for m in (self.classifier, self.encoder, self.decoder) for p in m.parameters()]
+        fused = trainer.device.type in ("cpu", "cuda") or None
+        self.optimizer = torch.optim.Adam(
+            params, lr=trainer.config.train.lr, eps=trainer.config.train.adam_eps, fused=fused
+        )
+        self.event_dims = len(vae.spec.image_shape)
+
+    def elbo(self, x, onehot):
+        """log p(x|y,z) + log p(y) + log p(z) − log q(z|x,y) [..., B], one reparameterized z ~ q(z|x,y)."""
+        loc, scale = self.encoder(x, onehot)
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        logits = self.decoder(z, onehot).select(-self.event_dims - 1, 0)
+        target = x.expand_as(logits)
+        log_px = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-self.event_dims).sum(-1)
+        return (
+            log_px
+            - math.log(self.classes)
+            - 0.5 * z.square().sum(-1)
+            + 0.5 * eps.square().sum(-1)
+            + scale.log().sum(-1)
+        )
+
+    def train_step(self, index):
+        x, y, x_labelled, y_labelled = self.trainer.batch(index, self.trainer.generator)
+        unknown = y < 0
+        every = torch.eye(self.classes, device=x.device)[:, None, :]  # [C, 1, C]: each label for every example
+        log_q = torch.log_softmax(self.classifier(x[unknown]), -1)  # [B_u, C]
+        u = (log_q.exp() * (self.elbo(x[unknown], every).T - log_q)).sum(-1)  # Σ_y q(y|x)(ELBO_y − log q(y|x))
+        known = ~unknown
+        labelled = self.elbo(x[known], F.one_hot(y[known], self.classes).float())
+        loss = -(u.sum() + labelled.sum())
+        if len(x_labelled):
+            loss = loss - self.elbo(x_labelled, F.one_hot(y_labelled, self.classes).float()).sum()
+        if self.alpha and len(x_labelled):
+            ce = F.cross_entropy(self.classifier(x_labelled), y_labelled, reduction="sum")
+            loss = loss + self.alpha * len(x) / len(x_labelled) * ce
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+
+def semi_supervised_speed(config_name, overrides, device, repeats=11, steps=20):
+    """Training images per second (medians of interleaved repeats) of M2 by the project's trainer, by
+    ``PlainM2`` on the same batches, and of the label CVAE of the same sizes (every label known, the
+    condition ``label``), with the ratio trainer / plain (median of the repeats' ratios, and quartiles)."""
+    common = list(overrides) + [f"train.device={device}"]
+    config = load_config(config_name, common)
+    if config.condition.name != "semi_supervised":
+        raise PyroVAEError("--semi-supervised times M2: use a config with condition.name = semi_supervised (mnist-m2)")
+    if config.likelihood.name != "bernoulli" or config.network.name != "mlp":
+        raise PyroVAEError("--semi-supervised's plain loop is M2 with the mlp network and a Bernoulli likelihood")
+    cvae_overrides = common + ["condition.name=label", "objective.name=trace_elbo", "data.labels=0"]
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_cvae:
+        trainer = Trainer(config, tmp, progress=False)
+        cvae = Trainer(load_config(config_name, cvae_overrides), tmp_cvae, progress=False)
+        variants = {
+            "pyro": lambda index: trainer.train_step(index).item(),
+            "plain": PlainM2(trainer).train_step,
+            "cvae": lambda index: cvae.train_step(index).item(),
+        }
+        batch_size = config.train.batch_size
+        rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
+    ratios = [p / q for p, q in zip(rates["pyro"], rates["plain"])]
+    return {
+        "config": config_name,
+        "batch_size": batch_size,
+        "labelled_batch": config.condition.options["labelled_batch"],
+        "labels": config.data.options["labels"],
+        **{f"{name}_images_per_s": statistics.median(v) for name, v in rates.items()},
+        "ratio_plain": statistics.median(ratios),
+        "ratio_plain_quartiles": statistics.quantiles(ratios, n=4)[::2],
     }
 
 
@@ -431,9 +541,11 @@ def parity(epochs, config_name, overrides, device, keep=None, overwrite=False):
 
 def discriminative(config_name, overrides, device):
     """The figure a generative classifier has to beat: an MLP of the encoder's size (x → network.hidden →
-    classes, the network's activation) trained by cross-entropy on the same training digits (observed as
-    the VAE observes them, binarized afresh each epoch where it binarizes dynamically), with the same
-    epochs, batch size and Adam; returns its test accuracy on the observed test digits."""
+    classes, the network's activation) trained by cross-entropy on the training examples of known label
+    (observed as the VAE observes them, binarized afresh each step where it binarizes dynamically), for
+    as many steps of the same batch size as the VAE's epochs take over the whole training split (passes
+    over the labelled examples, each in a new order, where ``data.labels`` keeps few), with the same Adam; returns its
+    test accuracy on the observed test examples. On the dataset ``codes`` this is Kingma et al.'s M1."""
     config = load_config(config_name, list(overrides) + [f"train.device={device}"])
     experiment, options = build(config, device), config.network.options
     if config.network.name != "mlp":
@@ -447,21 +559,28 @@ def discriminative(config_name, overrides, device):
     optimizer = torch.optim.Adam(net.parameters(), lr=config.train.lr, eps=config.train.adam_eps)
     generator = torch.Generator(experiment.vae.device).manual_seed(config.train.seed)
     likelihood, n, batch_size = experiment.vae.likelihood, len(experiment.train_x), config.train.batch_size
-    started = time.perf_counter()
-    for _ in range(config.train.epochs):
-        for index in torch.randperm(n, generator=generator, device=experiment.vae.device).split(batch_size):
+    labelled = torch.nonzero(experiment.train_y >= 0).flatten()
+    if not len(labelled):
+        raise PyroVAEError("--discriminative trains on labelled examples; this training split has none")
+    started, steps, total = time.perf_counter(), 0, config.train.epochs * math.ceil(n / batch_size)
+    while steps < total:  # passes over the labelled examples in a new order each, until the VAE's step count
+        for index in labelled[torch.randperm(len(labelled), generator=generator, device=labelled.device)].split(
+            batch_size
+        )[: total - steps]:
             x = expand(experiment.train_x[index])
             x = likelihood.observe(x, generator) if likelihood.dynamic else x
             loss = F.cross_entropy(net(x), experiment.train_y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            steps += 1
     with torch.no_grad():
         accuracy = (net(experiment.test_x).argmax(-1) == experiment.test_y).double().mean().item()
     return {
         "config": config_name,
         "dataset": config.data.name,
         "train_examples": n,
+        "labelled_examples": len(labelled),
         "test_examples": len(experiment.test_x),
         "hidden": options["hidden"],
         "epochs": config.train.epochs,
@@ -579,7 +698,42 @@ def compare_run(run_dir, num_samples, device):
     }
 
 
-def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier):
+def config_throughput(config, overrides, device, quick, out):
+    """The training throughput of ``config`` (a colour conv config, say) at its own batch size: the project's
+    trainer against the plain and careful loops of ``TRAINING_VARIANTS``, float32 and bfloat16, as ratios."""
+    batch_size = load_config(config, overrides).train.batch_size
+    report = {
+        "config": config,
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "training": training_throughput(
+            overrides, [batch_size], 2 if quick else 7, 2 if quick else 5, device, None, config
+        ),
+    }
+    r = report["training"][batch_size]
+    print(
+        f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}; config {config}, batch {batch_size}"
+    )
+    for name, what in TRAINING_VARIANTS.items():
+        print(f"  {name:>13}: {what:<75} {r[f'{name}_images_per_s']:>8.1f} img/s")
+    print(
+        ", ".join(
+            f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]"
+            for label, key in (
+                ("pyro/careful", "ratio_careful"),
+                ("bf16", "ratio_careful_bf16"),
+                ("pyro/plain", "ratio_plain"),
+            )
+        )
+        + " (median [quartiles] of the repeats' ratios)"
+    )
+    atomic_write(out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
+def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier, semi=False):
     """Refuse, before any measuring, a benchmark's arguments that do not fit together: at most one of the
     separate benchmarks (``--parity``, ``--compare-run``, ``--nproc``, ``--discriminative``), each
     number in its range, and the options that belong to one of them only with it."""
@@ -590,6 +744,7 @@ def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, cl
             ("--compare-run", compare is not None),
             ("--nproc", nproc is not None),
             ("--discriminative", classifier),
+            ("--semi-supervised", semi),
         )
         if given
     ]
@@ -603,10 +758,10 @@ def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, cl
         raise PyroVAEError(f"--num-samples must be positive, got {num_samples}")
     if keep is not None and parity_epochs is None:
         raise PyroVAEError("--keep keeps the two models that --parity trains; it needs --parity")
-    if config is not None and parity_epochs is None and not classifier:
+    if config is not None and (nproc is not None or compare is not None):
         raise PyroVAEError(
-            "--config picks the config of --parity or --discriminative; the other benchmarks use "
-            "the default config with --set overrides"
+            "--nproc and --compare-run use the default config with --set overrides; --config goes with --parity, "
+            "--discriminative, --semi-supervised, or alone (the training throughput of that config)"
         )
 
 
@@ -623,16 +778,21 @@ def main(
     keep=None,
     classifier=False,
     overwrite=False,
+    semi=False,
 ):
     """Run the benchmark, print a table and write JSON to ``out``."""
-    check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier)
+    check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier, semi)
     if overwrite and keep is None:
         raise PyroVAEError("--overwrite replaces the runs that --keep names; it needs --keep")
     make_folder(Path(out).parent)  # before minutes of measuring
     device = str(resolve_device(device))
     torch.manual_seed(0)
-    if classifier:
-        result = discriminative(config, overrides, device)
+    if classifier or semi:
+        result = (
+            discriminative(config, overrides, device)
+            if classifier
+            else semi_supervised_speed(config or "mnist-m2", overrides, device, *((2, 3) if quick else ()))
+        )
         print(json.dumps(result, indent=2))
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
@@ -661,6 +821,8 @@ def main(
         print(json.dumps(result, indent=2))
         atomic_write(out, json.dumps(result, indent=2) + "\n")
         return result
+    if config is not None:
+        return config_throughput(config, list(overrides), device, quick, out)
     tiny = (["network.hidden=[32]", "model.z_dim=4"] if quick else []) + list(overrides)
     batch_sizes = [32] if quick else BATCH_SIZES
 

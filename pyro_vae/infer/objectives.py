@@ -10,14 +10,18 @@ one, loss and gradient, before it uses it (``Trainer.checked_jit``).
 """
 
 import math
+import warnings
 
+import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import (
     JitTrace_ELBO,
     JitTraceMeanField_ELBO,
     RenyiELBO,
     Trace_ELBO,
+    TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
 from pyro.infer.elbo import ELBOModule
@@ -25,6 +29,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
+from torch import nn
 
 from ..errors import PyroVAEError
 from ..registry import Particles, Registry
@@ -174,6 +179,13 @@ def autoencoder():
     return ReconstructionELBO(max_plate_nesting=1)
 
 
+@OBJECTIVES.register("trace_enum_elbo")
+def trace_enum_elbo(*, num_particles: Particles = 1):
+    """E_q[log p(x, z) − log q(z|x)] with the discrete sites marked ``infer={"enumerate": "parallel"}`` (the
+    guide's label y of M2) summed out exactly rather than sampled: Pyro's ``TraceEnum_ELBO``."""
+    return build_elbo(TraceEnum_ELBO, num_particles)
+
+
 class VAELoss(ELBOModule):
     """``elbo(vae.model, vae.guide)`` whose parameters are the VAE's: forward(x[, y], beta=β) is the
     differentiable −ELBO summed over the batch (a scalar). ``elbo`` may be swapped between steps
@@ -182,3 +194,65 @@ class VAELoss(ELBOModule):
     def __init__(self, vae, elbo):
         super().__init__(vae.model, vae.guide, elbo)
         self.vae = vae
+
+
+class Classification(nn.Module):
+    """−w·Σ_b log q(y_b|x_b) as a Pyro program: a model that observes the labels y [B] under the classifier's
+    q(y|x) scaled by w, and an empty guide, so that ``Trace_ELBO`` gives the classification term (Pyro's
+    ss_vae example does the same)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def model(self, x, y, weight):
+        pyro.module(f"{self.vae.pyro_name}.classifier", self.vae.classifier)
+        with pyro.plate("labelled", x.shape[0]), poutine.scale(scale=weight):
+            pyro.sample("y_classified", dist.Categorical(logits=self.vae.network(self.vae.classify, x)), obs=y)
+
+    def guide(self, x, y, weight):
+        pass
+
+
+class SemiSupervisedLoss(nn.Module):
+    """The M2 objective of Kingma et al. (2014), eq. 9, for one step, as sums of Pyro ELBOs over the VAE's
+    parameters: forward(x, y, x_l, y_l, beta=β) =
+
+        −Σ_{b: y_b = −1} U(x_b) − Σ_{b: y_b known} L(x_b, y_b) − Σ_l [L(x_l, y_l) + alpha·(B / B_l)·log q(y_l|x_l)],
+
+    U the enumerated ELBO of an unlabelled example (``elbo``, a ``TraceEnum_ELBO``), L the ELBO of a labelled
+    one (y observed), x [B, …] the step's batch (labels y [B], −1 where unknown) and (x_l, y_l) [B_l]
+    labelled examples drawn afresh at every step. The classification term is J^α's with α = ``alpha``·N for
+    N training examples (Kingma's α = 0.1·N at ``alpha`` = 0.1). The drawn examples' L terms come beside the
+    batch's, as Kingma's and Pyro's implementations interleave labelled and unlabelled minibatches: with a
+    few labels they weigh far more than one pass over the data would give them, which is what teaches the
+    decoder to draw the class from y rather than from z.
+    """
+
+    def __init__(self, vae, elbo, alpha):
+        super().__init__()
+        self.vae, self.elbo, self.alpha = vae, elbo, alpha
+        self.classification = Classification(vae)
+        self.classification_elbo = Trace_ELBO(max_plate_nesting=1)
+
+    def forward(self, x, y, x_labelled, y_labelled, beta=1.0):
+        unknown = y < 0
+        loss = x.new_zeros(())
+        if unknown.any():
+            loss = loss + self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x[unknown], beta=beta)
+        if not unknown.all():
+            loss = loss + self.labelled_loss(x[~unknown], y[~unknown], beta)
+        if len(x_labelled):
+            loss = loss + self.labelled_loss(x_labelled, y_labelled, beta)
+        if self.alpha and len(x_labelled):
+            weight = self.alpha * len(x) / len(x_labelled)  # α·(B/N)·mean over the draw, α = alpha·N
+            loss = loss + self.classification_elbo.differentiable_loss(
+                self.classification.model, self.classification.guide, x_labelled, y_labelled, weight
+            )
+        return loss
+
+    def labelled_loss(self, x, y, beta):
+        """−Σ L(x, y): the ELBO with the labels observed, where the guide has nothing to enumerate."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites", category=UserWarning)
+            return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y, beta=beta)

@@ -14,7 +14,8 @@ PARTS = (
     "down",
     "prior",
     "likelihood",
-)  # the order the guide, then the model, register them
+    "classifier",
+)  # the order the guide, then the model, register them; the classifier q(y|x) is M2's
 
 
 def ordered_parameters(vae):
@@ -22,7 +23,7 @@ def ordered_parameters(vae):
     VampPrior's encoder) is named by the part that registers it last, as in the param store."""
     names, params = {}, {}
     for part in PARTS:
-        module = getattr(vae, part)  # the encoder is None in a model without a latent
+        module = getattr(vae, part, None)  # the encoder is None in a model without a latent
         for name, p in module.named_parameters() if module is not None else ():
             if p.requires_grad:
                 names[id(p)], params[id(p)] = f"{part}$$${name}", p

@@ -12,16 +12,19 @@ the guide q(z|t,c); the ELBO then bounds log p(t|c) (Doersch's tutorial, section
   log p(x_M|x_G) is a normalized mass on them (image completion).
 """
 
+from typing import Annotated
+
 import torch
 
 from ..errors import PyroVAEError
-from ..registry import Registry, Size
+from ..registry import Range, Registry, Size
 
 CONDITIONS = Registry("condition")
 
 
 class Condition:
     labels = False  # True where the model takes the label y of every example
+    latent_label = False  # True where y is a latent, observed where known (Kingma et al.'s M2)
     partial = False  # True where c is part of the image and t the rest (image completion)
     what = "log p(x)"  # the density the ELBO bounds, as reports name it
 
@@ -63,6 +66,46 @@ class LabelCondition(Condition):
     @property
     def dim(self):
         return self.num_classes
+
+
+@CONDITIONS.register("semi_supervised")
+class SemiSupervised(LabelCondition):
+    """The label as a latent (Kingma et al. 2014's M2): p(y) p(z) p(x|y,z), y observed where the example has
+    a label and summed out exactly (Pyro's enumeration) where not, with a classifier q(y|x) in the guide
+    (an MLP of ``hidden`` sizes) beside q(z|x,y). ``alpha`` weighs the classification term α·log q(y|x) of
+    the labelled examples (α = ``alpha``·N for N training examples, Kingma's 0.1·N by default); each
+    training step draws ``labelled_batch`` labelled examples for it."""
+
+    labels = False  # y is optional: given where known
+    latent_label = True
+    what = "log p(x)"
+
+    def __init__(
+        self,
+        image_shape,
+        num_classes,
+        *,
+        hidden: list[Size] = [500],
+        alpha: Annotated[float, Range(0, 1e6)] = 0.1,
+        labelled_batch: Size = 100,
+    ):
+        super().__init__(image_shape, num_classes)
+        if not hidden:
+            raise PyroVAEError("condition.hidden (the classifier q(y|x)'s hidden sizes) must hold at least one size")
+        self.hidden, self.alpha, self.labelled_batch = hidden, alpha, labelled_batch
+
+    @staticmethod
+    def check_config(config):
+        if config.objective.name != "trace_enum_elbo":
+            raise PyroVAEError(
+                "the semi_supervised condition (M2) sums the unknown labels out with Pyro's enumeration; "
+                f"use objective.name = trace_enum_elbo, not {config.objective.name}"
+            )
+        if config.model.layers or config.model.z_dim == 0 or not config.model.reparameterize:
+            raise PyroVAEError(
+                "the semi_supervised condition (M2) has one reparameterized latent z: leave model.layers empty, "
+                "model.z_dim above 0 and model.reparameterize on"
+            )
 
 
 class MaskCondition(Condition):

@@ -10,6 +10,7 @@ import math
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PyroVAEError
@@ -27,10 +28,12 @@ def activation_class(name):
 
 
 def with_condition(h, c):
-    """[h, c] along the last dimension, c broadcast over h's leading (particle) dimensions."""
+    """[h, c] along the last dimension, the leading dimensions of h and c broadcast against each other (the
+    particle dims of h, or the enumerated labels of c [num_classes, 1, C])."""
     if c is None:
         return h
-    return torch.cat([h, c.expand(h.shape[:-1] + c.shape[-1:])], dim=-1)
+    shape = torch.broadcast_shapes(h.shape[:-1], c.shape[:-1])
+    return torch.cat([h.expand(shape + h.shape[-1:]), c.expand(shape + c.shape[-1:])], dim=-1)
 
 
 def mlp(sizes, activation):
@@ -75,7 +78,14 @@ class MLPEncoder(GaussianMLP):
         self.event_dims = len(spec.image_shape)
 
     def forward(self, x, c=None):
-        return super().forward(with_condition(x.flatten(-self.event_dims), c))
+        h = x.flatten(-self.event_dims)
+        if c is None or c.shape[:-1] == h.shape[:-1]:
+            return super().forward(with_condition(h, c))
+        # c broadcasts over x (M2's enumerated labels [C, 1, K] against x [B, D]): the first layer's product with
+        # x once, W[x; c] + b = (W_x x + b) + W_c c, rather than once for every label
+        first, width = self.body[0], h.shape[-1]
+        h = F.linear(h, first.weight[:, :width], first.bias) + F.linear(c, first.weight[:, width:])
+        return self.head(self.act(self.body[1:](h)))
 
 
 class MLPDecoder(nn.Module):

@@ -124,6 +124,10 @@ class VAE(nn.Module):
                 "use it with a condition on part of the image (quadrants, column), no model.layers and "
                 "the standard_normal prior"
             )
+        if condition.latent_label and cls is VAE:  # Kingma et al.'s M2, whose module imports this one
+            from .semisupervised import SemiSupervisedVAE
+
+            return SemiSupervisedVAE.from_config(config, image_shape, num_classes)
         sizes = [*m.layers, m.z_dim]  # latent sizes, bottom (next to x) to top
         spec = ModelSpec(tuple(image_shape), m.z_dim, num_classes, condition.labels, condition.dim)
         bottom = dataclasses.replace(spec, image_shape=condition.target_shape, z_dim=sizes[0])  # what the networks see
@@ -133,7 +137,22 @@ class VAE(nn.Module):
         act = activation_class(m.layer_activation)
         up = [GaussianMLP(a, m.layer_hidden, b, act) for a, b in zip(sizes, sizes[1:])]
         down = [GaussianMLP(b, m.layer_hidden, a, act) for a, b in zip(sizes, sizes[1:])]
-        return cls(spec, network, prior, likelihood, up, down, m.reparameterize, condition)
+        return cls(
+            spec,
+            network,
+            prior,
+            likelihood,
+            up,
+            down,
+            m.reparameterize,
+            condition,
+            **cls.extra_modules(condition, bottom),
+        )
+
+    @classmethod
+    def extra_modules(cls, condition, spec):
+        """Keyword arguments of the modules a subclass adds, built for ``condition`` and ``spec`` (none here)."""
+        return {}
 
     @property
     def latent_sites(self):
@@ -179,6 +198,10 @@ class VAE(nn.Module):
             return None
         if y is None:
             raise PyroVAEError("this conditional model needs the label y of every image")
+        return self.onehot(y, n, dtype)
+
+    def onehot(self, y, n, dtype):
+        """One-hot labels [n, num_classes] of y [n], after checking that they are n integers in range."""
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.uint8):
             raise PyroVAEError(
                 f"labels must be an integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')}".rstrip()

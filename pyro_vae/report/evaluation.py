@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..devices import resolve_device
 from ..errors import PyroVAEError
-from ..infer.classifier import class_log_posterior
+from ..infer.classifier import class_log_posterior, labels_repeated, summed_over_labels
 from ..infer.importance import (
     PARETO_K_WARNING,
     check_chunk_size,
@@ -136,9 +136,12 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
     distributed.on_main(lambda: check_writable(run_dir))
     stem = output_stem(config, split, dataset)
     labels = y if vae.spec.conditional else None
+    latent_label = vae.conditioning.latent_label  # M2: log p(x) = log Σ_y p(x, y), each y scored apart
 
-    def args(i):
-        return (x[i : i + 1],) if labels is None else (x[i : i + 1], labels[i : i + 1])
+    def args(i, n=1):
+        if latent_label:
+            return labels_repeated(x[i : i + n], vae.spec.num_classes)
+        return (x[i : i + n],) if labels is None else (x[i : i + n], labels[i : i + n])
 
     layout = inspect_model(vae.model, vae.guide, args(0), {})
     if chunk_size is None:
@@ -148,8 +151,9 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
     begin, end = world.shard(0, len(x))
     started = time.perf_counter()
     results = []
+    weights = num_samples * (vae.spec.num_classes if latent_label else 1)  # importance weights per example
     with tqdm(
-        total=(end - begin) * num_samples,
+        total=(end - begin) * weights,
         desc=f"log p(x), K={num_samples}",
         unit="sample",
         unit_scale=True,
@@ -157,12 +161,16 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
     ) as bar:
         for i in range(begin, end):
             torch.manual_seed(example_seed(seed, i))
-            results.append(
-                importance_sample(
-                    vae.model, vae.guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
-                )
+            estimate = importance_sample(
+                vae.model, vae.guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
             )
+            if latent_label:
+                estimate, log_joint = summed_over_labels(estimate, vae.spec.num_classes)
+                estimate.generative_label = log_joint.argmax(-1).double()
+                estimate.classifier_label = vae.predict(x[i : i + 1]).double()
+            results.append(estimate)
     names = ("log_likelihood", "elbo", "ess", "stderr", "pareto_k")
+    names += ("generative_label", "classifier_label") if latent_label else ()
     mine = {
         name: torch.cat([getattr(r, name) for r in results]).cpu() if results else torch.zeros(0, dtype=torch.float64)
         for name in names
@@ -183,6 +191,7 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
         "split": split,
         "num_examples": n,
         "num_samples": num_samples,
+        "weights_per_example": weights,
         "conditional": vae.spec.conditional,
         "condition": config.condition.name,
         "what": vae.conditioning.what,
@@ -204,15 +213,18 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
         "prior": config.prior.name,
         "checkpoint": vae.checkpoint,
     }
+    if latent_label:  # M2's two classifiers: q(y|x), and argmax_y p(x, y) (uniform p(y)) from the same estimates
+        truth = y.cpu().double()
+        summary["accuracy_classifier"] = (columns["classifier_label"] == truth).double().mean().item()
+        summary["accuracy_generative"] = (columns["generative_label"] == truth).double().mean().item()
+        summary["labels"] = config.data.options.get("labels", 0)
     files = evaluation_files(stem)
     kept = keep_earlier(run_dir, files, summary, EVALUATION_SETTINGS)
     json_name, examples_name, curve_name = ("".join(name) for name in files)
     atomic_write(run_dir / json_name, json.dumps(summary, indent=2) + "\n")
     write_examples(run_dir / examples_name, y.cpu(), columns)
     torch.manual_seed(seed)
-    curve(
-        vae, x[:CURVE_EXAMPLES], None if labels is None else labels[:CURVE_EXAMPLES], num_samples, run_dir / curve_name
-    )
+    curve(vae, args(0, CURVE_EXAMPLES), num_samples, run_dir / curve_name)
     summary["files"], summary["kept"] = [json_name, examples_name, curve_name], kept
     return summary
 
@@ -223,7 +235,8 @@ def particle_elbo(vae, x, labels, num_particles=10, batch_size=100):
     figure Pyro's CVAE example reports (examples/cvae/util.py, as its negative): an average of 10
     one-sample ELBOs per example, a lower bound on log p(t|c) in expectation, looser than the
     importance-sampled estimate of the same draws' budget."""
-    loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    elbo = TraceEnum_ELBO if vae.conditioning.latent_label else Trace_ELBO  # M2: its unknown label summed out
+    loss = elbo(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     total = 0.0
     for start in range(0, len(x), batch_size):
         args = (x[start : start + batch_size],) + (() if labels is None else (labels[start : start + batch_size],))
@@ -247,21 +260,29 @@ def write_examples(path, labels, columns):
     atomic_write(path, buffer.getvalue())
 
 
-def curve(vae, x, labels, num_samples, path):
-    """Plot mean log p̂(x) over ``x`` against K ∈ {1, 10, …, num_samples}."""
+def curve(vae, args, num_samples, path):
+    """Plot mean log p̂(x) over the examples of the model's arguments ``args`` against K ∈ {1, 10, …, num_samples}
+    (for M2, ``args`` repeat each example for every class, and the classes are summed)."""
     ks = sorted({k for k in CURVE_KS if k < num_samples} | {num_samples})
-    args = (x,) if labels is None else (x, labels)
     means, stderrs = [], []
     for k in ks:
         estimate = importance_sample(vae.model, vae.guide, *args, num_samples=k)
+        if vae.conditioning.latent_label:
+            estimate = summed_over_labels(estimate, vae.spec.num_classes)[0]
         means.append(estimate.log_likelihood.mean().item())
-        stderrs.append((estimate.stderr.square().sum().sqrt() / len(x)).item())
-    plots.bound_vs_k(ks, means, stderrs, len(x), path)
+        stderrs.append((estimate.stderr.square().sum().sqrt() / len(estimate.stderr)).item())
+    plots.bound_vs_k(ks, means, stderrs, len(estimate.stderr), path)
 
 
 def check_labelled(run_dir, config):
     """Refuse to classify with a run whose model takes no labels (only a label CVAE has p(x|y))."""
-    if not CONDITIONS.get(config.condition.name).labels:
+    condition = CONDITIONS.get(config.condition.name)
+    if condition.latent_label:
+        raise PyroVAEError(
+            f"{run_dir} is M2, whose label is a latent: evaluate reports its two classifiers' accuracies "
+            "(q(y|x) and argmax_y p(x, y)) without --classify"
+        )
+    if not condition.labels:
         raise PyroVAEError(f"{run_dir} is a model without labels; --classify needs a run trained with --conditional")
 
 

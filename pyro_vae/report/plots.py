@@ -114,8 +114,9 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
     """Every picture of a trained run, written into ``run_dir``."""
     run_dir = Path(run_dir)
     vae.eval()
-    conditional = vae.spec.conditional
-    y = test_y if conditional else None
+    conditional = vae.spec.conditional or vae.conditioning.latent_label  # decodes with a label
+    # M2 pictures its codes and reconstructions with the label its classifier q(y|x) finds most likely
+    y = test_y if vae.spec.conditional else vae.predict(test_x) if conditional else None
     if metrics:
         loss_curves(metrics, run_dir / "loss.png")
     if vae.conditioning.partial:
@@ -139,6 +140,8 @@ def training_figures(vae, run_dir, metrics, test_x, test_y, n=64):
     latent_scatter(loc, test_y[:2000], run_dir / "latent.png")
     if conditional:
         class_grids(vae, run_dir)
+        if vae.conditioning.latent_label:
+            styles(vae, test_x[one_per_class(test_y)], test_y[one_per_class(test_y)], run_dir / "styles.png")
     else:
         image_grid(vae.sample(n), run_dir / "samples.png", 8, "samples: decoded z ~ p(z)")
     if vae.spec.z_dim == 2 and not conditional:
@@ -212,6 +215,22 @@ def class_grids(vae, run_dir, columns=10, seed=0):
         columns,
         "samples x ~ p(x|z,y), z ~ p(z|y), one row per label",
         row_labels=range(num_classes),
+    )
+
+
+@torch.no_grad()
+def styles(vae, x, y, path):
+    """styles.png, Kingma et al.'s analogies (2014, Figure 1): each row a test image x beside its style z, the
+    mean of q(z|x,y) at its true label, decoded with every label y' (E[x|z,y'] in column y')."""
+    num_classes = vae.spec.num_classes
+    z = vae.encode(x, y)[0]
+    labels = torch.arange(num_classes, device=z.device)
+    decoded = vae.decode(z[:, None].expand(-1, num_classes, -1), labels.expand(len(z), -1))  # [rows, C, …]
+    image_grid(
+        torch.cat([x[:, None], decoded], 1).flatten(0, 1),
+        path,
+        num_classes + 1,
+        "a test image, then its style z decoded with each label 0, 1, …",
     )
 
 

@@ -221,7 +221,7 @@ def config_from_dict(table):
             raise PyroVAEError(f"unknown config section [{section}]; valid sections: {', '.join(SECTIONS)}")
     kwargs = {}
     hints = typing.get_type_hints(Config)
-    table = legacy_conditional(table)
+    table = legacy_label_file(legacy_conditional(table))
     plugins = table.get("plugins", {})
     load_plugins(
         check_type("plugins.modules", plugins.get("modules", []) if isinstance(plugins, dict) else [], list[str])
@@ -255,6 +255,17 @@ def legacy_conditional(table):
     return {**table, "model": model, "condition": condition}
 
 
+def legacy_label_file(table):
+    """``table`` with the earlier spelling of the array dataset's labels file, ``data.labels = "FILE"`` (runs saved
+    before ``data.labels`` counted the labels kept), read as ``data.label_file``."""
+    data = table.get("data", {})
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), str):
+        return table
+    data = dict(data)
+    data["label_file"] = data.pop("labels")
+    return {**table, "data": data}
+
+
 def section_from_dict(section, cls, values):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -279,7 +290,7 @@ def check_ranges(config):
         raise PyroVAEError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}")
 
 
-PATH_OPTIONS = ("root", "path", "labels")  # data options that name files or folders
+PATH_OPTIONS = ("root", "path", "label_file", "run")  # data options that name files or folders
 
 
 def absolute_paths(config):

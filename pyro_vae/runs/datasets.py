@@ -24,17 +24,25 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
-from ..registry import Range, Registry, Seed
+from ..registry import MAX_COUNT, Range, Registry, Seed
 from .files import atomic_write, os_error
 
-DATASETS = Registry("dataset")
+UNKNOWN = -1  # the label of a training example whose label is unknown or hidden (partly labelled data)
+
+
+def partly_labelled(*, labels: Annotated[int, Range(0, MAX_COUNT)] = 0, label_seed: Seed = 0):
+    """Options every dataset takes: ``labels`` = N keeps the labels of N training examples, N / classes of
+    each class chosen with ``label_seed``, and hides the rest (label −1); 0 keeps every label."""
+
+
+DATASETS = Registry("dataset", common=partly_labelled)
 TEST_SEED = 1234  # fixed binarization of the test set and fixed noise of the per-epoch test ELBO
 
 
 @dataclass
 class Split:
     images: torch.Tensor  # [N, C, H, W] grey levels in [0, 1], or [N, D] points, float32
-    labels: torch.Tensor  # [N] int64 in 0..num_classes-1
+    labels: torch.Tensor  # [N] int64 in 0..num_classes-1, or −1 (UNKNOWN) for a training example without one
 
 
 @dataclass
@@ -42,6 +50,8 @@ class ImageData:
     train: Split
     test: Split
     num_classes: int
+    labelled: torch.Tensor | None = None  # where ``labels`` = N hid the rest: the kept examples' indices in the train
+    # split as the dataset gives it (before ``balanced_order``)
 
     @property
     def image_shape(self):
@@ -58,9 +68,9 @@ class ImageData:
         return getattr(self, name)
 
 
-def check_images(images, labels, num_classes, where):
+def check_images(images, labels, num_classes, where, unknown=False):
     """Refuse images [N, C, H, W] that are not finite grey levels in [0, 1], points [N, D] that are not
-    finite, or labels outside 0..num_classes-1."""
+    finite, or labels outside 0..num_classes-1 (or −1, an unknown label, where ``unknown``)."""
     if images.dim() not in (2, 4):
         raise PyroVAEError(
             f"{where}: data must be images [N, C, H, W] or points [N, D], got shape {list(images.shape)}"
@@ -76,7 +86,12 @@ def check_images(images, labels, num_classes, where):
         raise PyroVAEError(f"{where}: pixel values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
     if labels.shape != images.shape[:1]:
         raise PyroVAEError(f"{where}: {len(labels)} labels for {len(images)} images")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    if len(labels) and (labels.min() < (UNKNOWN if unknown else 0) or labels.max() >= num_classes):
+        if labels.min() == UNKNOWN:
+            raise PyroVAEError(
+                f"{where}: holds examples of unknown label (−1); only training examples may lack a label "
+                "(store 'train' and 'test' arrays with a labelled test split)"
+            )
         raise PyroVAEError(f"{where}: labels must lie in 0..{num_classes - 1}")
 
 
@@ -356,8 +371,8 @@ class ArrayData:
     Images [N, H, W], [N, H, W, C] or [N, C, H, W] (C of 1, 3 or 4; ``layout`` says which of the last
     two where the shape cannot), as uint8 levels 0…255 or floats in [0, 1]; or points [N, D], real
     vectors (tabular data). A ``.npz`` holds them as ``x`` (or its only array), with optional integer
-    ``labels`` [N] (or a second file names them: ``labels``); or as ``train`` and ``test`` with
-    ``train_labels`` and ``test_labels``. Without a
+    ``labels`` [N] (or a second file names them: ``label_file``), −1 where a training example has none;
+    or as ``train`` and ``test`` with ``train_labels`` and ``test_labels``. Without a
     test array, ``test_fraction`` of the examples, chosen with ``seed``, is held out as the test split.
     """
 
@@ -365,7 +380,7 @@ class ArrayData:
         self,
         *,
         path: str = "",
-        labels: str = "",
+        label_file: str = "",
         test_fraction: Annotated[float, Range(0, 0.9)] = 0.1,
         seed: Seed = 0,
         layout: str = "auto",
@@ -375,7 +390,7 @@ class ArrayData:
         if layout not in ("auto", "nhwc", "nchw"):
             raise PyroVAEError(f"data.layout must be auto, nhwc or nchw, got {layout!r}")
         self.path, self.test_fraction, self.seed, self.layout = Path(path), test_fraction, seed, layout
-        self.labels = Path(labels) if labels else None
+        self.label_file = Path(label_file) if label_file else None
 
     def load(self):
         arrays = self.read()
@@ -402,10 +417,10 @@ class ArrayData:
         return ImageData(train, test, classes)
 
     def read(self):
-        """{name: array} of the file (a .npy is one array, 'x'), with 'labels' from ``labels`` where given."""
+        """{name: array} of the file (a .npy is one array, 'x'), with 'labels' from ``label_file`` where given."""
         arrays = self.read_file(self.path)
-        if self.labels is not None:
-            arrays["labels"] = next(iter(self.read_file(self.labels).values()))
+        if self.label_file is not None:
+            arrays["labels"] = next(iter(self.read_file(self.label_file).values()))
         return arrays
 
     def read_file(self, path):
@@ -463,8 +478,8 @@ class ArrayData:
             raise PyroVAEError(
                 f"{where}'s labels must be integers [{len(images)}], got {labels.dtype} of shape {tuple(labels.shape)}"
             )
-        if len(labels) and labels.min() < 0:
-            raise PyroVAEError(f"{where}'s labels must be 0 or more, got {labels.min()}")
+        if len(labels) and labels.min() < UNKNOWN:
+            raise PyroVAEError(f"{where}'s labels must be 0 or more (−1: unknown), got {labels.min()}")
         return Split(images, torch.from_numpy(labels.astype(np.int64)))
 
     def channels_first(self, images, where):
@@ -567,6 +582,7 @@ class ImageFolder:
         key = hashlib.sha256(
             json.dumps(
                 [
+                    type(self).__name__,
                     str(self.root.resolve()),
                     self.size,
                     self.fit,
@@ -597,43 +613,128 @@ class ImageFolder:
         return images, labels
 
     def decode(self, paths):
-        """Images [N, H, W, C] uint8 of the files, in ``channels``, at ``size`` (or their one common size)."""
+        """Images [N, H, W, C] uint8 of the files, in ``channels``, at ``size`` (or their one common size): the
+        headers first (modes and sizes, nothing decoded), then one image at a time, so that memory holds the
+        result and one image, not every decoded file."""
         from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms import functional as TF
 
-        opened = []
-        for path in paths:
+        def opened(path):
             try:
-                with Image.open(path) as image:
-                    image.load()
-                    opened.append(image)
+                return Image.open(path)
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise PyroVAEError(f"{path} is not an image Pillow can read ({str(e).partition(chr(10))[0]})") from None
-        grey = self.channels == "grey" or (
-            self.channels == "auto" and all(i.mode in ("1", "L", "I;16") for i in opened)
-        )
-        mode = "L" if grey else "RGB"
+
+        headers = []
+        for path in paths:
+            with opened(path) as image:
+                headers.append((image.mode, image.size))
+        grey = self.channels == "grey" or (self.channels == "auto" and all(m in ("1", "L", "I;16") for m, _ in headers))
         if not self.size:
-            sizes = {i.size for i in opened}
+            sizes = {size for _, size in headers}
             if len(sizes) > 1:
                 (w1, h1), (w2, h2) = sorted(sizes)[:2]
                 raise PyroVAEError(
                     f"{self.root} holds images of {len(sizes)} sizes ({h1}×{w1}, {h2}×{w2}, …); choose one "
                     "with data.size=[H, W] (data.fit=crop keeps their aspect)"
                 )
-        arrays = []
-        for image in opened:
-            image = image.convert(mode)
-            if self.size:
-                h, w = self.size
-                if self.fit == "crop":
-                    scale = max(h / image.height, w / image.width)
-                    image = TF.resize(image, [max(h, round(image.height * scale)), max(w, round(image.width * scale))])
-                    image = TF.center_crop(image, [h, w])
-                else:
-                    image = TF.resize(image, [h, w])
-            arrays.append(np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1))
-        return np.stack(arrays)
+        arrays = None
+        for n, path in enumerate(paths):
+            with opened(path) as image:
+                try:
+                    image = self.fitted(image.convert("L" if grey else "RGB"))
+                except (OSError, ValueError) as e:
+                    raise PyroVAEError(f"{path} could not be decoded ({str(e).partition(chr(10))[0]})") from None
+            array = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
+            if arrays is None:
+                arrays = np.empty((len(paths), *array.shape), dtype=np.uint8)
+            arrays[n] = array
+        return arrays
+
+    def fitted(self, image):
+        """``image`` at ``size``: resized, or (``fit = "crop"``) scaled to cover it and centre-cropped."""
+        from torchvision.transforms import functional as TF
+
+        if not self.size:
+            return image
+        h, w = self.size
+        if self.fit == "crop":
+            scale = max(h / image.height, w / image.width)
+            image = TF.resize(image, [max(h, round(image.height * scale)), max(w, round(image.width * scale))])
+            return TF.center_crop(image, [h, w])
+        return TF.resize(image, [h, w])
+
+
+@DATASETS.register("celeba")
+class CelebA(ImageFolder):
+    """CelebA's aligned faces in torchvision's layout, under ``root``/celeba: ``img_align_celeba/`` (202,599
+    JPEGs of 178 × 218), ``list_eval_partition.txt`` and, for ``attribute``, ``list_attr_celeba.txt``. The
+    train split is partition 0 (162,770 faces), the test split partition 2 (19,962); the validation faces
+    are left out. Each face is centre-cropped to 148 × 148 and resized to ``size`` (64 × 64), the crop of
+    the VAE literature since Larsen et al. (2016). ``attribute`` (one of the 40, say ``Smiling``) becomes a
+    binary label; without it the faces are unlabelled. Decoded faces are cached as the folder dataset's are."""
+
+    CROP = 148
+
+    def __init__(
+        self,
+        *,
+        root: str = "data",
+        size: list[Annotated[int, Range(1, 4096)]] = [64, 64],
+        attribute: str = "",
+        cache: bool = True,
+    ):
+        super().__init__(root=root, size=size, channels="rgb", cache=cache)
+        self.attribute = attribute
+
+    def load(self):
+        folder = self.root / "celeba"
+        partition = self.table(folder / "list_eval_partition.txt", 2)
+        labels = {}
+        if self.attribute:
+            attributes = self.table(folder / "list_attr_celeba.txt", 41, header=2)
+            names = (folder / "list_attr_celeba.txt").read_text().splitlines()[1].split()
+            if self.attribute not in names:
+                raise PyroVAEError(
+                    f"data.attribute {self.attribute!r} is not a CelebA attribute; they are {', '.join(names)}"
+                )
+            column = names.index(self.attribute) + 1
+            labels = {row[0]: int(row[column] == "1") for row in attributes}
+        splits = []
+        for part in ("0", "2"):
+            items = [
+                (str(folder / "img_align_celeba" / row[0]), labels.get(row[0], 0))
+                for row in partition
+                if row[1] == part
+            ]
+            if not items:
+                raise PyroVAEError(f"{folder / 'list_eval_partition.txt'} names no faces of partition {part}")
+            images, y = self.decoded(items)
+            splits.append(Split(torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255), torch.from_numpy(y)))
+        return ImageData(*splits, 2 if self.attribute else 1)
+
+    def table(self, path, columns, header=0):
+        """The rows (lists of ``columns`` fields) of one of CelebA's text tables, after ``header`` lines."""
+        try:
+            lines = path.read_text().splitlines()[header:]
+        except FileNotFoundError:
+            raise PyroVAEError(
+                f"{path} is missing: data.root must hold CelebA in torchvision's layout (celeba/img_align_celeba/, "
+                "celeba/list_eval_partition.txt, celeba/list_attr_celeba.txt)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PyroVAEError(f"{path} could not be read ({e})") from None
+        rows = [line.split() for line in lines if line.strip()]
+        bad = next((row for row in rows if len(row) != columns), None)
+        if bad is not None:
+            raise PyroVAEError(
+                f"{path}: a line holds {len(bad)} fields where {columns} are expected ({' '.join(bad[:3])} …)"
+            )
+        return rows
+
+    def fitted(self, image):
+        from torchvision.transforms import functional as TF
+
+        return TF.resize(TF.center_crop(image, [self.CROP, self.CROP]), list(self.size))
 
 
 def hold_out(whole, fraction, seed, where, noun):
@@ -659,20 +760,45 @@ def balanced_order(labels, num_classes, seed=TEST_SEED):
     every class, then the second, …). The first n of it is the subset every command takes."""
     generator = torch.Generator().manual_seed(seed)
     rank = torch.empty(len(labels), dtype=torch.long)
-    for c in range(num_classes):
+    for c in [*range(num_classes), UNKNOWN]:  # the examples of unknown label (−1) are one more group
         members = torch.nonzero(labels == c).flatten()
         rank[members[torch.randperm(len(members), generator=generator)]] = torch.arange(len(members))
-    return torch.argsort(rank * num_classes + labels, stable=True)
+    return torch.argsort(rank * (num_classes + 1) + labels + 1, stable=True)
+
+
+def labelled_subset(labels, count, num_classes, seed, where):
+    """A mask [N] of the ``count`` training examples whose labels are kept: ``count`` / num_classes of each
+    class, drawn among the examples of known label with ``seed`` (each class in turn, a permutation of its
+    members from one generator), so that the same data, count and seed always keep the same examples."""
+    if count < num_classes or count % num_classes:
+        raise PyroVAEError(
+            f"data.labels = {count} cannot keep an equal number of labels in each of the {num_classes} classes; "
+            f"give a multiple of {num_classes}"
+        )
+    per_class = count // num_classes
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < per_class:
+            raise PyroVAEError(
+                f"data.labels = {count} keeps {per_class} labels of each class, but {where} has "
+                f"{len(members)} labelled examples of class {c}"
+            )
+        keep[members[torch.randperm(len(members), generator=generator)[:per_class]]] = True
+    return keep
 
 
 def load_data(component):
     """The checked ``ImageData`` of a config's ``data`` component, each split in ``balanced_order``, so that
     every part of a split a command takes (``--limit``, ``train.test_examples``, the examples of a
-    picture) is a fixed, class-balanced one, the same in every command."""
+    picture) is a fixed, class-balanced one, the same in every command. With ``labels`` = N (an option of
+    every dataset) the training labels outside ``labelled_subset`` are hidden (−1) before anything else reads them."""
     data = DATASETS.build(component.name, component.options).load()
     for name in ("train", "test"):
         split = data.split(name)
-        check_images(split.images, split.labels, data.num_classes, f"{component.name} {name} split")
+        where = f"{component.name} {name} split"
+        check_images(split.images, split.labels, data.num_classes, where, unknown=name == "train")
         if not len(split.images):
             raise PyroVAEError(f"{component.name} {name} split holds no examples")
     if data.train.images.shape[1:] != data.test.images.shape[1:]:
@@ -680,6 +806,12 @@ def load_data(component):
             f"{component.name}: the train split holds images of shape {tuple(data.train.images.shape[1:])} "
             f"but the test split {tuple(data.test.images.shape[1:])}; both splits need one shape"
         )
+    count = component.options.get("labels", 0)
+    if count:
+        seed, labels = component.options.get("label_seed", 0), data.train.labels
+        keep = labelled_subset(labels, count, data.num_classes, seed, f"{component.name}'s train split")
+        data.train = Split(data.train.images, torch.where(keep, labels, UNKNOWN))
+        data.labelled = keep.nonzero().flatten()
     for name in ("train", "test"):
         split = data.split(name)
         order = balanced_order(split.labels, data.num_classes)

@@ -8,6 +8,7 @@ import torch
 
 from ..devices import forked_rng, resolve_device
 from ..errors import PyroVAEError
+from ..model.conditions import CONDITIONS
 from ..model.likelihoods import LIKELIHOODS
 from ..model.vae import VAE, build_vae
 from .config import Component
@@ -30,8 +31,9 @@ class Experiment:
 
     @property
     def label_counts(self):
-        """Training examples per class [num_classes] (the prior p(y) of the generative classifier)."""
-        return torch.bincount(self.data.train.labels, minlength=self.data.num_classes)
+        """Training examples of known label per class [num_classes] (the prior p(y) of the generative classifier)."""
+        labels = self.data.train.labels
+        return torch.bincount(labels[labels >= 0], minlength=self.data.num_classes)
 
 
 def build(config, device, dataset=None):
@@ -40,6 +42,13 @@ def build(config, device, dataset=None):
     ``auto``, ``cpu``, ``cuda``."""
     data = load_data(dataset or config.data)
     check_likelihood(data, config.likelihood.name, (dataset or config.data).name)
+    unknown = int((data.train.labels < 0).sum())
+    if unknown and CONDITIONS.get(config.condition.name).labels:
+        raise PyroVAEError(
+            f"{unknown} of the {len(data.train.labels)} training examples have no label, and the "
+            f"{config.condition.name} condition needs every label; use the semi_supervised condition "
+            "(--config mnist-m2), which sums the unknown labels out"
+        )
     vae = build_vae(config, data.image_shape, data.num_classes, resolve_device(str(device)))
     likelihood = vae.likelihood
     test_x, test_y = observed_split(data, likelihood, "test", vae.device)
