@@ -269,7 +269,7 @@ TRAINING_VARIANTS = {  # name → what it is, for the printed table
     "pyro": "the project's trainer, default (float32, JIT)",
     "pyro_bf16": "the project's trainer, train.precision = bfloat16",
     "plain": "naive plain loop: the project's modules, torch.bernoulli, default Adam",
-    "careful": "careful plain loop: one flat module, our data path, fused Adam, float32",
+    "careful": "careful plain loop: plain modules (an MLP flattened), our data path, fused Adam, float32",
     "careful_bf16": "the careful loop under torch.autocast(bfloat16)",
 }
 
