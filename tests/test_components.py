@@ -245,8 +245,8 @@ def test_the_bernoulli_log_mass_equals_torch_s_with_its_gradients_and_broadcasts
 def test_the_guide_s_normal_scores_its_own_draw_from_the_noise_with_normal_s_value_and_total_gradient():
     from pyro.distributions import Normal
 
+    from pyro_vae.model.posteriors import ReparameterizedNormal
     from pyro_vae.model.priors import UnitNormal
-    from pyro_vae.model.vae import ReparameterizedNormal
 
     loc = torch.randn(5, 3, requires_grad=True)
     scale = (torch.rand(5, 3) + 0.1).requires_grad_()

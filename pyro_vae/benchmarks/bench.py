@@ -71,11 +71,21 @@ def plain_binarize(grey, generator):
     return torch.bernoulli(grey, generator=generator)
 
 
+def check_diagonal(config):
+    """The plain loops draw z = loc + scale·ε from a diagonal Gaussian: refuse another posterior family."""
+    if config.posterior.name != "diagonal":
+        raise PyroVAEError(
+            f"the plain-PyTorch loops draw z from a diagonal Gaussian; bench posterior.name = diagonal, not "
+            f"{config.posterior.name}"
+        )
+
+
 class PlainTrainer:
     """The reference training loop: a copy of a trainer's networks and data tensor, torch.optim.Adam
     with the run's learning rate and ε, and ``binarize`` (``plain_binarize``, or the trainer's own data path)."""
 
     def __init__(self, trainer, binarize=plain_binarize):
+        check_diagonal(trainer.config)
         self.trainer, self.binarize = trainer, binarize
         self.vae = copy.deepcopy(trainer.vae)
         self.optimizer = torch.optim.Adam(
@@ -101,6 +111,7 @@ class CarefulTrainer:
     torch distribution's ``log_prob``."""
 
     def __init__(self, trainer, dtype=None):
+        check_diagonal(trainer.config)
         vae = trainer.vae
         self.trainer, self.dtype, self.likelihood = trainer, dtype, copy.deepcopy(vae.likelihood)
         self.flat = trainer.config.network.name == "mlp"
@@ -483,6 +494,7 @@ def parity(epochs, config_name, overrides, device, keep=None, overwrite=False):
         raise PyroVAEError("--parity compares the one-sample ELBO; the plain loop has no other objective")
     if config.model.layers or config.condition.name != "none" or config.prior.name != "standard_normal":
         raise PyroVAEError("--parity's plain loop is the one-layer, unconditional VAE with an N(0, I) prior")
+    check_diagonal(config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep) / "pyro" if keep else Path(tmp)
         trainer = Trainer(config, folder, overwrite=overwrite or not keep, progress=False)

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..errors import PyroVAEError
 from ..registry import Range, Registry, Size
-from .ops import Softplus, softplus
+from .ops import Softplus
+from .posteriors import GaussianHead
 
 NETWORKS = Registry("network")
 ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -43,19 +44,6 @@ def mlp(sizes, activation):
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
-
-
-class GaussianHead(nn.Module):
-    """features [B, F] → (loc, scale) [B, z_dim] with scale = softplus(·) + 1e-4, in float32 under autocast
-    too (log scale enters log q(z|x), and a bfloat16 scale would round the 1e-4 floor away)."""
-
-    def __init__(self, in_features, z_dim):
-        super().__init__()
-        self.linear = nn.Linear(in_features, 2 * z_dim)
-
-    def forward(self, h):
-        loc, raw_scale = self.linear(h).chunk(2, dim=-1)
-        return loc, softplus(raw_scale.float()) + 1e-4
 
 
 class GaussianMLP(nn.Module):

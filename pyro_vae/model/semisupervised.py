@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import PyroVAEError
 from .networks import activation_class, mlp
-from .vae import VAE, ReparameterizedNormal
+from .vae import VAE
 
 
 class Classifier(nn.Module):
@@ -88,7 +88,7 @@ class SemiSupervisedVAE(VAE):
                 logits = self.network(self.classifier, t)
                 c = pyro.sample("y", OneHotCategorical(logits=logits), infer={"enumerate": "parallel"})
             with poutine.scale(scale=beta):
-                pyro.sample("z", ReparameterizedNormal(*self.network(self.encoder, t, c)).to_event(1))
+                pyro.sample("z", self.encoder.head.distribution(*self.network(self.encoder, t, c)))
 
     def classify(self, x):
         """Logits of q(y|x) [B, num_classes] for images x [B, *image_shape]."""

@@ -19,7 +19,6 @@ label CVAE needs it.
 import contextlib
 import dataclasses
 import itertools
-import math
 
 import pyro
 import torch
@@ -33,40 +32,9 @@ from ..errors import PyroVAEError
 from .conditions import CONDITIONS
 from .likelihoods import LIKELIHOODS
 from .networks import NETWORKS, GaussianMLP, activation_class
+from .posteriors import POSTERIORS
 from .priors import PRIORS
 from .spec import ModelSpec
-
-
-class ReparameterizedNormal(Normal):
-    """N(loc, diag(scale²)) that keeps the standard noise ε of its latest draw z = loc + scale·ε and
-    scores that z from it: log q(z) = −½ε² − log scale − ½ log 2π, with ε held constant, so that its
-    gradient is the total derivative of log q(z(θ); θ) (the pathwise one Pyro's ELBOs form) in three
-    kernels, where Normal's density differentiates (z − loc)/scale. Any other value is scored by
-    Normal's log_prob. ε is drawn by ``randn_like``, the same numbers ``Normal.rsample`` draws, without
-    the zeros, ones and ``torch.normal`` it traces into (whose check of the ones reads two numbers
-    back from the device at every step)."""
-
-    def rsample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
-        eps = torch.randn_like(self.loc if self.loc.shape == shape else self.loc.expand(shape))
-        z = self.loc + eps * self.scale
-        self._draw = z, eps
-        return z
-
-    def log_prob(self, value):
-        draw = getattr(self, "_draw", None)
-        if draw is None or value is not draw[0]:
-            return super().log_prob(value)
-        if self._validate_args:
-            self._validate_sample(value)
-        return draw[1].square().mul(-0.5) - self.scale.log() - 0.5 * math.log(2 * math.pi)
-
-
-class ScoreFunctionNormal(Normal):
-    """A Normal whose draws carry no gradient (``has_rsample`` False, kept by ``expand``): Pyro's ELBOs then
-    differentiate log q(z|x) itself, the score-function (REINFORCE) estimator."""
-
-    has_rsample = False
 
 
 class VAE(nn.Module):
@@ -133,6 +101,11 @@ class VAE(nn.Module):
         bottom = dataclasses.replace(spec, image_shape=condition.target_shape, z_dim=sizes[0])  # what the networks see
         likelihood = LIKELIHOODS.build(config.likelihood.name, config.likelihood.options, bottom.image_shape)
         network = NETWORKS.build(config.network.name, config.network.options, bottom, likelihood.num_outputs)
+        if network.encoder is not None and config.posterior.name != "diagonal":  # the encoder's head is the family
+            head = network.encoder.head
+            network.encoder.head = POSTERIORS.build(
+                config.posterior.name, config.posterior.options, head.linear.in_features, sizes[0]
+            )
         prior = PRIORS.build(config.prior.name, config.prior.options, spec, network.encoder)
         act = activation_class(m.layer_activation)
         up = [GaussianMLP(a, m.layer_hidden, b, act) for a, b in zip(sizes, sizes[1:])]
@@ -232,28 +205,30 @@ class VAE(nn.Module):
             pyro.sample("x", self.likelihood(self.network(self.decoder, z, c)), obs=t)
 
     def guide(self, x, y=None, beta=1.0):
-        """q(z1|t,c) q(z2|z1) … q(z|z_{L−1}), each N(loc, diag(scale²)) (q(z|t,c) from the encoder with one
-        layer), sampled by reparameterization, or without it (``model.reparameterize = false``), when Pyro's
-        ELBOs differentiate log q instead: the score-function estimator. Empty where z_dim = 0."""
+        """q(z1|t,c) q(z2|z1) … q(z|z_{L−1}): q(z1|t,c) of the posterior family (``[posterior]``, the encoder's
+        head: a diagonal Gaussian by default), each layer above N(loc, diag(scale²)), sampled by
+        reparameterization, or without it (``model.reparameterize = false``, diagonal only), when Pyro's ELBOs
+        differentiate log q instead: the score-function estimator. Empty where z_dim = 0."""
         t, c = self.condition(x, y)
         if not self.latent_sites:
             return
         pyro.module(f"{self.pyro_name}.encoder", self.encoder)
         pyro.module(f"{self.pyro_name}.up", self.up)
+        heads = [self.encoder.head, *(layer.head for layer in self.up)]  # the posterior family, then N(loc, scale²)
         with pyro.plate("data", x.shape[0]):
             params = self.network(self.encoder, t, c)
-            family = ReparameterizedNormal if self.reparameterize else ScoreFunctionNormal
             with poutine.scale(scale=beta):
-                for name, layer in zip(self.latent_sites, [*self.up, None]):
-                    z = pyro.sample(name, family(*params).to_event(1))
+                for name, head, layer in zip(self.latent_sites, heads, [*self.up, None]):
+                    z = pyro.sample(name, head.distribution(*params, reparameterize=self.reparameterize))
                     params = layer(z) if layer is not None else None
 
     @torch.no_grad()
     def encode(self, x, y=None):
-        """(loc, scale) [B, z_dim] of q(z|t,c) for the top latent z, the layers below it set at their means."""
+        """(loc, scale) [B, z_dim] of q(z|t,c) for the top latent z (the family's ``summary``: the mean and each
+        coordinate's standard deviation, or the base Gaussian's of a flow), the layers below it set at their means."""
         if self.conditioning.partial:
             raise PyroVAEError("a completion model has no codes of whole images to draw; its pictures are completions")
-        loc, scale = self.encoder(*self.condition(x, y))
+        loc, scale = self.encoder.head.summary(*self.encoder(*self.condition(x, y)))
         for layer in self.up:
             loc, scale = layer(loc)
         return loc, scale

@@ -28,6 +28,7 @@ from ..infer.schedules import SCHEDULES
 from ..model.conditions import CONDITIONS
 from ..model.likelihoods import LIKELIHOODS
 from ..model.networks import NETWORKS
+from ..model.posteriors import POSTERIORS
 from ..model.priors import PRIORS
 from ..registry import MAX_COUNT, MAX_SIZE, Count, Range, Seed, Size, check_type
 from .datasets import DATASETS
@@ -38,6 +39,7 @@ REGISTRIES = {
     "data": DATASETS,
     "condition": CONDITIONS,
     "network": NETWORKS,
+    "posterior": POSTERIORS,
     "prior": PRIORS,
     "likelihood": LIKELIHOODS,
     "objective": OBJECTIVES,
@@ -99,6 +101,7 @@ class Config:
     condition: Component = field(default_factory=lambda: Component("none"))  # none | label | quadrants | column
     model: ModelConfig = field(default_factory=ModelConfig)
     network: Component = field(default_factory=lambda: Component("mlp"))
+    posterior: Component = field(default_factory=lambda: Component("diagonal"))  # diagonal | full | iaf: q(z|x)
     prior: Component = field(default_factory=lambda: Component("standard_normal"))
     likelihood: Component = field(default_factory=lambda: Component("bernoulli"))
     objective: Component = field(default_factory=lambda: Component("trace_elbo"))
