@@ -44,7 +44,7 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["objective.name=vi"], "unknown objective 'vi'; valid choices: autoencoder, iwae, mean_field, trace_elbo"),
         (
             ["data.name=cifar"],
-            "unknown dataset 'cifar'; valid choices: array, cifar10, codes, fashion-mnist, folder, kmnist",
+            "unknown dataset 'cifar'; valid choices: array, celeba, cifar10, codes, fashion-mnist, folder, kmnist",
         ),
         (
             ["prior.num_components=3"],
@@ -99,6 +99,7 @@ def test_config_is_a_dataclass_of_sections():
         "condition",
         "model",
         "network",
+        "posterior",
         "prior",
         "likelihood",
         "objective",

@@ -66,9 +66,7 @@ def test_full_covariance_is_the_exact_posterior_of_a_linear_gaussian_model():
     )
     for _ in range(2000):
         svi.step(m.x)
-    elbo = -Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(
-        m.model, guide, m.x
-    )
+    elbo = -Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(m.model, guide, m.x)
     assert elbo == pytest.approx(m.log_px().item(), abs=0.02)
     assert elbo <= m.log_px().item() + 0.01
 
