@@ -463,9 +463,8 @@ def run_configs(args):
         c = load_config(name)
         text = (resources.files("pyro_vae") / "configs" / f"{name}.toml").read_text()
         about = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
-        kind = (
-            "VAE" if c.condition.name == "none" else ("NN" if c.model.z_dim == 0 else "CVAE") + f" ({c.condition.name})"
-        )
+        model = "NN" if c.model.z_dim == 0 else "M2" if c.condition.name == "semi_supervised" else "CVAE"
+        kind = "VAE" if c.condition.name == "none" else f"{model} ({c.condition.name})"
         print(
             f"{name:<27} {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
             f"likelihood {c.likelihood.name}, {c.objective.name}\n{'':<27} {about}"
