@@ -51,6 +51,12 @@ def plain_loss(vae, x):
     return -(log_px + log_pz - log_qz).sum()
 
 
+def log_prior_over_posterior(z, eps, scale):
+    """log N(z; 0, I) − log N(z; loc, diag(scale²)) [...] for z = loc + scale·ε, by hand (the 2π terms cancel):
+    −½‖z‖² + ½‖ε‖² + Σ log scale."""
+    return -0.5 * z.square().sum(-1) + 0.5 * eps.square().sum(-1) + scale.log().sum(-1)
+
+
 @torch.no_grad()
 def plain_log_likelihood(vae, x, num_samples, chunk_size):
     """log (1/K) Σₖ p(x, zₖ)/q(zₖ|x) [B] with zₖ ~ q(z|x), K = num_samples, chunk_size samples at a time."""
@@ -61,7 +67,7 @@ def plain_log_likelihood(vae, x, num_samples, chunk_size):
         z = loc + scale * eps
         logits = vae.decoder(z)[:, :, 0]
         log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(2).sum(-1)
-        log_w = log_px - 0.5 * z.square().sum(-1) + 0.5 * eps.square().sum(-1) + scale.log().sum(-1)
+        log_w = log_px + log_prior_over_posterior(z, eps, scale)
         parts.append(torch.logsumexp(log_w.double(), 0))
     return torch.logsumexp(torch.stack(parts), 0) - math.log(num_samples)
 
@@ -151,7 +157,7 @@ class CarefulTrainer:
             log_px = -F.binary_cross_entropy_with_logits(out.flatten(1), x.flatten(1), reduction="none").sum(-1)
         else:
             log_px = self.likelihood(out).log_prob(x)
-        log_w = log_px - 0.5 * z.square().sum(-1) + 0.5 * eps.square().sum(-1) + scale.log().sum(-1)
+        log_w = log_px + log_prior_over_posterior(z, eps, scale)
         loss = -log_w.sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -415,13 +421,7 @@ class PlainM2:
         logits = self.decoder(z, onehot).select(-self.event_dims - 1, 0)
         target = x.expand_as(logits)
         log_px = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-self.event_dims).sum(-1)
-        return (
-            log_px
-            - math.log(self.classes)
-            - 0.5 * z.square().sum(-1)
-            + 0.5 * eps.square().sum(-1)
-            + scale.log().sum(-1)
-        )
+        return log_px - math.log(self.classes) + log_prior_over_posterior(z, eps, scale)
 
     def train_step(self, index):
         x, y, x_labelled, y_labelled = self.trainer.batch(index, self.trainer.generator)

@@ -13,10 +13,9 @@ def class_log_posterior(model, guide, x, num_classes, *, log_prior=None, num_sam
     ``num_samples``, for every class at once: x [B, …] is repeated for each class into one batch
     of num_classes·B examples. ``log_prior`` [num_classes] is log p(y) (uniform when None).
     """
-    batch = x.shape[0]
     xs, ys = labels_repeated(x, num_classes)
     estimate = importance_sample(model, guide, xs, ys, num_samples=num_samples, chunk_size=chunk_size)
-    log_joint = estimate.log_likelihood.reshape(num_classes, batch).T
+    log_joint = per_class(estimate.log_likelihood, num_classes)
     if log_prior is not None:
         log_joint = log_joint + log_prior.to(log_joint)
     return log_joint - torch.logsumexp(log_joint, dim=-1, keepdim=True)
@@ -29,6 +28,11 @@ def labels_repeated(x, num_classes):
     return xs, torch.arange(num_classes, device=x.device).repeat_interleave(x.shape[0])
 
 
+def per_class(values, num_classes):
+    """Per-example values [num_classes·B] of the examples of ``labels_repeated``, as [B, num_classes]."""
+    return values.reshape(num_classes, -1).T
+
+
 def summed_over_labels(estimate, num_classes):
     """The estimate of log p(x) = log Σ_y p(x, y) [B] from ``estimate``, the ``ImportanceEstimate`` of
     log p(x, y) for the examples of ``labels_repeated`` (a label that is a latent, as in M2, summed out
@@ -38,18 +42,18 @@ def summed_over_labels(estimate, num_classes):
     log p(x) tighter than the one with q(y|x); the standard error √(Σ_y π_y² se_y²) (independent strata);
     the ESS that of the pooled num_classes·K weights, 1 / Σ_y π_y²/ESS_y; k̂ that of the class of largest π_y."""
 
-    def per_class(values):
-        return values.reshape(num_classes, -1).T  # [B, num_classes]
+    def by_class(values):
+        return per_class(values, num_classes)
 
-    log_joint = per_class(estimate.log_likelihood)
+    log_joint = by_class(estimate.log_likelihood)
     log_px = torch.logsumexp(log_joint, -1)
     posterior = (log_joint - log_px[:, None]).exp()
     top = posterior.argmax(-1, keepdim=True)
     return ImportanceEstimate(
         log_likelihood=log_px,
-        elbo=torch.logsumexp(per_class(estimate.elbo), -1),
-        ess=1 / (posterior.square() / per_class(estimate.ess)).sum(-1),
-        stderr=(posterior.square() * per_class(estimate.stderr).square()).sum(-1).sqrt(),
-        pareto_k=per_class(estimate.pareto_k).gather(-1, top).squeeze(-1),
+        elbo=torch.logsumexp(by_class(estimate.elbo), -1),
+        ess=1 / (posterior.square() / by_class(estimate.ess)).sum(-1),
+        stderr=(posterior.square() * by_class(estimate.stderr).square()).sum(-1).sqrt(),
+        pareto_k=by_class(estimate.pareto_k).gather(-1, top).squeeze(-1),
         num_samples=estimate.num_samples,
     ), log_joint

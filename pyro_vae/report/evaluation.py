@@ -164,17 +164,22 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
             estimate = importance_sample(
                 vae.model, vae.guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
             )
+            generative = None
             if latent_label:
                 estimate, log_joint = summed_over_labels(estimate, vae.spec.num_classes)
-                estimate.generative_label = log_joint.argmax(-1).double()
-                estimate.classifier_label = vae.predict(x[i : i + 1]).double()
-            results.append(estimate)
+                generative = log_joint.argmax(-1).double()
+            results.append((estimate, generative))
     names = ("log_likelihood", "elbo", "ess", "stderr", "pareto_k")
-    names += ("generative_label", "classifier_label") if latent_label else ()
     mine = {
-        name: torch.cat([getattr(r, name) for r in results]).cpu() if results else torch.zeros(0, dtype=torch.float64)
+        name: torch.cat([getattr(r, name) for r, _ in results]).cpu()
+        if results
+        else torch.zeros(0, dtype=torch.float64)
         for name in names
     }
+    if latent_label:  # M2's two classifiers: argmax_y p(x, y) of the estimates above, and q(y|x) of this rank's share
+        names += ("generative_label", "classifier_label")
+        mine["generative_label"] = torch.cat([g for _, g in results] or [torch.zeros(0)]).double().cpu()
+        mine["classifier_label"] = vae.predict(x[begin:end]).double().cpu()
     shares = distributed.all_gather(mine)
     seconds = time.perf_counter() - started
     if not world.main:
