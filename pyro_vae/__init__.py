@@ -14,8 +14,10 @@ import importlib
 _EXPORTS = {
     "Config": "runs.config",
     "ImportanceEstimate": "infer.importance",
+    "LocalPosterior": "infer.local",
     "PyroVAEError": "errors",
     "VAE": "model.vae",
+    "annealed_importance_sample": "infer.ais",
     "class_log_posterior": "infer.classifier",
     "importance_sample": "infer.importance",
     "load_config": "runs.config",

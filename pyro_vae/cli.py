@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: train, evaluate, sample, configs, bench.
+"""The ``pyro-vae`` command: train, evaluate, sample, compare, gradvar, gap, configs, bench.
 
 User mistakes (``PyroVAEError``) print one line and exit with status 2; ``--debug`` shows the traceback.
 """
@@ -86,6 +86,26 @@ def parser():
         "--seed", type=int, default=0, help="example i draws its samples from a stream seeded by (seed, i)"
     )
     evaluate.add_argument("--chunk-size", type=int, help="samples drawn at once (default: chosen from memory)")
+    evaluate.add_argument(
+        "--method",
+        default="is",
+        choices=["is", "ais"],
+        help="is: importance sampling from q(z|x); ais: annealed importance sampling from the prior (HMC moves), "
+        "K chains per example, written to eval-ais.*",
+    )
+    evaluate.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --method is: N steps of per-example SVI on the encoder's q(z|x) before sampling (a tighter proposal)",
+    )
+    evaluate.add_argument(
+        "--distributions", type=int, default=1000, metavar="T", help="with --method ais: intermediate distributions"
+    )
+    evaluate.add_argument(
+        "--leapfrog", type=int, default=10, metavar="L", help="with --method ais: leapfrog steps per HMC move"
+    )
     evaluate.add_argument("--classify", action="store_true", help="also run the CVAE's generative classifier")
     evaluate.add_argument("--classify-samples", type=int, default=100, help="K per class for --classify")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -116,6 +136,23 @@ def parser():
     gradvar.add_argument("--examples", type=int, default=100, help="test examples in the batch")
     gradvar.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     gradvar.add_argument("--quiet", action="store_true")
+
+    gap = commands.add_parser(
+        "gap",
+        help="the inference gap per test example: approximation (the family's) and amortization (the encoder's)",
+    )
+    gap.add_argument("run")
+    gap.add_argument(
+        "--limit", type=int, default=100, help="test examples (a fixed, class-balanced part; bounds the time)"
+    )
+    gap.add_argument("--num-samples", "-k", type=int, default=1000, help="draws K for each ELBO and log p(x)")
+    gap.add_argument("--steps", type=int, default=500, help="Adam steps of each per-example fit")
+    gap.add_argument("--flow-steps", type=int, default=8, help="planar flow steps of the flow posterior")
+    gap.add_argument("--lr", type=float, default=0.01, help="rate of the per-example fits (decays tenfold)")
+    gap.add_argument("--particles", type=int, default=8, help="draws per ELBO in the per-example fits")
+    gap.add_argument("--seed", type=int, default=0)
+    gap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    gap.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("configs", help="list the bundled configs")
 
@@ -279,6 +316,11 @@ def run_evaluate(args):
     check_range("--limit", args.limit, 1, MAX_EXAMPLES)
     check_range("--chunk-size", args.chunk_size, 1, MAX_K)
     check_seed(args.seed)
+    check_range("--refine", args.refine, 0, 10**6)
+    check_range("--distributions", args.distributions, 1, 10**6)
+    check_range("--leapfrog", args.leapfrog, 1, 1000)
+    if args.refine and args.method != "is":
+        raise PyroVAEError("--refine refines the importance sampler's proposal; AIS starts its chains from the prior")
     if args.classify:
         check_range("--classify-samples", args.classify_samples, 1, MAX_K // 10)
     config = run_config(args.run)  # a missing or foreign folder: the same mistake on every rank, told before joining
@@ -296,15 +338,31 @@ def run_evaluate(args):
         dataset=args.dataset,
         data_root=args.data_root,
         seed=args.seed,
+        refine=args.refine,
+        method=args.method,
+        num_distributions=args.distributions,
+        leapfrog_steps=args.leapfrog,
     )
     if not world.main:
         return
     what = s["what"]
+    ais = s["method"] == "ais"
     bpd = "n/a (continuous likelihood)" if s["bits_per_dim"] is None else f"{s['bits_per_dim']:.4f}"
     rows = [
         ("examples", f"{s['num_examples']} ({s['dataset']}, {s['split']})"),
-        ("K", s["num_samples"]),
-        ("mean ELBO", f"{s['elbo']:.3f} (K samples); {s['elbo_10_particles']:.3f} (10 particles, Pyro's figure)"),
+        (
+            ("AIS", f"{s['num_samples']} chains, T = {s['num_distributions']}, {s['leapfrog_steps']} leapfrog steps")
+            if ais
+            else ("K", f"{s['num_samples']}" + (f", q refined by {s['refine']} SVI steps" if s["refine"] else ""))
+        ),
+        (
+            ("mean log-weight", f"{s['elbo']:.3f}; ELBO of q(z|x) {s['elbo_10_particles']:.3f} (10 particles)")
+            if ais
+            else (
+                "mean ELBO",
+                f"{s['elbo']:.3f} (K samples); {s['elbo_10_particles']:.3f} (10 particles, Pyro's figure)",
+            )
+        ),
         (
             f"mean {what}",
             f"{s['log_likelihood']:.3f} ± {s['log_likelihood_stderr']:.3f}"
@@ -315,6 +373,7 @@ def run_evaluate(args):
         ("bits per dim", bpd),
         ("ESS mean / median", f"{s['mean_ess']:.1f} / {s['median_ess']:.1f} of {s['weights_per_example']}"),
         ("Pareto k̂ > 0.7", pareto_line(s)),
+        *([("HMC acceptance", f"{s['mean_acceptance']:.2f}")] if ais else []),
         ("seconds", f"{s['seconds']:.1f}" + (f" ({s['processes']} processes)" if s["processes"] > 1 else "")),
     ]
     if "accuracy_classifier" in s:  # M2
@@ -454,6 +513,52 @@ def run_gradvar(args):
         print(f"kept the earlier gradient variances, made with other settings, as {', '.join(s['kept'])}")
 
 
+def run_gap(args):
+    from .report.gap import gap_run
+
+    check_range("--limit", args.limit, 1, MAX_EXAMPLES)
+    check_range("--num-samples", args.num_samples, 1, MAX_K)
+    check_range("--steps", args.steps, 0, 10**6)
+    check_range("--flow-steps", args.flow_steps, 1, 64)
+    check_range("--lr", args.lr, 1e-8, 10.0)
+    check_range("--particles", args.particles, 1, 10**4)
+    check_seed(args.seed)
+    s = gap_run(
+        args.run,
+        limit=args.limit,
+        num_samples=args.num_samples,
+        steps=args.steps,
+        flow_steps=args.flow_steps,
+        lr=args.lr,
+        num_particles=args.particles,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    m, e = s["means"], s["stderrs"]
+    family = s["posterior"]
+
+    def row(name, key):
+        error = "" if e[key] is None else f" ± {e[key]:.3f}"
+        print(f"{name:>34}  {m[key]:9.3f}{error}")
+
+    print(
+        f"{s['num_examples']} test examples, K = {s['num_samples']}, per-example fits of {s['steps']} steps "
+        f"({s['flow_steps']} planar steps for the flow), {s['seconds']:.0f} s"
+    )
+    row("log p̂(x)", "log_likelihood")
+    row("L[q*] flow", "elbo_flow")
+    row(f"L[q*] {family}", "elbo_fitted")
+    row("L[q] encoder", "elbo_encoder")
+    row("approximation gap log p̂ − L[q*]", "approximation_gap")
+    row("amortization gap L[q*] − L[q]", "amortization_gap")
+    row("approximation gap of the flow", "approximation_gap_flow")
+    row("amortization gap of the flow", "amortization_gap_flow")
+    print(f"wrote {Path(args.run) / s['files'][0]}, {', '.join(s['files'][1:])}")
+    if s["kept"]:
+        print(f"kept the earlier gap, made with other settings, as {', '.join(s['kept'])}")
+
+
 def run_configs(args):
     from importlib import resources
 
@@ -516,6 +621,7 @@ def main(argv=None):
         "sample": run_sample,
         "compare": run_compare,
         "gradvar": run_gradvar,
+        "gap": run_gap,
         "configs": run_configs,
         "bench": run_bench,
     }

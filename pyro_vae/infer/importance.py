@@ -127,6 +127,12 @@ def _importance_sample(model, guide, args, kwargs, num_samples, chunk_size, memo
         tail = tail.topk(min(tail_size, len(tail)), dim=0).values
         if progress is not None:
             progress(log_w.numel())
+    return summarized(lse, lse2, total, tail, num_samples)
+
+
+def summarized(lse, lse2, total, tail, num_samples):
+    """The ``ImportanceEstimate`` of K = ``num_samples`` weights per example from their sums: log Σₖ wₖ,
+    log Σₖ wₖ², Σₖ log wₖ (each [B]) and the largest log-weights [M + 1, B] (``pareto_tail_size``)."""
     if lse.isnan().any():
         raise PyroVAEError(
             f"the importance weights of {int(lse.isnan().sum())} of {len(lse)} examples are NaN: a "
@@ -142,6 +148,13 @@ def _importance_sample(model, guide, args, kwargs, num_samples, chunk_size, memo
         pareto_k=pareto_k(tail),
         num_samples=num_samples,
     )
+
+
+def estimate_of_weights(log_w):
+    """The ``ImportanceEstimate`` of log-weights [K, B] held at once (K weights per example)."""
+    log_w = log_w.double()
+    tail = log_w.topk(min(pareto_tail_size(len(log_w)) + 1, len(log_w)), dim=0).values
+    return summarized(torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0), log_w.sum(0), tail, len(log_w))
 
 
 def pareto_tail_size(num_samples):

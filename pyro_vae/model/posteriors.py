@@ -3,7 +3,8 @@
 A posterior is the encoder's last layer: ``forward(h)`` maps the encoder's features h [..., F] to the
 family's parameters (a tuple whose first element is the location, the code pictures draw), and
 ``distribution(*params)`` gives q(z|x), a Pyro distribution over z [..., z_dim] (event dim 1) whose
-``log_prob`` is exact, so that every ELBO and the importance-sampled log p(x) stay exact:
+``log_prob`` is exact, so that every ELBO and the importance-sampled log p(x) stay exact. ``constraints``
+names each parameter's support, so that a per-example fit (``infer/local.py``) keeps it:
 
 - ``diagonal``: N(loc, diag(scale²)), the VAE of Kingma & Welling (2014);
 - ``full``: N(loc, L Lᵀ) with L lower-triangular of positive diagonal (a full covariance, Cholesky factor);
@@ -17,6 +18,7 @@ from typing import Annotated
 
 import torch
 from pyro import distributions as dist
+from pyro.distributions import constraints
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
@@ -68,6 +70,7 @@ class GaussianHead(nn.Module):
     floor away)."""
 
     diagonal = True
+    constraints = (constraints.real, constraints.positive)  # of each parameter: what per-example fits keep
 
     def __init__(self, in_features, z_dim):
         super().__init__()
@@ -106,6 +109,7 @@ class FullCovariance(nn.Module):
     softplus(·) + 1e-4 and z_dim (z_dim − 1)/2 free entries below it."""
 
     diagonal = False
+    constraints = (constraints.real, constraints.lower_cholesky)
 
     def __init__(self, in_features, z_dim):
         super().__init__()
@@ -139,6 +143,7 @@ class InverseAutoregressiveFlow(nn.Module):
     [..., ``context``]. log q(z_T) = log N(z₀) − Σ_t Σ_i log σ_{t,i}."""
 
     diagonal = False
+    constraints = (constraints.real, constraints.positive, constraints.real)
 
     def __init__(
         self,

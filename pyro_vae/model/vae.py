@@ -234,6 +234,20 @@ class VAE(nn.Module):
         return loc, scale
 
     @torch.no_grad()
+    def posterior_params(self, x, y=None):
+        """The parameters of q(z|t,c) that the encoder gives images x [B, …] (and labels y [B]): the posterior
+        family's tuple, e.g. (loc, scale) [B, z_dim] for the diagonal Gaussian, where a per-example fit starts."""
+        if self.conditioning.latent_label:
+            what = "a label that is a latent (M2)"
+        elif not self.latent_sites:
+            what = "no latent (model.z_dim = 0)"
+        elif len(self.latent_sites) > 1:
+            what = f"{len(self.latent_sites)} stochastic layers (model.layers)"
+        else:
+            return self.encoder(*self.condition(x, y))
+        raise PyroVAEError(f"a per-example q(z|x) is fitted for a one-layer model with one latent; this run has {what}")
+
+    @torch.no_grad()
     def decode(self, z, y=None):
         """E[x|z,y] [..., B, *image_shape] for top latents z [..., B, z_dim] (the layers below at their
         conditional means; labels y broadcast over the leading dims)."""

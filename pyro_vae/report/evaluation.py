@@ -1,5 +1,6 @@
-"""``pyro-vae evaluate``: a trained run's log p(x) (or log p(x|y)) by importance sampling, its
-bound against K, and the CVAE's generative classifier; results go to the run folder."""
+"""``pyro-vae evaluate``: a trained run's log p(x) (or log p(x|y)) by importance sampling (its proposal the
+encoder's q(z|x), or q refined per example), or by annealed importance sampling, its bound against K, and
+the CVAE's generative classifier; results go to the run folder."""
 
 import csv
 import io
@@ -16,14 +17,17 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..devices import resolve_device
 from ..errors import PyroVAEError
+from ..infer.ais import annealed_importance_sample
 from ..infer.classifier import class_log_posterior, labels_repeated, summed_over_labels
 from ..infer.importance import (
     PARETO_K_WARNING,
     check_chunk_size,
+    estimate_of_weights,
     importance_sample,
     inspect_model,
     measured_chunk_size,
 )
+from ..infer.local import LocalPosterior
 from ..model.conditions import CONDITIONS
 from ..runs.datasets import observed_split
 from ..runs.experiment import build, dataset_component
@@ -33,6 +37,9 @@ from . import plots
 
 CURVE_KS = (1, 10, 100, 1000, 5000)
 CURVE_EXAMPLES = 100
+BLOCK = 100  # examples refined, or annealed, together: example i lies in block i // BLOCK
+BLOCK_STREAMS = 2**31  # block b's random stream is example_seed(seed, BLOCK_STREAMS + b), apart from every example's
+METHODS = ("is", "ais")
 
 
 def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None, data_root=None):
@@ -63,13 +70,28 @@ def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None,
     return config, vae.eval(), x[:limit], y[:limit]
 
 
-def output_stem(config, split, dataset):
-    """``eval`` for the run's own test split, else ``eval-<dataset>-<split>``, so no evaluation overwrites another."""
+def output_stem(config, split, dataset, method="is"):
+    """``eval`` for the run's own test split, else ``eval-<dataset>-<split>``, and ``-ais`` after it for annealed
+    importance sampling, so that no evaluation overwrites another."""
     name = dataset or config.data.name
-    return "eval" if name == config.data.name and split == "test" else f"eval-{name}-{split}"
+    stem = "eval" if name == config.data.name and split == "test" else f"eval-{name}-{split}"
+    return stem if method == "is" else f"{stem}-{method}"
 
 
-EVALUATION_SETTINGS = {"num_samples": "k", "num_examples": "n", "seed": "seed"}  # what names a kept evaluation
+EVALUATION_SETTINGS = {
+    "num_samples": "k",
+    "num_examples": "n",
+    "seed": "seed",
+    "refine": "refine",
+}  # what names a kept one
+AIS_SETTINGS = {
+    "num_samples": "chains",
+    "num_distributions": "t",
+    "leapfrog_steps": "l",
+    "num_examples": "n",
+    "seed": "seed",
+}
+UNLESS_ZERO = {"refine"}  # settings a kept evaluation's name carries only where they are not 0
 CLASSIFICATION_SETTINGS = {"split": "", "num_samples": "k", "num_examples": "n"}
 
 
@@ -90,7 +112,11 @@ def keep_earlier(run_dir, files, summary, settings):
         return []
     if earlier is None or all(earlier.get(key, 0) == summary[key] for key in settings):
         return []
-    tag = "-".join(f"{prefix}{earlier.get(key, 0)}" for key, prefix in settings.items())
+    tag = "-".join(
+        f"{prefix}{earlier.get(key, 0)}"
+        for key, prefix in settings.items()
+        if earlier.get(key, 0) or key not in UNLESS_ZERO
+    )
     kept = []
     for stem, suffix in files:
         if (run_dir / f"{stem}{suffix}").exists():
@@ -114,27 +140,73 @@ def evaluate_run(
     dataset=None,
     data_root=None,
     seed=0,
+    refine=0,
+    method="is",
+    num_distributions=1000,
+    leapfrog_steps=10,
 ):
     """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
     <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
-    run's own test split) and returns the summary (the contents of the JSON file, which names the
-    checkpoint it scored: epoch, step and SHA-256).
+    run's own test split, ``eval-ais`` for annealed importance sampling) and returns the summary (the
+    contents of the JSON file, which names the checkpoint it scored: epoch, step and SHA-256).
+
+    ``method`` "is": importance sampling with K = ``num_samples`` draws from the encoder's q(z|x), or, with
+    ``refine`` = N > 0, from each example's own q of the same family after N steps of per-example SVI
+    started at the encoder's output (``infer/local.py``). "ais": annealed importance sampling
+    (``infer/ais.py``) with K = ``num_samples`` chains from the prior, ``num_distributions`` intermediate
+    distributions and HMC transitions of ``leapfrog_steps`` leapfrog steps.
 
     Example i's K samples come from a random stream seeded by (``seed``, i), so its estimate is the same
-    whichever process scores it: under ``torchrun`` rank r scores a contiguous share of the examples,
+    whichever process scores it; where examples are refined or annealed together, in blocks of
+    ``BLOCK`` fixed by their index, the block's fit and chains draw from a stream of the block's. Under
+    ``torchrun`` rank r scores a contiguous share of the examples (of the blocks, where there are blocks),
     rank 0 gathers the results in example order and writes the files. The run's shared lock is held
     throughout, so the run cannot be trained or replaced meanwhile."""
+    if method not in METHODS:
+        raise PyroVAEError(f"the method must be one of {', '.join(METHODS)}, got {method!r}")
+    if refine and method != "is":
+        raise PyroVAEError("--refine refines the importance sampler's proposal; AIS starts its chains from the prior")
     with reading(run_dir):
-        return _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progress, dataset, data_root, seed)
+        return _evaluate_run(
+            run_dir,
+            num_samples,
+            split,
+            limit,
+            chunk_size,
+            device,
+            progress,
+            dataset,
+            data_root,
+            seed,
+            refine,
+            method,
+            num_distributions,
+            leapfrog_steps,
+        )
 
 
-def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progress, dataset, data_root, seed):
+def _evaluate_run(
+    run_dir,
+    num_samples,
+    split,
+    limit,
+    chunk_size,
+    device,
+    progress,
+    dataset,
+    data_root,
+    seed,
+    refine,
+    method,
+    num_distributions,
+    leapfrog_steps,
+):
     if limit is not None and limit < 1:
         raise PyroVAEError(f"--limit must be positive, got {limit}")
     run_dir, world = Path(run_dir), distributed.world()
     config, vae, x, y = run_examples(run_dir, split, limit, device, dataset, data_root)
     distributed.on_main(lambda: check_writable(run_dir))
-    stem = output_stem(config, split, dataset)
+    stem = output_stem(config, split, dataset, method)
     labels = y if vae.spec.conditional else None
     latent_label = vae.conditioning.latent_label  # M2: log p(x) = log Σ_y p(x, y), each y scored apart
 
@@ -143,32 +215,76 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
             return labels_repeated(x[i : i + n], vae.spec.num_classes)
         return (x[i : i + n],) if labels is None else (x[i : i + n], labels[i : i + n])
 
-    layout = inspect_model(vae.model, vae.guide, args(0), {})
-    if chunk_size is None:
-        chunk_size = measured_chunk_size(vae.model, vae.guide, args(0), {}, layout, num_samples)
+    if method == "ais" and latent_label:
+        raise PyroVAEError(
+            f"{run_dir} is M2, whose label is a latent that AIS does not move: use importance sampling "
+            "(--method is), which sums the label out"
+        )
+    if method == "is":
+        layout = inspect_model(vae.model, vae.guide, args(0), {})
+        if chunk_size is None:
+            chunk_size = measured_chunk_size(vae.model, vae.guide, args(0), {}, layout, num_samples)
+        else:
+            check_chunk_size(vae.model, vae.guide, args(0), {}, layout, chunk_size, num_samples)
+        if refine:
+            vae.posterior_params(*args(0))  # refuses a model without one latent to fit
+    if refine or method == "ais":  # whole blocks to each rank
+        first, last = world.shard(0, math.ceil(len(x) / BLOCK))
+        begin, end = first * BLOCK, min(last * BLOCK, len(x))
     else:
-        check_chunk_size(vae.model, vae.guide, args(0), {}, layout, chunk_size, num_samples)
-    begin, end = world.shard(0, len(x))
+        begin, end = world.shard(0, len(x))
     started = time.perf_counter()
-    results = []
+    results, chains, acceptance = [], [], []
     weights = num_samples * (vae.spec.num_classes if latent_label else 1)  # importance weights per example
-    with tqdm(
-        total=(end - begin) * weights,
-        desc=f"log p(x), K={num_samples}",
-        unit="sample",
-        unit_scale=True,
-        disable=not (progress and world.main),
-    ) as bar:
-        for i in range(begin, end):
-            torch.manual_seed(example_seed(seed, i))
-            estimate = importance_sample(
-                vae.model, vae.guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
-            )
-            generative = None
-            if latent_label:
-                estimate, log_joint = summed_over_labels(estimate, vae.spec.num_classes)
-                generative = log_joint.argmax(-1).double()
-            results.append((estimate, generative))
+    if method == "ais":
+        bar = tqdm(
+            total=math.ceil((end - begin) / BLOCK) * num_distributions,
+            desc=f"AIS, T={num_distributions}, {num_samples} chains",
+            unit="step",
+            disable=not (progress and world.main),
+        )
+    else:
+        bar = tqdm(
+            total=(end - begin) * weights,
+            desc=f"log p(x), K={num_samples}" + (f", refined by {refine} steps" if refine else ""),
+            unit="sample",
+            unit_scale=True,
+            disable=not (progress and world.main),
+        )
+    with bar:
+        for start in range(begin, end, BLOCK):
+            stop = min(start + BLOCK, end)
+            if method == "ais":
+                torch.manual_seed(example_seed(seed, BLOCK_STREAMS + start // BLOCK))
+                estimate, log_w, accepted = annealed_importance_sample(
+                    vae.model,
+                    *args(start, stop - start),
+                    num_chains=num_samples,
+                    num_distributions=num_distributions,
+                    leapfrog_steps=leapfrog_steps,
+                    progress=lambda: bar.update(1),
+                )
+                results.append((estimate, None))
+                chains.append(log_w.T.cpu())
+                acceptance.append(accepted.cpu())
+                continue
+            local = None
+            if refine:
+                torch.manual_seed(example_seed(seed, BLOCK_STREAMS + start // BLOCK))
+                block = args(start, stop - start)
+                local = LocalPosterior(vae.encoder.head, vae.posterior_params(*block))
+                local.fit(vae.model, *block, steps=refine, held=[vae])
+            for i in range(start, stop):
+                torch.manual_seed(example_seed(seed, i))
+                guide = vae.guide if local is None else local.rows(slice(i - start, i - start + 1))
+                estimate = importance_sample(
+                    vae.model, guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
+                )
+                generative = None
+                if latent_label:
+                    estimate, log_joint = summed_over_labels(estimate, vae.spec.num_classes)
+                    generative = log_joint.argmax(-1).double()
+                results.append((estimate, generative))
     names = ("log_likelihood", "elbo", "ess", "stderr", "pareto_k")
     mine = {
         name: torch.cat([getattr(r, name) for r, _ in results]).cpu()
@@ -180,11 +296,16 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
         names += ("generative_label", "classifier_label")
         mine["generative_label"] = torch.cat([g for _, g in results] or [torch.zeros(0)]).double().cpu()
         mine["classifier_label"] = vae.predict(x[begin:end]).double().cpu()
+    if method == "ais":
+        names += ("acceptance",)
+        mine["acceptance"] = torch.cat(acceptance or [torch.zeros(0, dtype=torch.float64)])
+        mine["chains"] = torch.cat(chains or [torch.zeros(0, num_samples, dtype=torch.float64)])  # [examples, C]
     shares = distributed.all_gather(mine)
     seconds = time.perf_counter() - started
     if not world.main:
         return None
     columns = {name: torch.cat([share[name] for share in shares]) for name in names}
+    log_w = torch.cat([share["chains"] for share in shares]).T if method == "ais" else None  # [C, N]
     n, dims = len(x), math.prod(vae.likelihood.image_shape)  # the scored (target) dimensions
     torch.manual_seed(seed)
     elbo_10 = particle_elbo(vae, x, labels)
@@ -213,6 +334,8 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
         "seconds": seconds,
         "processes": world.size,
         "seed": seed,
+        "method": method,
+        "refine": refine,
         "chunk_size": chunk_size,
         "likelihood": config.likelihood.name,
         "prior": config.prior.name,
@@ -223,14 +346,22 @@ def _evaluate_run(run_dir, num_samples, split, limit, chunk_size, device, progre
         summary["accuracy_classifier"] = (columns["classifier_label"] == truth).double().mean().item()
         summary["accuracy_generative"] = (columns["generative_label"] == truth).double().mean().item()
         summary["labels"] = config.data.options.get("labels", 0)
+    if method == "ais":
+        summary["num_distributions"], summary["leapfrog_steps"] = num_distributions, leapfrog_steps
+        summary["mean_acceptance"] = columns["acceptance"].mean().item()
     files = evaluation_files(stem)
-    kept = keep_earlier(run_dir, files, summary, EVALUATION_SETTINGS)
+    kept = keep_earlier(run_dir, files, summary, AIS_SETTINGS if method == "ais" else EVALUATION_SETTINGS)
     json_name, examples_name, curve_name = ("".join(name) for name in files)
     atomic_write(run_dir / json_name, json.dumps(summary, indent=2) + "\n")
     write_examples(run_dir / examples_name, y.cpu(), columns)
     torch.manual_seed(seed)
-    curve(vae, args(0, CURVE_EXAMPLES), num_samples, run_dir / curve_name)
-    summary["files"], summary["kept"] = [json_name, examples_name, curve_name], kept
+    if method == "ais":
+        chains_curve(log_w[:, :CURVE_EXAMPLES], run_dir / curve_name)
+    elif not refine:
+        curve(vae, args(0, CURVE_EXAMPLES), num_samples, run_dir / curve_name)
+    else:  # the curve of the refined proposal would refit the first examples at every K
+        files = files[:2]
+    summary["files"], summary["kept"] = ["".join(name) for name in files], kept
     return summary
 
 
@@ -277,6 +408,16 @@ def curve(vae, args, num_samples, path):
         means.append(estimate.log_likelihood.mean().item())
         stderrs.append((estimate.stderr.square().sum().sqrt() / len(estimate.stderr)).item())
     plots.bound_vs_k(ks, means, stderrs, len(estimate.stderr), path)
+
+
+def chains_curve(log_w, path):
+    """Plot mean log p̂(x) of AIS over the examples of log-weights [C, N] against the number of chains used,
+    1, 2, 4, … C (the first c chains of each example)."""
+    counts = sorted({2**i for i in range(len(log_w).bit_length()) if 2**i < len(log_w)} | {len(log_w)})
+    estimates = [estimate_of_weights(log_w[:c]) for c in counts]
+    means = [e.log_likelihood.mean().item() for e in estimates]
+    stderrs = [(e.stderr.square().sum().sqrt() / log_w.shape[1]).item() for e in estimates]
+    plots.bound_vs_k(counts, means, stderrs, log_w.shape[1], path, "AIS chains", "AIS estimate against its chains")
 
 
 def check_labelled(run_dir, config):

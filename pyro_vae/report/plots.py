@@ -264,13 +264,21 @@ def completions(runs, x, path, samples=6, seed=0):
     image_grid(torch.cat(rows), path, len(x), "image completion: each column one test image", row_labels=labels)
 
 
-def bound_vs_k(ks, means, stderrs, num_examples, path):
+def bound_vs_k(
+    ks,
+    means,
+    stderrs,
+    num_examples,
+    path,
+    xlabel="K (importance samples)",
+    title="importance-sampled bound tightens as K grows (K = 1 is the ELBO)",
+):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(ks, means, yerr=stderrs, marker="o", capsize=3)
     ax.set_xscale("log")
-    ax.set_xlabel("K (importance samples)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"mean log p̂(x) over {num_examples} examples (nats)")
-    ax.set_title("importance-sampled bound tightens as K grows (K = 1 is the ELBO)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     save(fig, path)
 
@@ -350,4 +358,38 @@ def compare_latents(names, codes, labels, path):
         ax.set_title(f"{name}" + (" (PCA)" if loc.shape[1] > 2 else ""), fontsize=9)
         ax.set_aspect("equal")
     fig.suptitle("test-set means of q(z|x); dashed: radius 2 of N(0, I)")
+    save(fig, path)
+
+
+def inference_gaps(means, columns, family, path):
+    """Left: the mean bounds of ``pyro-vae gap`` as a ladder, log p̂(x) ≥ L[q*_flow], L[q*] ≥ L[q], with the
+    approximation and amortization gaps between them; right: each example's two gaps (``columns``, [N] each)."""
+    fig, (ladder, spread) = plt.subplots(1, 2, figsize=(11, 4.5))
+    levels = [
+        ("log p̂(x)", means["log_likelihood"]),
+        ("L[q*] flow", means["elbo_flow"]),
+        (f"L[q*] {family}", means["elbo_fitted"]),
+        ("L[q] encoder", means["elbo_encoder"]),
+    ]
+    for i, (name, value) in enumerate(levels):
+        ladder.hlines(value, 0, 1, color=f"C{i}", lw=2)
+        ladder.text(1.02, value, f"{name}  {value:.2f}", va="center", fontsize=9)
+    top, fitted, bottom = means["log_likelihood"], means["elbo_fitted"], means["elbo_encoder"]
+    ladder.annotate("", (0.3, fitted), (0.3, top), arrowprops={"arrowstyle": "<->"})
+    ladder.text(0.32, (top + fitted) / 2, f"approximation {top - fitted:.2f}", va="center", fontsize=9)
+    ladder.annotate("", (0.6, bottom), (0.6, fitted), arrowprops={"arrowstyle": "<->"})
+    ladder.text(0.62, (fitted + bottom) / 2, f"amortization {fitted - bottom:.2f}", va="center", fontsize=9)
+    ladder.set_xlim(0, 1.7)
+    ladder.set_xticks([])
+    ladder.set_ylabel("mean over examples (nats)")
+    ladder.set_title(f"inference gap of the {family} posterior, {len(columns['log_likelihood'])} test examples")
+    high = max(columns["approximation_gap"].max().item(), columns["amortization_gap"].max().item(), 1e-3)
+    low = min(columns["approximation_gap"].min().item(), columns["amortization_gap"].min().item(), 0.0)
+    bins = torch.linspace(low, high, 31).tolist()
+    spread.hist(columns["approximation_gap"].tolist(), bins=bins, alpha=0.6, label="approximation: log p̂(x) − L[q*]")
+    spread.hist(columns["amortization_gap"].tolist(), bins=bins, alpha=0.6, label="amortization: L[q*] − L[q]")
+    spread.set_xlabel("gap per example (nats)")
+    spread.set_ylabel("examples")
+    spread.legend(fontsize=8)
+    spread.set_title("per example")
     save(fig, path)
