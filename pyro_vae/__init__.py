@@ -11,6 +11,8 @@ before torch and Pyro load.
 
 import importlib
 
+__version__ = "0.2.0"
+
 _EXPORTS = {
     "Config": "runs.config",
     "ImportanceEstimate": "infer.importance",
@@ -26,6 +28,10 @@ _EXPORTS = {
     "train": "trainer",
 }
 __all__ = sorted(_EXPORTS)
+
+
+def __dir__():
+    return [*__all__, "__version__"]
 
 
 def __getattr__(name):

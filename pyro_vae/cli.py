@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: train, evaluate, sample, compare, gradvar, gap, configs, bench.
+"""The ``pyro-vae`` command: train, evaluate, sample, compare, gradvar, gap, export, configs, bench.
 
 User mistakes (``PyroVAEError``) print one line and exit with status 2; ``--debug`` shows the traceback.
 """
@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .errors import Interrupted, PyroVAEError, Reported
 
 MAX_GRID = 1024  # samples in one picture; more go to a .npy array, written in batches
@@ -48,6 +49,7 @@ def parser():
 
     top = Parser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
     top.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    top.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a VAE (or CVAE) by SVI into runs/<name>")
@@ -66,7 +68,11 @@ def parser():
     train.add_argument(
         "--conditional", action="store_true", help="train a CVAE conditioned on the labels (--condition label)"
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the run folder, the last line and errors: no bar, no line per epoch",
+    )
     for flag, target in SHORTCUTS.items():
         train.add_argument("--" + flag.replace("_", "-"), help=f"shortcut for --set {target}=...")
 
@@ -109,7 +115,7 @@ def parser():
     evaluate.add_argument("--classify", action="store_true", help="also run the CVAE's generative classifier")
     evaluate.add_argument("--classify-samples", type=int, default=100, help="K per class for --classify")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar (the results still print)")
 
     sample = commands.add_parser("sample", help="decode z ~ p(z) of a trained run into a grid of images")
     sample.add_argument("run")
@@ -135,7 +141,7 @@ def parser():
     gradvar.add_argument("--draws", type=int, default=200, help="gradient draws per estimator")
     gradvar.add_argument("--examples", type=int, default=100, help="test examples in the batch")
     gradvar.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    gradvar.add_argument("--quiet", action="store_true")
+    gradvar.add_argument("--quiet", action="store_true", help="no progress bar (the results still print)")
 
     gap = commands.add_parser(
         "gap",
@@ -152,7 +158,14 @@ def parser():
     gap.add_argument("--particles", type=int, default=8, help="draws per ELBO in the per-example fits")
     gap.add_argument("--seed", type=int, default=0)
     gap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    gap.add_argument("--quiet", action="store_true", help="no progress bar")
+    gap.add_argument("--quiet", action="store_true", help="no progress bar (the results still print)")
+
+    export = commands.add_parser(
+        "export", help="write a run's weights as model.safetensors beside its config (a folder to share)"
+    )
+    export.add_argument("run")
+    export.add_argument("--out", help="folder to write (default: RUN-export)")
+    export.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
 
     commands.add_parser("configs", help="list the bundled configs")
 
@@ -559,7 +572,16 @@ def run_gap(args):
         print(f"kept the earlier gap, made with other settings, as {', '.join(s['kept'])}")
 
 
+def run_export(args):
+    from .runs.export import export_run
+
+    out = export_run(args.run, args.out, args.overwrite)
+    print(f"wrote {out}/model.safetensors and its config.toml (sample with: pyro-vae sample {out})")
+
+
 def run_configs(args):
+    import itertools
+    import textwrap
     from importlib import resources
 
     from .runs.config import bundled_configs, load_config
@@ -567,13 +589,15 @@ def run_configs(args):
     for name in bundled_configs():
         c = load_config(name)
         text = (resources.files("pyro_vae") / "configs" / f"{name}.toml").read_text()
-        about = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
+        about = " ".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
+        about = " ".join(about.replace("#", " ").split())  # the config's whole leading comment, on one paragraph
         model = "NN" if c.model.z_dim == 0 else "M2" if c.condition.name == "semi_supervised" else "CVAE"
         kind = "VAE" if c.condition.name == "none" else f"{model} ({c.condition.name})"
         print(
-            f"{name:<27} {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
-            f"likelihood {c.likelihood.name}, {c.objective.name}\n{'':<27} {about}"
+            f"{name}: {kind} z={c.model.z_dim} {c.network.name}, prior {c.prior.name}, "
+            f"likelihood {c.likelihood.name}, posterior {c.posterior.name}, {c.objective.name}"
         )
+        print(textwrap.fill(about, width=100, initial_indent="    ", subsequent_indent="    ") + "\n")
 
 
 def run_bench(args):
@@ -622,6 +646,7 @@ def main(argv=None):
         "compare": run_compare,
         "gradvar": run_gradvar,
         "gap": run_gap,
+        "export": run_export,
         "configs": run_configs,
         "bench": run_bench,
     }
@@ -659,6 +684,9 @@ def main(argv=None):
             file=sys.stderr,
         )
         sys.exit(128 + signum)
+    except BrokenPipeError:  # the reader of our output left (pyro-vae configs | head): nothing to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush is silent too
+        sys.exit(0)
     except (PyroVAEError, OSError, UnicodeDecodeError, MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not user_facing(e):
             raise

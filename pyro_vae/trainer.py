@@ -30,7 +30,6 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from . import distributed
 from .devices import allocation_line, forked_rng, free_memory, resolve_device
@@ -39,6 +38,8 @@ from .errors import Interrupted, PyroVAEError
 from .infer.objectives import OBJECTIVES, SemiSupervisedLoss, VAELoss
 from .infer.optim import adam, load_adam_state
 from .infer.schedules import SCHEDULES
+from .progress import bar as progress_bar
+from .progress import say
 from .report import plots
 from .report.board import Board
 from .runs.config import (
@@ -108,7 +109,7 @@ class Trainer:
         self.lock = None
         if self.experiment.data.labelled is not None and self.progress:
             counts = self.experiment.label_counts
-            tqdm.write(
+            say(
                 f"data.labels = {int(counts.sum())}: kept {int(counts[0])} labels of each class (label_seed "
                 f"{config.data.options['label_seed']}) and hid those of the other {int((self.train_y < 0).sum())} "
                 "training examples"
@@ -132,7 +133,7 @@ class Trainer:
             if state is not None:
                 self.check_epochs(state)
             elif resume and self.progress:
-                tqdm.write(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
+                say(f"{self.run_dir} has no checkpoint yet (stopped before its first): training from the start")
             atomic_write(self.run_dir / "config.toml", to_toml(self.config))
             return state
         except BaseException:
@@ -151,7 +152,7 @@ class Trainer:
                 f"{done + midway} or more (got {self.config.train.epochs})"
             )
         if self.config.train.epochs == done and not midway and self.progress:
-            tqdm.write(
+            say(
                 f"{self.run_dir} has trained all {done} of its epochs: nothing to train "
                 f"(--epochs {done + 10} would train 10 more)"
             )
@@ -372,10 +373,10 @@ class Trainer:
         if self.permutation is None:
             self.permutation = torch.randperm(n, generator=self.generator, device=self.device)
         done = min(math.ceil(self.position / self.config.train.batch_size), self.steps_per_epoch)
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch,
             initial=done,
-            disable=not self.progress,
+            enabled=self.progress,
             desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
             unit="step",
             leave=False,
@@ -429,7 +430,7 @@ class Trainer:
             write_metrics(self.run_dir, self.metrics)
         if self.progress:
             test = f"  test ELBO {record['test_elbo']:9.3f}" if "test_elbo" in record else ""
-            tqdm.write(
+            say(
                 f"epoch {record['epoch']:>4}  train loss {record['train_loss']:9.3f}{test}  ({record['seconds']:.1f} s)"
             )
 
@@ -519,7 +520,7 @@ class Trainer:
         else:
             torch.manual_seed(rank_seed(self.config.train.seed + self.step, self.world.rank))
             if self.progress:
-                tqdm.write(
+                say(
                     f"resuming a run of {processes} process(es) with {self.world.size}: it continues with fresh "
                     "latent noise, no longer bit-identical to an uninterrupted run"
                 )

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..devices import resolve_device
@@ -29,6 +28,7 @@ from ..infer.importance import (
 )
 from ..infer.local import LocalPosterior
 from ..model.conditions import CONDITIONS
+from ..progress import bar as progress_bar
 from ..runs.datasets import observed_split
 from ..runs.experiment import build, dataset_component
 from ..runs.files import atomic_write, check_writable, os_error, read_json
@@ -237,19 +237,19 @@ def _evaluate_run(
     results, chains, acceptance = [], [], []
     weights = num_samples * (vae.spec.num_classes if latent_label else 1)  # importance weights per example
     if method == "ais":
-        bar = tqdm(
+        bar = progress_bar(
             total=math.ceil((end - begin) / BLOCK) * num_distributions,
             desc=f"AIS, T={num_distributions}, {num_samples} chains",
             unit="step",
-            disable=not (progress and world.main),
+            enabled=progress and world.main,
         )
     else:
-        bar = tqdm(
+        bar = progress_bar(
             total=(end - begin) * weights,
             desc=f"log p(x), K={num_samples}" + (f", refined by {refine} steps" if refine else ""),
             unit="sample",
             unit_scale=True,
-            disable=not (progress and world.main),
+            enabled=progress and world.main,
         )
     with bar:
         for start in range(begin, end, BLOCK):
@@ -450,8 +450,8 @@ def _classify_run(run_dir, num_samples, split, limit, batch_size, device, progre
     num_classes = vae.spec.num_classes
     started = time.perf_counter()
     predictions = []
-    for start in tqdm(
-        range(0, len(x), batch_size), desc=f"p(y|x), K={num_samples}", unit="batch", disable=not progress
+    for start in progress_bar(
+        range(0, len(x), batch_size), desc=f"p(y|x), K={num_samples}", unit="batch", enabled=progress
     ):
         log_post = class_log_posterior(
             vae.model,

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..infer.importance import importance_sample
 from ..infer.local import LocalPosterior
+from ..progress import bar as progress_bar
 from ..runs.files import atomic_write, check_writable
 from ..runs.folders import reading
 from . import plots
@@ -78,7 +78,7 @@ def _gap_run(run_dir, limit, num_samples, steps, flow_steps, lr, num_particles, 
     started = time.perf_counter()
     columns = {name: [] for name in COLUMNS}
     blocks = range(0, len(x), BLOCK)
-    with tqdm(total=len(blocks) * 2 * steps, desc="per-example fits", unit="step", disable=not progress) as bar:
+    with progress_bar(total=len(blocks) * 2 * steps, desc="per-example fits", unit="step", enabled=progress) as bar:
         for start in blocks:
             block = args(start, min(start + BLOCK, len(x)))
             torch.manual_seed(example_seed(seed, BLOCK_STREAMS + start // BLOCK))

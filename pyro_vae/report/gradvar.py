@@ -15,9 +15,9 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
-from tqdm.auto import tqdm
 
 from ..errors import PyroVAEError
+from ..progress import bar as progress_bar
 from ..runs.files import atomic_write, check_writable
 from ..runs.folders import reading
 from .evaluation import keep_earlier, run_examples
@@ -82,7 +82,7 @@ def _gradient_variance(run_dir, draws, examples, device, progress, seed):
     check_writable(run_dir)
     args = (x, y) if vae.spec.conditional else (x,)
     results = {}
-    for estimator, reparameterize in tqdm(ESTIMATORS.items(), desc="gradient draws", disable=not progress):
+    for estimator, reparameterize in progress_bar(ESTIMATORS.items(), desc="gradient draws", enabled=progress):
         vae.reparameterize = reparameterize
         for name, g in gradient_draws(vae, args, draws, seed).items():
             results.setdefault(name, {})[estimator] = summarize(g)

@@ -27,6 +27,8 @@ from .config import config_differences, load_config
 from .files import RunLock, atomic_write, make_folder, os_error, read_json
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
+WEIGHTS = "model.safetensors"  # an exported run: its weights alone, beside config.toml (``runs/export.py``)
+WEIGHTS_FORMAT = "pyro_vae.weights/1"
 # settings a resumed run may change (the learning rate and clipping are what a non-finite loss calls for; the data
 # root where the data moved)
 RESUMABLE_KEYS = {
@@ -57,13 +59,17 @@ PICTURES = (
     "samples-*.png",
     "eval*_vs_k.png",
     "confusion*.png",
+    "gap*.png",
 )
 RUN_FILES = (
     "config.toml",
     "checkpoint.pt",
+    "model.safetensors",
     "metrics.jsonl",
     "eval*.json",
     "eval*_examples.csv",
+    "gap*.json",
+    "gap*_examples.csv",
     "classify*.json",
     "gradvar*.json",
     "samples-*.npy",
@@ -178,6 +184,11 @@ def resumed_checkpoint(run_dir, config):
     The caller holds the run's exclusive lock."""
     refuse_linked_folders(run_dir)
     remove_torn(run_dir)  # left by a write that was killed midway
+    if not (Path(run_dir) / "checkpoint.pt").is_file() and (Path(run_dir) / WEIGHTS).is_file():
+        raise PyroVAEError(
+            f"{run_dir} is an exported run (its weights alone, {WEIGHTS}): it has no optimizer state to resume "
+            "from; train a new run, or resume the run it was exported from"
+        )
     return load_checkpoint(run_dir, config, "cpu") if (Path(run_dir) / "checkpoint.pt").is_file() else None
 
 
@@ -278,16 +289,23 @@ CHECKPOINT_FIELDS = {
 
 
 def load_checkpoint(run_dir, config, device="cpu"):
-    """The checkpoint of a run, loaded with ``weights_only=True``, checked field by field and against ``config``."""
+    """The checkpoint of a run, loaded with ``weights_only=True``, checked field by field and against ``config``;
+    for an exported run (``model.safetensors``, no checkpoint.pt), its weights as a checkpoint that cannot resume."""
     path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
+    if not path.is_file() and (Path(run_dir) / WEIGHTS).is_file():
+        path = Path(run_dir) / WEIGHTS
+    elif not path.is_file():
         raise PyroVAEError(f"{run_dir} has no checkpoint.pt yet; train it first")
     try:
         data = path.read_bytes()
     except OSError as e:
         raise os_error("read", path, e) from None
     try:
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        state = (
+            exported_state(data, device)
+            if path.name == WEIGHTS
+            else torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        )
     except Exception as e:  # truncated, corrupt or foreign files fail in many ways
         raise PyroVAEError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); retrain or restore it"
@@ -300,6 +318,35 @@ def load_checkpoint(run_dir, config, device="cpu"):
         if key not in RESUMABLE_KEYS:
             raise PyroVAEError(f"checkpoint {path} was trained with {key} = {saved!r} but config.toml says {current!r}")
     return state
+
+
+def exported_state(data, device):
+    """The checkpoint of an exported run's ``model.safetensors`` bytes: its weights and what rebuilds the model
+    (from the file's metadata), with no optimizer, position or random streams (``exported`` True)."""
+    from safetensors.torch import load
+
+    weights = load(data)
+    size = int.from_bytes(data[:8], "little")  # the header: its length in 8 bytes, then JSON with the metadata
+    metadata = json.loads(data[8 : 8 + size]).get("__metadata__", {})
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        return None
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "exported": True,
+        "config": json.loads(metadata["config"]),
+        "image_shape": json.loads(metadata["image_shape"]),
+        "num_classes": int(metadata["num_classes"]),
+        "label_counts": torch.tensor(json.loads(metadata["label_counts"]), dtype=torch.int64),
+        "model": {key: value.to(device) for key, value in weights.items()},
+        "optimizer": None,
+        "epoch": int(metadata["epoch"]),
+        "step": int(metadata["step"]),
+        "position": 0,
+        "loss_sum": 0.0,
+        "permutation": None,
+        "metrics": [],
+        "rng": {},
+    }
 
 
 def check_fields(state, path):
@@ -323,7 +370,7 @@ def check_fields(state, path):
             f"its weights {broken[0]!r}{f' and {len(broken) - 1} more' if len(broken) > 1 else ''} hold NaN "
             "or infinite values (training never saves those)"
         )
-    for key in ("torch", "data"):
+    for key in () if state.get("exported") else ("torch", "data"):  # an exported run keeps no random streams
         if not isinstance(state["rng"].get(key), torch.Tensor) or state["rng"][key].dtype != torch.uint8:
             raise damaged(f"its random state {key!r} is missing or not a byte tensor")
     if min(state["epoch"], state["step"], state["position"]) < 0:

@@ -1,0 +1,76 @@
+"""What a newcomer meets first: a version, the public API by name, a run exported as safetensors that every
+reading command takes, whole config descriptions, and output that reads well in a log."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_args
+
+import pyro_vae
+from pyro_vae import load_run
+from pyro_vae.cli import main
+
+
+def test_version_and_public_api(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-vae {pyro_vae.__version__}"
+    assert pyro_vae.__version__.count(".") == 2
+    names = dir(pyro_vae)
+    assert {"VAE", "train", "load_run", "importance_sample", "annealed_importance_sample", "__version__"} <= set(names)
+    assert all(hasattr(pyro_vae, name) for name in names)
+    changelog = (Path(__file__).parents[1] / "CHANGELOG.md").read_text()
+    assert f"## [{pyro_vae.__version__}]" in changelog
+
+
+def test_an_exported_run_is_read_as_the_run_and_cannot_resume(tiny, capsys):
+    main(cli_args("train", tiny, "--name", "a"))
+    run = Path(tiny["runs_root"]) / "a"
+    main(["export", str(run)])
+    out = run.with_name("a-export")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "config.toml",
+        "metrics.jsonl",
+        "model.safetensors",
+    ]
+    _, original = load_run(run)
+    _, exported = load_run(out)
+    assert original.state_dict().keys() == exported.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), exported.state_dict().values()))
+    main(["sample", str(out), "-n", "4"])
+    main(["evaluate", str(out), "-k", "10", "--limit", "5", "--quiet"])
+    assert json.loads((out / "eval.json").read_text())["checkpoint"]["epoch"] == 1
+    capsys.readouterr()
+    for argv, message in (
+        (["train", "--resume", str(out)], "is an exported run"),
+        (["export", str(run)], "exists; pass overwrite=True (--overwrite)"),
+        (["export", str(run), "--out", str(run)], "is the run folder itself"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    main(["export", str(run), "--overwrite"])  # replaces the export, whose evaluation goes with it
+    assert not (out / "eval.json").exists()
+
+
+def test_configs_show_whole_descriptions(capsys):
+    main(["configs"])
+    out = capsys.readouterr().out
+    assert "(3,280 passes). Dynamically binarized MNIST" in " ".join(out.split())
+
+
+def test_training_output_in_a_log_has_a_line_per_epoch_and_no_bar(tiny, capsys):
+    args = cli_args("train", tiny, "--name", "log", "--set", "train.epochs=2")
+    args.remove("--quiet")
+    main(args)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err  # no bar redrawn into the log
+    assert [line.split()[:2] for line in captured.out.splitlines() if line.startswith("epoch")] == [
+        ["epoch", "1"],
+        ["epoch", "2"],
+    ]
