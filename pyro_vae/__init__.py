@@ -11,7 +11,7 @@ before torch and Pyro load.
 
 import importlib
 
-__version__ = "0.2.0"
+from .version import __version__ as __version__
 
 _EXPORTS = {
     "Config": "runs.config",

@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
 from .errors import Interrupted, PyroVAEError, Reported
+from .version import __version__
 
 MAX_GRID = 1024  # samples in one picture; more go to a .npy array, written in batches
 MAX_K = 10**6  # importance samples per example (K = 5000 is the literature's)

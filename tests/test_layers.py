@@ -7,7 +7,7 @@ from pathlib import Path
 import pyro_vae
 
 PACKAGE = Path(pyro_vae.__file__).parent
-BASE = {"errors", "registry", "devices", "serial", "distributed", "workers"}
+BASE = {"errors", "registry", "devices", "serial", "distributed", "workers", "progress", "version"}
 LAYERS = {"base": 0, "model": 1, "infer": 2, "runs": 3, "report": 4, "training": 5, "benchmarks": 6, "cli": 7}
 
 

@@ -106,7 +106,7 @@ class SemiSupervisedVAE(VAE):
 
     @torch.no_grad()
     def decode(self, z, y=None):
-        """E[x|z,y] [..., B, *image_shape]; y [B] is needed: z alone does not say which class to draw."""
+        """E[x|z,y], of shape [..., B, *image_shape]; y [B] is needed: z alone does not say which class to draw."""
         if y is None:
             raise PyroVAEError("M2 decodes z with a label y: pass the labels to draw (the class) beside z (the style)")
         return self.target_mean(z, F.one_hot(y, self.spec.num_classes).to(z.dtype))

@@ -249,13 +249,13 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z, y=None):
-        """E[x|z,y] [..., B, *image_shape] for top latents z [..., B, z_dim] (the layers below at their
-        conditional means; labels y broadcast over the leading dims)."""
+        """E[x|z,y], of shape [..., B, *image_shape], for top latents z [..., B, z_dim] (the layers below at
+        their conditional means; labels y broadcast over the leading dims)."""
         c = None if y is None else F.one_hot(y, self.spec.num_classes).to(z.dtype)
         return self.target_mean(z, c)
 
     def target_mean(self, z, c):
-        """E[t|z,c] [..., B, *target_shape] for top latents z [..., B, z_dim] (width 0 without a latent) and the
+        """E[t|z,c], of shape [..., B, *target_shape], for top latents z [..., B, z_dim] (width 0 without a latent) and the
         condition c [B, cond_dim] (or None), the layers below z at their conditional means."""
         for layer in reversed(self.down):
             z = layer(z)[0]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from safetensors.torch import save
 
-from .. import __version__
 from ..errors import PyroVAEError
+from ..version import __version__
 from .files import atomic_write, os_error
 from .folders import WEIGHTS, WEIGHTS_FORMAT, load_checkpoint, open_run_dir, reading, run_config
 
