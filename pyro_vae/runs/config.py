@@ -110,6 +110,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     def to_dict(self):
+        """The config as nested dicts, one per section (what config.toml holds and ``config_from_dict`` reads)."""
         out = {}
         for name in SECTIONS:
             section = getattr(self, name)
