@@ -34,6 +34,16 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert {"pyro_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(report["evaluation"])
     printed = capsys.readouterr().out
     assert "ratio" in printed and "fixed cost per step" in printed
+    assert "batch 32, pyro / careful, float32: " in printed and "evaluator / plain estimate: " in printed
+    assert report["kind"] == "throughput" and report["machine"] and report["history"] == []
+    main(["bench", "--quick", "--out", str(out), "--device", "cpu"])  # a second run keeps the first beside it
+    again = json.loads(out.read_text())
+    assert [run["date"] for run in again["history"]] == [report["date"]]
+    assert again["history"][0]["matmul_flops_per_s"] == report["matmul_flops_per_s"]
+    (tmp_path / "notes.json").write_text("my notes")
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--quick", "--out", str(tmp_path / "notes.json"), "--device", "cpu"])
+    assert exit.value.code == 2 and (tmp_path / "notes.json").read_text() == "my notes"
 
 
 def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):

@@ -12,6 +12,7 @@ import ctypes
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -710,6 +711,48 @@ def compare_run(run_dir, num_samples, device):
     }
 
 
+def machine():
+    """The processor's name (Linux's /proc/cpuinfo; the platform's word elsewhere) and the threads torch uses."""
+    try:
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def earlier_runs(out):
+    """The reports an earlier ``bench.json`` at ``out`` holds, oldest first (none where there is no file), or a
+    one-line refusal where ``out`` is some other file: it is never overwritten."""
+    path = Path(out)
+    if not path.exists():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("history", []), list):
+        raise PyroVAEError(f"{out} exists and is not a pyro-vae bench.json; name another --out")
+    return [*earlier.pop("history", []), earlier]
+
+
+def record(out, report, kind):
+    """Write ``report`` (of the bench ``kind``) to ``out`` with its date and machine, the earlier runs the file
+    held kept under "history", so that runs on several days and machines sit side by side."""
+    report.update(kind=kind, date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), machine=machine())
+    atomic_write(out, json.dumps({**report, "history": earlier_runs(out)}, indent=2) + "\n")
+
+
+def verdict(ratio, quartiles=None):
+    """ "ahead", "level" or "behind" of a speed ratio (ours / the reference): ahead where its lower quartile
+    (the ratio itself without quartiles) is at least 1, behind where its upper quartile is below 1."""
+    low, high = quartiles or (ratio, ratio)
+    return "ahead" if low >= 1 else "behind" if high < 1 else "level within the quartiles"
+
+
 def config_throughput(config, overrides, device, quick, out):
     """The training throughput of ``config`` (a colour conv config, say) at its own batch size: the project's
     trainer against the plain and careful loops of ``TRAINING_VARIANTS``, float32 and bfloat16, as ratios."""
@@ -740,9 +783,21 @@ def config_throughput(config, overrides, device, quick, out):
         )
         + " (median [quartiles] of the repeats' ratios)"
     )
-    atomic_write(out, json.dumps(report, indent=2) + "\n")
+    print_verdicts(report["training"])
+    record(out, report, "config")
     print(f"wrote {out}")
     return report
+
+
+def print_verdicts(training):
+    """One line per ratio of ``training`` ({batch size: figures}): the figure, its quartiles and its verdict."""
+    for batch_size, r in training.items():
+        for label, key in (
+            ("pyro / careful, float32", "ratio_careful"),
+            ("pyro / careful, bfloat16", "ratio_careful_bf16"),
+        ):
+            low, high = r[f"{key}_quartiles"]
+            print(f"batch {batch_size}, {label}: {r[key]:.3f} [{low:.2f}–{high:.2f}]: {verdict(r[key], (low, high))}")
 
 
 def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier, semi=False):
@@ -797,6 +852,7 @@ def main(
     if overwrite and keep is None:
         raise PyroVAEError("--overwrite replaces the runs that --keep names; it needs --keep")
     make_folder(Path(out).parent)  # before minutes of measuring
+    earlier_runs(out)  # a file that is not a bench.json is refused now, not after them
     device = str(resolve_device(device))
     torch.manual_seed(0)
     if classifier or semi:
@@ -806,7 +862,7 @@ def main(
             else semi_supervised_speed(config or "mnist-m2", overrides, device, *((2, 3) if quick else ()))
         )
         print(json.dumps(result, indent=2))
-        atomic_write(out, json.dumps(result, indent=2) + "\n")
+        record(out, result, "discriminative" if classifier else "semi_supervised")
         return result
     if nproc is not None:
         if device == "cuda" and nproc > torch.cuda.device_count():
@@ -822,7 +878,7 @@ def main(
             f"speed-up {r['speedup']:.3f}, scaling efficiency {r['efficiency']:.3f} (batch {r['batch_size']}, "
             f"{r['train_examples']} examples, median of {r['epochs_timed']} epochs after the first)"
         )
-        atomic_write(out, json.dumps(r, indent=2) + "\n")
+        record(out, r, "scaling")
         return r
     if parity_epochs is not None or compare is not None:
         result = (
@@ -831,7 +887,7 @@ def main(
             else parity(parity_epochs, config, list(overrides), device, keep, overwrite)
         )
         print(json.dumps(result, indent=2))
-        atomic_write(out, json.dumps(result, indent=2) + "\n")
+        record(out, result, "compare_run" if compare else "parity")
         return result
     if config is not None:
         return config_throughput(config, list(overrides), device, quick, out)
@@ -903,6 +959,8 @@ def main(
         f"speed ratio {e['speed_ratio']:.3f}; "
         f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB"
     )
-    atomic_write(out, json.dumps(report, indent=2) + "\n")
+    print_verdicts(report["training"])
+    print(f"evaluator / plain estimate: {e['speed_ratio']:.3f}: {verdict(e['speed_ratio'])}")
+    record(out, report, "throughput")
     print(f"wrote {out}")
     return report
