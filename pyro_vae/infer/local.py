@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions import transform_to
 
 from ..errors import PyroVAEError
+from .importance import inspect_model
 
 
 class LocalPosterior(nn.Module):
@@ -89,7 +90,10 @@ class LocalPosterior(nn.Module):
         the last steps average the draws' noise out), each ELBO from ``num_particles``
         vectorized draws; the weights of the modules ``held`` (the model's networks) take no gradient.
         ``args`` are the model's (and guide's) arguments. ``progress``, if given, is called after each step."""
-        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        layout = inspect_model(
+            model, self.guide, args, {}
+        )  # the evaluator's contract, and the plates to vectorize over
+        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=layout.plate_nesting)
         loss = elbo(model, self.guide)  # the ELBO as an nn.Module: the negative ELBO, differentiable
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1 / max(steps, 1)))
