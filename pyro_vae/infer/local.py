@@ -17,7 +17,6 @@ import math
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions import TransformedDistribution
 from pyro.distributions.transforms.planar import ConditionedPlanar
 from pyro.infer import Trace_ELBO
@@ -90,17 +89,13 @@ class LocalPosterior(nn.Module):
         the last steps average the draws' noise out), each ELBO from ``num_particles``
         vectorized draws; the weights of the modules ``held`` (the model's networks) take no gradient.
         ``args`` are the model's (and guide's) arguments. ``progress``, if given, is called after each step."""
-        layout = inspect_model(
-            model, self.guide, args, {}
-        )  # the evaluator's contract, and the plates to vectorize over
+        # The evaluator's contract and the plates to vectorize over. Its run of the model also registers the
+        # model's weights with Pyro's param store (which turns their gradients on), so they are held after it.
+        layout = inspect_model(model, self.guide, args, {})
         elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=layout.plate_nesting)
         loss = elbo(model, self.guide)  # the ELBO as an nn.Module: the negative ELBO, differentiable
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1 / max(steps, 1)))
-        with (
-            torch.no_grad()
-        ):  # Pyro's param store registers the model's weights on first sight, and turns on their gradients
-            poutine.trace(model).get_trace(*args)
         weights = [p for module in held for p in module.parameters() if p.requires_grad]
         try:
             for p in weights:
