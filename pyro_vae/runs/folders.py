@@ -64,7 +64,7 @@ PICTURES = (
 RUN_FILES = (
     "config.toml",
     "checkpoint.pt",
-    "model.safetensors",
+    WEIGHTS,
     "metrics.jsonl",
     "eval*.json",
     "eval*_examples.csv",
