@@ -16,6 +16,7 @@ from .version import __version__ as __version__
 _EXPORTS = {
     "Config": "runs.config",
     "ImportanceEstimate": "infer.importance",
+    "ImportanceSampler": "infer.importance",
     "LocalPosterior": "infer.local",
     "PyroVAEError": "errors",
     "VAE": "model.vae",

@@ -307,9 +307,11 @@ class Trainer:
                 problem = f"tracing failed ({type(error).__name__}: {first_line})"
             finally:
                 self.loss.elbo = self.eager_elbo
+        # the gradients agree to 10⁻³ of their norm, or to one rounding of the step's precision where that is coarser
+        tolerance = max(1e-3, torch.finfo(self.precision).eps) if self.precision is not None else 1e-3
         if problem is None and not math.isclose(*losses, rel_tol=1e-4, abs_tol=1e-2):
             problem = f"the traced loss {losses[0]:.6g} differs from the eager loss {losses[1]:.6g} on the same draws"
-        elif problem is None and (gradients[0] - gradients[1]).norm() > 1e-3 * gradients[1].norm() + 1e-6:
+        elif problem is None and (gradients[0] - gradients[1]).norm() > tolerance * gradients[1].norm() + 1e-6:
             ratio = (gradients[0].norm() / gradients[1].norm()).item()
             problem = (
                 f"the traced gradient differs from the eager one on the same draws (norm {ratio:.3g}× the eager one's)"

@@ -31,10 +31,15 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert set(report["matmul_flops_per_s_after"]) == {"float32", "bfloat16"}
     assert set(report["fixed_cost"]) == {"pyro_seconds_per_step", "careful_seconds_per_step"}
     assert all(0 < seconds < 1 for seconds in report["fixed_cost"].values())
-    assert {"pyro_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(report["evaluation"])
+    assert {"pyro_seconds", "pyro_batched_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(
+        report["evaluation"]
+    )
     printed = capsys.readouterr().out
     assert "ratio" in printed and "fixed cost per step" in printed
-    assert "batch 32, pyro / careful, float32: " in printed and "evaluator / plain estimate: " in printed
+    assert (
+        "batch 32, pyro / careful, float32: " in printed
+        and "evaluator (one stream per example) / plain estimate: " in printed
+    )
     assert report["kind"] == "throughput" and report["machine"] and report["history"] == []
     main(["bench", "--quick", "--out", str(out), "--device", "cpu"])  # a second run keeps the first beside it
     again = json.loads(out.read_text())

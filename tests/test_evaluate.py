@@ -635,3 +635,50 @@ def test_measured_chunk_size_keeps_the_peak_within_the_budget():
             result = importance_sample(vae.model, vae.guide, x, num_samples=400, memory=budget)
     assert result.log_likelihood.isfinite().all()
     assert heap.peak - base <= budget, (heap.peak - base) / 2**20
+
+
+class TinyPair(torch.nn.Module):
+    """A user's model/guide pair in float32, networks of its own: p(z) N(x; W z + b, σ²) and q(z|x) from a
+    linear encoder; with ``python_scale`` the model's σ is a Python number read from the drawn z."""
+
+    def __init__(self, python_scale=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.decoder, self.encoder, self.python_scale = torch.nn.Linear(2, 5), torch.nn.Linear(5, 4), python_scale
+
+    def model(self, x):
+        pyro.module("tiny_pair", self)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", pyro.distributions.Normal(torch.zeros(len(x), 2), 1.0).to_event(1))
+            scale = 1.0 + float(z.detach().abs().max()) if self.python_scale else 1.0
+            pyro.sample("x", pyro.distributions.Normal(self.decoder(z), scale).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("tiny_pair", self)
+        with pyro.plate("data", len(x)):
+            loc, raw = self.encoder(x).chunk(2, -1)
+            pyro.sample("z", pyro.distributions.Normal(loc, torch.nn.functional.softplus(raw)).to_event(1))
+
+
+@pytest.mark.parametrize("python_scale", [False, True])
+def test_the_compiled_sampler_gives_the_eager_estimate_bit_for_bit_or_stands_aside(python_scale):
+    from pyro_vae.infer.importance import ImportanceSampler
+
+    pair = TinyPair(python_scale)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    compiled = ImportanceSampler(pair.model, pair.guide, (x[:1],), {}, num_samples=70, chunk_size=16, jit=True)
+    eager = ImportanceSampler(pair.model, pair.guide, (x[:1],), {}, num_samples=70, chunk_size=16, jit=False)
+    for i in range(len(x)):  # one example after another, each from its own stream, as ``evaluate`` runs them
+        results = []
+        for sampler in (compiled, eager):
+            torch.manual_seed(i)
+            results.append(sampler.estimate(x[i : i + 1]))
+            results.append(torch.rand(()))  # where each leaves the stream
+        for name in ("log_likelihood", "elbo", "ess", "pareto_k"):
+            assert torch.equal(getattr(results[0], name), getattr(results[2], name))
+        assert torch.equal(results[1], results[3])
+    # chunks of 16 and the last of 6: a graph for each, used where it reproduced the eager weights
+    assert sorted(compiled.compiled) == [6, 16]
+    # a σ read from the draws as a Python number is frozen into a traced graph: the check turns it away
+    assert all((graph is None) == python_scale for graph in compiled.compiled.values())
+    assert not eager.compiled

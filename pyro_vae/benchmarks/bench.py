@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from ..devices import resolve_device
 from ..errors import PyroVAEError
-from ..infer.importance import importance_sample, inspect_model, measured_chunk_size
+from ..infer.importance import ImportanceSampler, importance_sample, inspect_model, measured_chunk_size
 from ..model.networks import activation_class, mlp
+from ..report.evaluation import example_seed
 from ..runs.config import load_config, to_toml
 from ..runs.datasets import load_data
 from ..runs.experiment import build, expand
@@ -353,21 +354,33 @@ def fixed_cost(config_overrides, repeats, steps, device):
 
 
 def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device):
-    """Seconds (medians of interleaved repeats) and peak extra memory (one further run each) of
-    importance_sample against plain_log_likelihood at K = num_samples."""
+    """Seconds (medians of interleaved repeats) and peak extra memory (one further run each) of the project's
+    evaluator against ``plain_log_likelihood`` at K = ``num_samples`` on ``num_examples`` examples: "pyro" as
+    ``pyro-vae evaluate`` runs it, one example after another, each from its own random stream, through one
+    ``ImportanceSampler`` set up on the first; "pyro_batched", ``importance_sample`` on all of them at once from
+    one stream; "plain", the hand-written estimate on all of them at once, in the chunks ``importance_sample``
+    chooses for the batch."""
     experiment = build(load_config(None, config_overrides), device)
     vae, x = experiment.vae.eval(), experiment.test_x[:num_examples]
     chunk_size = measured_chunk_size(
         vae.model, vae.guide, (x,), {}, inspect_model(vae.model, vae.guide, (x,), {}), num_samples
     )
 
-    def project():
+    def per_example():
+        sampler = ImportanceSampler(vae.model, vae.guide, (x[:1],), {}, num_samples, calls=len(x))  # as evaluate
+        estimates = []
+        for i in range(len(x)):
+            torch.manual_seed(example_seed(0, i))
+            estimates.append(sampler.estimate(x[i : i + 1]).log_likelihood)
+        return torch.cat(estimates)
+
+    def batched():
         return importance_sample(vae.model, vae.guide, x, num_samples=num_samples).log_likelihood
 
     def plain():
         return plain_log_likelihood(vae, x, num_samples, chunk_size)
 
-    variants = {"pyro": project, "plain": plain}
+    variants = {"pyro": per_example, "pyro_batched": batched, "plain": plain}
     times, memory, values = {name: [] for name in variants}, {}, {}
     for _ in range(repeats):
         for name, fn in variants.items():
@@ -380,14 +393,16 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
         with PeakMemory(vae.device) as peak:
             fn()
         memory[name] = peak.extra
-    pyro_s, plain_s = statistics.median(times["pyro"]), statistics.median(times["plain"])
+    seconds = {name: statistics.median(t) for name, t in times.items()}
     return {
         "num_samples": num_samples,
         "num_examples": num_examples,
         "chunk_size": chunk_size,
-        "pyro_seconds": pyro_s,
-        "plain_seconds": plain_s,
-        "speed_ratio": plain_s / pyro_s,
+        "pyro_seconds": seconds["pyro"],
+        "pyro_batched_seconds": seconds["pyro_batched"],
+        "plain_seconds": seconds["plain"],
+        "speed_ratio": seconds["plain"] / seconds["pyro"],
+        "batched_speed_ratio": seconds["plain"] / seconds["pyro_batched"],
         "flops": num_examples * (forward_flops(vae.encoder) + num_samples * forward_flops(vae.decoder)),
         "pyro_peak_extra_mb": memory["pyro"] / 2**20,
         "plain_peak_extra_mb": memory["plain"] / 2**20,
@@ -954,13 +969,14 @@ def main(
     )
     e = report["evaluation"]
     print(
-        f"log p(x), K={e['num_samples']}, {e['num_examples']} examples, chunk {e['chunk_size']}: "
-        f"pyro {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit), plain {e['plain_seconds']:.2f} s, "
-        f"speed ratio {e['speed_ratio']:.3f}; "
+        f"log p(x), K={e['num_samples']}, {e['num_examples']} examples: pyro, one example after another as evaluate "
+        f"runs them, {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit); pyro on all at once "
+        f"{e['pyro_batched_seconds']:.2f} s; plain on all at once, chunk {e['chunk_size']}, {e['plain_seconds']:.2f} s; "
+        f"speed ratios {e['speed_ratio']:.3f} and {e['batched_speed_ratio']:.3f}; "
         f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB"
     )
     print_verdicts(report["training"])
-    print(f"evaluator / plain estimate: {e['speed_ratio']:.3f}: {verdict(e['speed_ratio'])}")
+    print(f"evaluator (one stream per example) / plain estimate: {e['speed_ratio']:.3f}: {verdict(e['speed_ratio'])}")
     record(out, report, "throughput")
     print(f"wrote {out}")
     return report

@@ -18,7 +18,6 @@ from torch import nn
 
 from ..errors import PyroVAEError
 from ..registry import Range, Registry
-from .ops import bernoulli_log_mass, log_sigmoid
 
 LIKELIHOODS = Registry("likelihood")
 
@@ -54,10 +53,19 @@ class Likelihood(nn.Module):
         return mean if len(self.image_shape) == 1 else mean.clamp(0, 1)
 
 
+def bernoulli_log_mass(logits, x):
+    """log p(x) of Bernoulli(σ(logits)) at x ∈ {0, 1}, elementwise, x broadcast against logits (say x [B, …]
+    against logits [K, B, …]): log σ(t) = −log(1 + e⁻ᵗ), t = logits·(2x − 1), exact and stable. Where a gradient
+    is taken, as −binary_cross_entropy_with_logits (one fused kernel each way, which TorchScript differentiates
+    natively); without one, as logsigmoid(t) (two passes, where the cross-entropy takes more)."""
+    if torch.is_grad_enabled() and (logits.requires_grad or x.requires_grad):
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+    return F.logsigmoid(logits * (2 * x - 1))
+
+
 class LogitBernoulli(dist.Bernoulli):
-    """Bernoulli(logits) with log p(x) = log σ(t) = −log(1 + e⁻ᵗ), t = logits·(2x − 1), for x ∈ {0, 1}:
-    exact and stable, ``ops.bernoulli_log_mass`` over the [particles, B, pixels] tensors (vectorized
-    kernels only, where PyTorch's log-sigmoid and softplus are not on the CPU)."""
+    """Bernoulli(logits) whose log p(x) at x ∈ {0, 1} is ``bernoulli_log_mass``: computed from logits
+    broadcast over the [particles, B, pixels] tensors, without Pyro's expand of x to their shape."""
 
     def log_prob(self, value):
         if self._validate_args:
@@ -189,8 +197,8 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
         half = 0.5 / (self.num_bins - 1)
         upper = (value + half - self.loc) / self.scale
         lower = (value - half - self.loc) / self.scale
-        log_cdf_upper = log_sigmoid(upper)
-        log_sf_lower = log_sigmoid(-lower)
+        log_cdf_upper = F.logsigmoid(upper)
+        log_sf_lower = F.logsigmoid(-lower)
         # σ(u) − σ(l) = σ(u) σ(−l) (1 − e^{l−u}): stable in both tails
         log_mass = log_cdf_upper + log_sf_lower + torch.log(-torch.expm1(lower - upper))
         log_mass = torch.where(value < half, log_cdf_upper, log_mass)

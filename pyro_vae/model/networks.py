@@ -15,11 +15,10 @@ from torch import nn
 
 from ..errors import PyroVAEError
 from ..registry import Range, Registry, Size
-from .ops import Softplus
 from .posteriors import GaussianHead
 
 NETWORKS = Registry("network")
-ACTIVATIONS = {"relu": nn.ReLU, "softplus": Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def activation_class(name):

@@ -17,6 +17,7 @@ import math
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
 from pyro import distributions as dist
 from pyro.distributions import constraints
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
@@ -25,7 +26,6 @@ from torch import nn
 
 from ..errors import PyroVAEError
 from ..registry import Range, Registry, Size
-from .ops import softplus
 
 POSTERIORS = Registry("posterior")
 
@@ -78,7 +78,7 @@ class GaussianHead(nn.Module):
 
     def forward(self, h):
         loc, raw_scale = self.linear(h).chunk(2, dim=-1)
-        return loc, softplus(raw_scale.float()) + 1e-4
+        return loc, F.softplus(raw_scale.float()) + 1e-4
 
     def distribution(self, loc, scale, reparameterize=True):
         """N(loc, diag(scale²)), drawn by reparameterization (or, where not, for the score-function estimator)."""
@@ -122,7 +122,7 @@ class FullCovariance(nn.Module):
         out = self.linear(h).float()
         loc, raw_diagonal, below = out.split([self.z_dim, self.z_dim, out.shape[-1] - 2 * self.z_dim], dim=-1)
         lower = below.new_zeros(*below.shape[:-1], self.z_dim**2).index_copy(-1, self.below, below)
-        return loc, lower.unflatten(-1, (self.z_dim, self.z_dim)) + torch.diag_embed(softplus(raw_diagonal) + 1e-4)
+        return loc, lower.unflatten(-1, (self.z_dim, self.z_dim)) + torch.diag_embed(F.softplus(raw_diagonal) + 1e-4)
 
     def distribution(self, loc, scale_tril, reparameterize=True):
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
@@ -168,7 +168,7 @@ class InverseAutoregressiveFlow(nn.Module):
 
     def forward(self, h):
         loc, raw_scale, context = self.linear(h).float().split([self.z_dim, self.z_dim, self.context], dim=-1)
-        return loc, softplus(raw_scale) + 1e-4, context
+        return loc, F.softplus(raw_scale) + 1e-4, context
 
     def distribution(self, loc, scale, context, reparameterize=True):
         base = dist.Normal(loc, scale).to_event(1)

@@ -20,11 +20,11 @@ from ..infer.ais import annealed_importance_sample
 from ..infer.classifier import class_log_posterior, labels_repeated, summed_over_labels
 from ..infer.importance import (
     PARETO_K_WARNING,
+    ImportanceSampler,
     check_chunk_size,
     estimate_of_weights,
     importance_sample,
     inspect_model,
-    measured_chunk_size,
 )
 from ..infer.local import LocalPosterior
 from ..model.conditions import CONDITIONS
@@ -220,19 +220,19 @@ def _evaluate_run(
             f"{run_dir} is M2, whose label is a latent that AIS does not move: use importance sampling "
             "(--method is), which sums the label out"
         )
-    if method == "is":
-        layout = inspect_model(vae.model, vae.guide, args(0), {})
-        if chunk_size is None:
-            chunk_size = measured_chunk_size(vae.model, vae.guide, args(0), {}, layout, num_samples)
-        else:
-            check_chunk_size(vae.model, vae.guide, args(0), {}, layout, chunk_size, num_samples)
-        if refine:
-            vae.posterior_params(*args(0))  # refuses a model without one latent to fit
     if refine or method == "ais":  # whole blocks to each rank
         first, last = world.shard(0, math.ceil(len(x) / BLOCK))
         begin, end = first * BLOCK, min(last * BLOCK, len(x))
     else:
         begin, end = world.shard(0, len(x))
+    if method == "is":  # set up once, on example 0, for this rank's examples (compiled where that pays and checks out)
+        sampler = ImportanceSampler(
+            vae.model, vae.guide, args(0), {}, num_samples, chunk_size, jit=False if refine else None, calls=end - begin
+        )
+        if chunk_size is not None:
+            check_chunk_size(vae.model, vae.guide, args(0), {}, sampler.layout, chunk_size, num_samples)
+        if refine:
+            vae.posterior_params(*args(0))  # refuses a model without one latent to fit
     started = time.perf_counter()
     results, chains, acceptance = [], [], []
     weights = num_samples * (vae.spec.num_classes if latent_label else 1)  # importance weights per example
@@ -269,6 +269,9 @@ def _evaluate_run(
                 acceptance.append(accepted.cpu())
                 continue
             local = None
+            if method == "is":  # the contract's checks of the observed values, for the block's examples at once
+                with torch.no_grad():
+                    inspect_model(vae.model, vae.guide, args(start, stop - start), {})
             if refine:
                 torch.manual_seed(example_seed(seed, BLOCK_STREAMS + start // BLOCK))
                 block = args(start, stop - start)
@@ -276,10 +279,18 @@ def _evaluate_run(
                 local.fit(vae.model, *block, steps=refine, held=[vae])
             for i in range(start, stop):
                 torch.manual_seed(example_seed(seed, i))
-                guide = vae.guide if local is None else local.rows(slice(i - start, i - start + 1))
-                estimate = importance_sample(
-                    vae.model, guide, *args(i), num_samples=num_samples, chunk_size=chunk_size, progress=bar.update
-                )
+                if local is None:
+                    estimate = sampler.estimate(*args(i), progress=bar.update)
+                else:
+                    estimate = importance_sample(
+                        vae.model,
+                        local.rows(slice(i - start, i - start + 1)),
+                        *args(i),
+                        num_samples=num_samples,
+                        chunk_size=sampler.chunk_size,
+                        progress=bar.update,
+                        jit=False,
+                    )
                 generative = None
                 if latent_label:
                     estimate, log_joint = summed_over_labels(estimate, vae.spec.num_classes)
