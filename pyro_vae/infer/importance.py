@@ -176,6 +176,7 @@ class ImportanceSampler:
         return self.eager(args, num_particles) if graph is None else graph(*args)
 
     def eager(self, args, num_particles):
+        """log wₖ [num_particles, B] by Pyro's handlers, uncompiled (``log_weights``)."""
         with pyro.validation_enabled(False):  # inspect_model checked the model once with validation as set
             return log_weights(self.model, self.guide, args, self.kwargs, num_particles, self.layout)
 

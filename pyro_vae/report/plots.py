@@ -371,9 +371,13 @@ def inference_gaps(means, columns, family, path):
         (f"L[q*] {family}", means["elbo_fitted"]),
         ("L[q] encoder", means["elbo_encoder"]),
     ]
+    values = [value for _, value in levels]
+    spacing = 0.06 * (max(values) - min(values))  # labels of close levels kept apart, in the levels' order
+    label_at = float("inf")
     for i, (name, value) in enumerate(levels):
         ladder.hlines(value, 0, 1, color=f"C{i}", lw=2)
-        ladder.text(1.02, value, f"{name}  {value:.2f}", va="center", fontsize=9)
+        label_at = min(value, label_at - spacing)
+        ladder.text(1.02, label_at, f"{name}  {value:.2f}", va="center", fontsize=9, color=f"C{i}")
     top, fitted, bottom = means["log_likelihood"], means["elbo_fitted"], means["elbo_encoder"]
     ladder.annotate("", (0.3, fitted), (0.3, top), arrowprops={"arrowstyle": "<->"})
     ladder.text(0.32, (top + fitted) / 2, f"approximation {top - fitted:.2f}", va="center", fontsize=9)
