@@ -119,7 +119,9 @@ class ImportanceSampler:
     with ``jit`` each chunk size's log-weights [chunk, B] traced into one TorchScript graph by
     Pyro's JIT (``pyro.ops.jit.trace``). A graph is traced on a forked random stream, then run beside the eager
     log-weights from the same draws: it is used only where the two agree bit for bit and draw the same numbers,
-    so an estimate is the same with the JIT or without; else the chunks stay eager. The arguments must all be
+    so an estimate is the same with the JIT or without; else the chunks stay eager. The check runs on the first
+    arguments of each chunk size, so, as with the trainer's JIT, a model whose Python branches depend on the
+    data's values (not on the draws, which the check catches) needs ``jit=False``. The arguments must all be
     tensors for the JIT (``kwargs``, fixed here, are not traced). ``jit`` None: on where the ``calls`` estimates
     to come will run ``JIT_CHUNKS`` chunks or more in all."""
 
