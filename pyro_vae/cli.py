@@ -107,6 +107,12 @@ def parser():
         help="with --method is: N steps of per-example SVI on the encoder's q(z|x) before sampling (a tighter proposal)",
     )
     evaluate.add_argument(
+        "--no-jit",
+        action="store_true",
+        help="with --method is: never compile the chunks' log-weights (for a model whose Python branches depend on "
+        "the data's values; the JIT is otherwise used only where it reproduces the eager weights bit for bit)",
+    )
+    evaluate.add_argument(
         "--distributions", type=int, default=1000, metavar="T", help="with --method ais: intermediate distributions"
     )
     evaluate.add_argument(
@@ -355,6 +361,7 @@ def run_evaluate(args):
         method=args.method,
         num_distributions=args.distributions,
         leapfrog_steps=args.leapfrog,
+        jit=not args.no_jit,
     )
     if not world.main:
         return

@@ -45,6 +45,16 @@ def test_train_writes_a_complete_run_and_resume_continues(tiny):
     assert "epochs = 3" in (folder / "config.toml").read_text()
 
 
+def test_evaluate_compiles_only_what_reproduces_the_eager_estimates_and_no_jit_turns_it_off(tiny):
+    main(cli_args("train", tiny, "--name", "j"))
+    folder = run_dir(tiny, "j")
+    tables = []
+    for flags in ([], ["--no-jit"]):  # 30 examples × 10 chunks: compiled by default, eager with --no-jit
+        main(["evaluate", str(folder), "-k", "50", "--limit", "30", "--chunk-size", "5", "--quiet", *flags])
+        tables.append((folder / "eval_examples.csv").read_text())
+    assert tables[0] == tables[1]
+
+
 def test_evaluate_and_sample(tiny, capsys):
     main(cli_args("train", tiny, "--name", "e"))
     folder = run_dir(tiny, "e")

@@ -144,6 +144,7 @@ def evaluate_run(
     method="is",
     num_distributions=1000,
     leapfrog_steps=10,
+    jit=True,
 ):
     """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
     <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
@@ -154,7 +155,8 @@ def evaluate_run(
     ``refine`` = N > 0, from each example's own q of the same family after N steps of per-example SVI
     started at the encoder's output (``infer/local.py``). "ais": annealed importance sampling
     (``infer/ais.py``) with K = ``num_samples`` chains from the prior, ``num_distributions`` intermediate
-    distributions and HMC transitions of ``leapfrog_steps`` leapfrog steps.
+    distributions and HMC transitions of ``leapfrog_steps`` leapfrog steps. ``jit`` False: the importance
+    sampler's chunks are never compiled (``ImportanceSampler``; by default they are where that pays).
 
     Example i's K samples come from a random stream seeded by (``seed``, i), so its estimate is the same
     whichever process scores it; where examples are refined or annealed together, in blocks of
@@ -182,6 +184,7 @@ def evaluate_run(
             method,
             num_distributions,
             leapfrog_steps,
+            jit,
         )
 
 
@@ -200,6 +203,7 @@ def _evaluate_run(
     method,
     num_distributions,
     leapfrog_steps,
+    jit,
 ):
     if limit is not None and limit < 1:
         raise PyroVAEError(f"--limit must be positive, got {limit}")
@@ -227,7 +231,14 @@ def _evaluate_run(
         begin, end = world.shard(0, len(x))
     if method == "is":  # set up once, on example 0, for this rank's examples (compiled where that pays and checks out)
         sampler = ImportanceSampler(
-            vae.model, vae.guide, args(0), {}, num_samples, chunk_size, jit=False if refine else None, calls=end - begin
+            vae.model,
+            vae.guide,
+            args(0),
+            {},
+            num_samples,
+            chunk_size,
+            jit=None if jit and not refine else False,
+            calls=end - begin,
         )
         if chunk_size is not None:
             check_chunk_size(vae.model, vae.guide, args(0), {}, sampler.layout, chunk_size, num_samples)
