@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..devices import resolve_device
 from ..errors import PyroVAEError
-from ..infer.importance import ImportanceSampler, importance_sample, inspect_model, measured_chunk_size
+from ..infer.importance import ImportanceSampler, importance_sample
 from ..model.networks import activation_class, mlp
 from ..report.evaluation import example_seed
 from ..runs.config import load_config, to_toml
@@ -362,9 +362,7 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     chooses for the batch."""
     experiment = build(load_config(None, config_overrides), device)
     vae, x = experiment.vae.eval(), experiment.test_x[:num_examples]
-    chunk_size = measured_chunk_size(
-        vae.model, vae.guide, (x,), {}, inspect_model(vae.model, vae.guide, (x,), {}), num_samples
-    )
+    chunk_size = ImportanceSampler(vae.model, vae.guide, (x,), {}, num_samples).chunk_size  # the batch's chunks
 
     def per_example():
         sampler = ImportanceSampler(vae.model, vae.guide, (x[:1],), {}, num_samples, calls=len(x))  # as evaluate
