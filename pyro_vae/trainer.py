@@ -13,7 +13,8 @@ rank steps with the gradient of the global batch's −ELBO, exactly as one proce
 The latent noise differs between ranks (rank r's stream is seeded from ``train.seed`` and r).
 
 Where ``objective.jit`` is on (the default) steps run Pyro's JIT-compiled ELBO once it has been
-traced and checked against the eager one, and eager steps cover a β warm-up. After every epoch the
+traced and checked against the eager one, and eager steps cover a β warm-up; ``objective.compile`` runs
+the ELBO compiled by inductor instead, on full batches. After every epoch the
 test ELBO per example is logged and rank 0 writes a checkpoint atomically; SIGINT/SIGTERM on any
 rank stop every rank after the same step, with a checkpoint; ``--resume`` continues bit-identically
 on the CPU with the same number of processes. Pictures are drawn by ``train`` after training.
@@ -35,6 +36,7 @@ from . import distributed
 from .devices import allocation_line, forked_rng, free_memory, resolve_device
 from .distributed import World
 from .errors import Interrupted, PyroVAEError
+from .infer.compiled import CompiledTrace_ELBO
 from .infer.objectives import OBJECTIVES, SemiSupervisedLoss, VAELoss
 from .infer.optim import adam, load_adam_state
 from .infer.schedules import SCHEDULES
@@ -85,9 +87,8 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)  # data order and binarization
         self.precision = PRECISIONS[config.train.precision]  # the steps' networks only: test figures stay float32
         options = config.objective.options
-        self.eager_elbo = OBJECTIVES.build(
-            config.objective.name, {**options, "jit": False} if "jit" in options else options
-        )
+        compiling = {key: False for key in ("jit", "compile") if key in options}
+        self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, **compiling})
         self.semi_supervised = self.vae.conditioning.latent_label
         if self.semi_supervised:  # Kingma et al.'s M2: labelled and unlabelled examples, a classification term
             self.labelled = torch.nonzero(self.train_y >= 0).flatten()
@@ -96,7 +97,9 @@ class Trainer:
             self.loss = VAELoss(self.vae, self.eager_elbo)
         self.check_step_memory()
         self.jit_elbo = (
-            self.checked_jit(OBJECTIVES.build(config.objective.name, options)) if options.get("jit") else None
+            self.checked_jit(OBJECTIVES.build(config.objective.name, options))
+            if options.get("jit") or options.get("compile")
+            else None
         )
         self.optimizer = adam(self.vae, config.train.lr, config.train.adam_eps)
         self.schedule = SCHEDULES.build(config.schedule.name, config.schedule.options)
@@ -272,9 +275,10 @@ class Trainer:
             )
 
     def checked_jit(self, elbo):
-        """``elbo``, the JIT objective, traced here at the final β on the first training batch, then checked
-        on a batch of other examples and another size: from the same random draws, the traced and the
-        eager objective must give the same loss and the same gradient. None, with a warning, where tracing fails or the losses
+        """``elbo``, the JIT or compiled objective, traced here at the final β on the first training batch,
+        then checked on a batch of other examples, of another size for the JIT (whose one graph serves every
+        size) and of the same size for the compiled objective (a graph per shape): from the same random draws,
+        the traced and the eager objective must give the same loss and the same gradient. None, with a warning, where tracing fails or the losses
         differ (say, a component whose Python control flow or Python numbers depend on tensor values),
         and training stays eager. Runs under a forked RNG and leaves no gradients behind, so a resumed
         run stays bit-identical to an uninterrupted one."""
@@ -282,7 +286,8 @@ class Trainer:
         size = min(self.config.train.batch_size, n)
         generator = torch.Generator(self.device).manual_seed(TEST_SEED)
         traced = self.batch(torch.arange(size, device=self.device), generator)
-        checked = self.batch(torch.arange(n - max(self.world.size, size // 2), n, device=self.device), generator)
+        checked_size = size if isinstance(elbo, CompiledTrace_ELBO) else max(self.world.size, size // 2)
+        checked = self.batch(torch.arange(n - checked_size, n, device=self.device), generator)
         beta, losses, gradients, problem = self.config.train.beta, [], [], None
         params = [p for p in self.vae.parameters() if p.requires_grad]
         with forked_rng(self.device), warnings.catch_warnings():
@@ -318,8 +323,10 @@ class Trainer:
             )
         if problem is not None:
             if self.world.main:
+                option = "compile" if isinstance(elbo, CompiledTrace_ELBO) else "jit"
                 warnings.warn(
-                    f"objective.jit: {problem}; training without JIT (objective.jit=false skips this attempt)",
+                    f"objective.{option}: {problem}; training without {option.upper()} "
+                    f"(objective.{option}=false skips this attempt)",
                     stacklevel=3,
                 )
             return None
@@ -329,11 +336,12 @@ class Trainer:
         """One step on the global batch of training examples ``index``: this rank's shard's −ELBO times N
         backpropagated (DDP averages the N gradients into the global batch's), clipping, Adam. Returns
         this rank's −ELBO (a 0-dim tensor). The JIT objective runs once β has reached its final value
-        (it was traced at that β)."""
+        (it was traced at that β); the compiled one, on full batches only (its graph has their shape)."""
         beta = self.beta()
-        self.loss.elbo = (
-            self.jit_elbo if self.jit_elbo is not None and beta == self.config.train.beta else self.eager_elbo
-        )
+        traced = self.jit_elbo is not None and beta == self.config.train.beta
+        if isinstance(self.jit_elbo, CompiledTrace_ELBO):
+            traced = traced and len(index) == min(self.config.train.batch_size, len(self.train_x))
+        self.loss.elbo = self.jit_elbo if traced else self.eager_elbo
         args = self.batch(index, self.generator)
         with (
             pyro.validation_enabled(False),

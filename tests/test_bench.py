@@ -14,22 +14,24 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(["bench", "--quick", "--out", str(out), "--device", "cpu"])
     report = json.loads(out.read_text())
-    variants = ("pyro", "pyro_bf16", "plain", "careful", "careful_bf16")
+    variants = ("pyro", "pyro_bf16", "compiled", "compiled_bf16", "plain", "careful", "careful_bf16")
+    ratios = ("careful", "careful_bf16", "plain", "careful_compiled", "careful_bf16_compiled")
     assert set(report["training"]["32"]) == {
         *(f"{v}_images_per_s" for v in variants),
         *(f"{v}_share_of_limit" for v in variants),
-        "ratio_careful",
-        "ratio_careful_bf16",
-        "ratio_plain",
+        *(f"ratio_{r}" for r in ratios),
+        *(f"ratio_{r}_quartiles" for r in ratios),
         "pyro_uses_jit",
-        "ratio_careful_quartiles",
-        "ratio_careful_bf16_quartiles",
-        "ratio_plain_quartiles",
+        "compiled_in_use",
     }
-    assert report["training"]["32"]["pyro_uses_jit"] is True
+    assert report["training"]["32"]["pyro_uses_jit"] is True and report["training"]["32"]["compiled_in_use"] is True
     assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]
     assert set(report["matmul_flops_per_s_after"]) == {"float32", "bfloat16"}
-    assert set(report["fixed_cost"]) == {"pyro_seconds_per_step", "careful_seconds_per_step"}
+    assert set(report["fixed_cost"]) == {
+        "pyro_seconds_per_step",
+        "compiled_seconds_per_step",
+        "careful_seconds_per_step",
+    }
     assert all(0 < seconds < 1 for seconds in report["fixed_cost"].values())
     assert {"pyro_seconds", "pyro_batched_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(
         report["evaluation"]
@@ -38,6 +40,8 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert "ratio" in printed and "fixed cost per step" in printed
     assert (
         "batch 32, pyro / careful, float32: " in printed
+        and "batch 32, compiled / careful, bfloat16: " in printed
+        and "fixed cost, compiled / careful: " in printed
         and "evaluator (one stream per example) / plain estimate: " in printed
     )
     assert report["kind"] == "throughput" and report["machine"] and report["history"] == []

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..devices import resolve_device
 from ..errors import PyroVAEError
 from ..infer.importance import ImportanceSampler, importance_sample
+from ..infer.objectives import OBJECTIVES
 from ..model.networks import activation_class, mlp
 from ..report.evaluation import example_seed
 from ..runs.config import load_config, to_toml
@@ -287,9 +288,27 @@ BATCH_SIZES = (128, 256, 1024)  # the training step's batch sizes; the matrix-pr
 TRAINING_VARIANTS = {  # name → what it is, for the printed table
     "pyro": "the project's trainer, default (float32, JIT)",
     "pyro_bf16": "the project's trainer, train.precision = bfloat16",
+    "compiled": "the project's trainer, objective.compile = true (inductor)",
+    "compiled_bf16": "the project's trainer, objective.compile = true, train.precision = bfloat16",
     "plain": "naive plain loop: the project's modules, torch.bernoulli, default Adam",
     "careful": "careful plain loop: plain modules (an MLP flattened), our data path, fused Adam, float32",
     "careful_bf16": "the careful loop under torch.autocast(bfloat16)",
+}
+
+
+TRAINER_SETTINGS = {  # the project's trainers of TRAINING_VARIANTS: overrides of the config
+    "pyro": [],
+    "pyro_bf16": ["train.precision=bfloat16"],
+    "compiled": ["objective.compile=true"],
+    "compiled_bf16": ["objective.compile=true", "train.precision=bfloat16"],
+}
+
+RATIOS = {  # ratio → (ours, the reference at the same precision)
+    "ratio_careful": ("pyro", "careful"),
+    "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
+    "ratio_plain": ("pyro", "plain"),
+    "ratio_careful_compiled": ("compiled", "careful"),
+    "ratio_careful_bf16_compiled": ("compiled_bf16", "careful_bf16"),
 }
 
 
@@ -300,28 +319,30 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
     precision; None: not reported, as for a convolutional network): images/s × ``step_flops`` / limit}, for
     the config ``config_name`` (None: the default) with ``config_overrides``."""
     results = {}
+    compiles = "compile" in OBJECTIVES.options(load_config(config_name, config_overrides).objective.name)
     for batch_size in batch_sizes:
         common = config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"]
-        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_bf16:
-            trainer = Trainer(load_config(config_name, common), tmp, progress=False)
-            bf16_trainer = Trainer(
-                load_config(config_name, common + ["train.precision=bfloat16"]), tmp_bf16, progress=False
-            )
-            variants = {
-                "pyro": lambda index, t=trainer: t.train_step(index).item(),
-                "pyro_bf16": lambda index, t=bf16_trainer: t.train_step(index).item(),
-                "plain": PlainTrainer(trainer).train_step,
-                "careful": CarefulTrainer(trainer).train_step,
-                "careful_bf16": CarefulTrainer(trainer, torch.bfloat16).train_step,
+        with tempfile.TemporaryDirectory() as tmp:
+            trainers = {
+                name: Trainer(load_config(config_name, common + settings), f"{tmp}/{name}", progress=False)
+                for name, settings in TRAINER_SETTINGS.items()
+                if compiles or not name.startswith("compiled")
             }
+            trainer = trainers["pyro"]
+            variants = {name: lambda index, t=t: t.train_step(index).item() for name, t in trainers.items()}
+            variants.update(
+                plain=PlainTrainer(trainer).train_step,
+                careful=CarefulTrainer(trainer).train_step,
+                careful_bf16=CarefulTrainer(trainer, torch.bfloat16).train_step,
+            )
             rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
         r = results[batch_size] = {f"{name}_images_per_s": statistics.median(v) for name, v in rates.items()}
-        r["pyro_uses_jit"] = trainer.jit_elbo is not None and bf16_trainer.jit_elbo is not None
-        for key, (name, reference) in {
-            "ratio_careful": ("pyro", "careful"),
-            "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
-            "ratio_plain": ("pyro", "plain"),
-        }.items():
+        r["pyro_uses_jit"] = trainers["pyro"].jit_elbo is not None and trainers["pyro_bf16"].jit_elbo is not None
+        if compiles:
+            r["compiled_in_use"] = all(trainers[name].jit_elbo is not None for name in ("compiled", "compiled_bf16"))
+        for key, (name, reference) in RATIOS.items():
+            if name not in rates:
+                continue
             ratios = [p / q for p, q in zip(rates[name], rates[reference])]
             r[key], r[f"{key}_quartiles"] = statistics.median(ratios), statistics.quantiles(ratios, n=4)[::2]
         if limits is None:
@@ -337,15 +358,17 @@ FIXED_COST_NETWORK = ["network.hidden=[8]", "model.z_dim=2", "train.batch_size=8
 
 
 def fixed_cost(config_overrides, repeats, steps, device):
-    """Seconds per step of the project's trainer and of the careful loop on a network of width 8 with a
+    """Seconds per step of the project's trainer (default, and compiled) and of the careful loop on a network of width 8 with a
     batch of 8 and z of 2, where the matrix products and elementwise passes vanish and what is left is
     each loop's fixed cost (Python, Pyro's and TorchScript's machinery, kernel launches, the optimizer's
     call): medians of interleaved repeats."""
     overrides = config_overrides + FIXED_COST_NETWORK + [f"train.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(load_config(None, overrides), tmp, progress=False)
+        trainer = Trainer(load_config(None, overrides), f"{tmp}/pyro", progress=False)
+        compiled = Trainer(load_config(None, overrides + ["objective.compile=true"]), f"{tmp}/compiled", progress=False)
         variants = {
             "pyro": lambda index: trainer.train_step(index).item(),
+            "compiled": lambda index: compiled.train_step(index).item(),
             "careful": CarefulTrainer(trainer).train_step,
         }
         batch_size = trainer.config.train.batch_size
@@ -784,22 +807,29 @@ def config_throughput(config, overrides, device, quick, out):
         f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}; config {config}, batch {batch_size}"
     )
     for name, what in TRAINING_VARIANTS.items():
-        print(f"  {name:>13}: {what:<75} {r[f'{name}_images_per_s']:>8.1f} img/s")
-    print(
-        ", ".join(
-            f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]"
-            for label, key in (
-                ("pyro/careful", "ratio_careful"),
-                ("bf16", "ratio_careful_bf16"),
-                ("pyro/plain", "ratio_plain"),
-            )
-        )
-        + " (median [quartiles] of the repeats' ratios)"
-    )
+        if f"{name}_images_per_s" in r:
+            print(f"  {name:>13}: {what:<75} {r[f'{name}_images_per_s']:>8.1f} img/s")
+    print(ratios_text(r) + " (median [quartiles] of the repeats' ratios)")
     print_verdicts(report["training"])
     record(out, report, "config")
     print(f"wrote {out}")
     return report
+
+
+def ratios_text(r):
+    """The ratios of one batch size's figures ``r``, each as "label median [quartiles]", comma-separated."""
+    labels = {
+        "ratio_careful": "pyro/careful",
+        "ratio_careful_bf16": "bf16",
+        "ratio_plain": "pyro/plain",
+        "ratio_careful_compiled": "compiled/careful",
+        "ratio_careful_bf16_compiled": "bf16",
+    }
+    return ", ".join(
+        f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]"
+        for key, label in labels.items()
+        if key in r
+    )
 
 
 def print_verdicts(training):
@@ -808,7 +838,11 @@ def print_verdicts(training):
         for label, key in (
             ("pyro / careful, float32", "ratio_careful"),
             ("pyro / careful, bfloat16", "ratio_careful_bf16"),
+            ("compiled / careful, float32", "ratio_careful_compiled"),
+            ("compiled / careful, bfloat16", "ratio_careful_bf16_compiled"),
         ):
+            if key not in r:
+                continue
             low, high = r[f"{key}_quartiles"]
             print(f"batch {batch_size}, {label}: {r[key]:.3f} [{low:.2f}–{high:.2f}]: {verdict(r[key], (low, high))}")
 
@@ -933,37 +967,34 @@ def main(
         f"{limits['float32'] / 1e12:.3f} TFLOP/s, bfloat16 {limits['bfloat16'] / 1e12:.3f} TFLOP/s (measured at start; "
         f"{again['float32'] / 1e12:.3f} and {again['bfloat16'] / 1e12:.3f} at the end)"
     )
-    for name, what in TRAINING_VARIANTS.items():
-        print(f"  {name:>13}: {what}")
+    measured = [name for name in TRAINING_VARIANTS if f"{name}_images_per_s" in next(iter(report["training"].values()))]
+    for name in measured:
+        print(f"  {name:>13}: {TRAINING_VARIANTS[name]}")
     print(
         f"{'batch':>6} "
-        + " ".join(f"{name:>13}" for name in TRAINING_VARIANTS)
+        + " ".join(f"{name:>13}" for name in measured)
         + "  (img/s, share of the limit; ratios: median [quartiles] of the repeats' ratios)"
     )
     for batch_size, r in report["training"].items():
         print(
             f"{batch_size:>6} "
-            + " ".join(
-                f"{r[f'{name}_images_per_s']:>7.0f} ({r[f'{name}_share_of_limit']:.0%})" for name in TRAINING_VARIANTS
-            )
+            + " ".join(f"{r[f'{name}_images_per_s']:>7.0f} ({r[f'{name}_share_of_limit']:.0%})" for name in measured)
             + "   "
-            + ", ".join(
-                f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]"
-                for label, key in (
-                    ("pyro/careful", "ratio_careful"),
-                    ("bf16", "ratio_careful_bf16"),
-                    ("pyro/plain", "ratio_plain"),
-                )
-            )
+            + ratios_text(r)
             + ("" if r["pyro_uses_jit"] else "  (JIT unavailable: eager)")
         )
     f = report["fixed_cost"]
     extra = f["pyro_seconds_per_step"] - f["careful_seconds_per_step"]
     print(
         f"fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): pyro {f['pyro_seconds_per_step'] * 1e3:.2f} ms, "
-        f"careful {f['careful_seconds_per_step'] * 1e3:.2f} ms; the difference, {extra * 1e3:.2f} ms, is "
+        f"compiled {f['compiled_seconds_per_step'] * 1e3:.2f} ms, careful {f['careful_seconds_per_step'] * 1e3:.2f} ms; "
+        f"pyro's difference, {extra * 1e3:.2f} ms, is "
         + ", ".join(f"{extra * r['careful_images_per_s'] / b:.1%}" for b, r in report["training"].items())
         + f" of a careful step at batch {', '.join(map(str, report['training']))}"
+    )
+    print(
+        f"fixed cost, compiled / careful: {f['compiled_seconds_per_step'] / f['careful_seconds_per_step']:.3f} "
+        f"({'at or below' if f['compiled_seconds_per_step'] <= f['careful_seconds_per_step'] else 'above'} the careful loop's)"
     )
     e = report["evaluation"]
     print(

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.distributions import Normal
+from pyro.infer import is_validation_enabled
 from torch import nn
 
 from ..devices import free_memory
@@ -174,7 +175,8 @@ class VAE(nn.Module):
         return self.onehot(y, n, dtype)
 
     def onehot(self, y, n, dtype):
-        """One-hot labels [n, num_classes] of y [n], after checking that they are n integers in range."""
+        """One-hot labels [n, num_classes] of y [n], after checking that they are n integers, in range where
+        Pyro's validation is on (a training step skips it: its data were checked when loaded)."""
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.uint8):
             raise PyroVAEError(
                 f"labels must be an integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')}".rstrip()
@@ -183,7 +185,7 @@ class VAE(nn.Module):
             raise PyroVAEError(f"labels must be a vector [n], got shape {tuple(y.shape)}")
         if len(y) != n:
             raise PyroVAEError(f"{len(y)} labels for {n} images")
-        if n and (y.min() < 0 or y.max() >= self.spec.num_classes):
+        if n and is_validation_enabled() and (y.min() < 0 or y.max() >= self.spec.num_classes):
             raise PyroVAEError(f"labels must lie in 0..{self.spec.num_classes - 1}, got {y.min()}..{y.max()}")
         return F.one_hot(y.long(), self.spec.num_classes).to(dtype)
 

@@ -1,0 +1,100 @@
+"""``Trace_ELBO`` compiled by PyTorch's inductor into fused kernels, one graph per shape of the arguments.
+
+Pyro's JIT (``JitTrace_ELBO``) traces the loss into TorchScript, whose interpreter and differentiable
+graphs cost a step more fixed time than eager PyTorch spends on the same arithmetic. Here the same loss —
+the ELBO and its surrogate from Pyro's model and guide traces, exactly as ``JitTrace_ELBO`` forms them —
+is traced once into an ATen graph (``make_fx``) with the param store's parameters as inputs, and that
+graph, forward and backward, is compiled by inductor. Its random draws are torch's own
+(``fallback_random``), so a compiled step draws what an eager one draws from the same stream.
+
+A graph holds its shapes and its Python numbers: it is built anew for each model/guide pair, shape and
+dtype of the tensor arguments, keyword arguments and autocast precision, and it is right only for
+models whose structure and Python numbers do not depend on tensor values. A model that reads a tensor's
+value into Python fails to trace; the trainer checks the compiled loss and gradient against the eager
+ones before it uses them (``Trainer.checked_jit``).
+"""
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_identically_zero
+from torch._inductor import config as inductor_config
+from torch._inductor.compile_fx import compile_fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+
+class CompiledTrace_ELBO(Trace_ELBO):
+    """``Trace_ELBO`` whose ``differentiable_loss`` runs a compiled graph: value the ELBO's −loss,
+    gradient the surrogate loss's (the score-function terms of non-reparameterized guide sites included),
+    both averaged over ``num_particles``."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.graphs = {}  # key → (param names, compiled function)
+
+    def loss_and_surrogate_loss(self, model, guide, args, kwargs):
+        """(−ELBO, −surrogate ELBO) as tensors, from Pyro's traces: what ``JitTrace_ELBO`` traces."""
+        loss = surrogate_loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo = sum(site["log_prob_sum"] for site in model_trace.nodes.values() if site["type"] == "sample")
+            surrogate_elbo, log_r = elbo, None
+            for site in guide_trace.nodes.values():
+                if site["type"] != "sample":
+                    continue
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo = elbo - site["log_prob_sum"]
+                if not is_identically_zero(entropy_term):
+                    surrogate_elbo = surrogate_elbo - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    log_r = _compute_log_r(model_trace, guide_trace) if log_r is None else log_r
+                    surrogate_elbo = (
+                        surrogate_elbo + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+                    )
+            loss = loss - elbo / self.num_particles
+            surrogate_loss = surrogate_loss - surrogate_elbo / self.num_particles
+        return loss, surrogate_loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """The −ELBO (a 0-dim tensor) whose gradient is the surrogate loss's, from the graph compiled for
+        these arguments (built on first use: traced, then compiled, which takes seconds)."""
+        tensors = [a for a in args if a is not None]
+        key = (id(model), id(guide), graph_key(args), tuple(sorted(kwargs.items())), autocast_key(tensors))
+        if key not in self.graphs:
+            self.graphs[key] = self.compile(model, guide, args, kwargs)
+        names, compiled = self.graphs[key]
+        store = dict(pyro.get_param_store().named_parameters())
+        return compiled(*[store[name] for name in names], *tensors)
+
+    def compile(self, model, guide, args, kwargs):
+        """(param names, compiled function of the unconstrained params and the tensor arguments)."""
+        with poutine.block(), poutine.trace(param_only=True) as capture:
+            self.loss_and_surrogate_loss(model, guide, args, kwargs)
+        names = sorted(capture.trace.nodes)
+        store = dict(pyro.get_param_store().named_parameters())
+        params, tensors = [store[name] for name in names], [a for a in args if a is not None]
+
+        def loss(*params_and_tensors):  # the params arrive as the very tensors the model reads from the store
+            remaining = iter(params_and_tensors[len(params) :])
+            call_args = [None if a is None else next(remaining) for a in args]
+            value, surrogate = self.loss_and_surrogate_loss(model, guide, call_args, kwargs)
+            return surrogate + (value - surrogate).detach()
+
+        with pyro.validation_enabled(False), poutine.block():
+            graph = make_fx(loss, pre_dispatch=True)(*params, *tensors)
+        with inductor_config.patch(fallback_random=True):  # torch's own draws: the eager stream
+            return names, compile_fx(graph, [*params, *tensors])
+
+
+def graph_key(args):
+    """The shapes, dtypes and devices of ``args`` (None kept as None): what a compiled graph holds."""
+    return tuple(None if a is None else (tuple(a.shape), a.dtype, a.device) for a in args)
+
+
+def autocast_key(tensors):
+    """The autocast precision in force for the device of ``tensors`` (None where autocast is off)."""
+    if not tensors:
+        return None
+    device = tensors[0].device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
