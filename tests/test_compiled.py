@@ -82,3 +82,30 @@ def test_a_compiled_run_resumed_ends_bit_identical_to_one_trained_at_once(tiny):
         torch.load(Path(tiny["runs_root"]) / n / "checkpoint.pt", weights_only=True) for n in ("whole", "parts")
     )
     assert all(torch.equal(whole["model"][k], parts["model"][k]) for k in whole["model"])
+
+
+def test_pyro_s_svi_steps_the_same_parameters_through_the_compiled_elbo_as_through_trace_elbo():
+    """SVI's step with ``CompiledTrace_ELBO`` (its ``loss_and_grads``) from the same draws as with
+    ``Trace_ELBO``: the same losses, and Pyro's optimizer moves every parameter to the same place."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+    from test_model import make_vae
+
+    x = torch.bernoulli(torch.full((8, 1, 6, 6), 0.4), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for elbo in (CompiledTrace_ELBO(max_plate_nesting=1), Trace_ELBO(max_plate_nesting=1)):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = make_vae()
+        svi = SVI(vae.model, vae.guide, Adam({"lr": 0.01}), elbo)
+        elbo.loss(vae.model, vae.guide, x)  # builds the graph (drawing noise of its own) before the seeded steps
+        pyro.set_rng_seed(1)
+        losses = [svi.step(x) for _ in range(3)]
+        store = pyro.get_param_store()  # each VAE names its parameters vae0…, vae1…: keyed by what follows
+        runs.append((losses, {name.partition(".")[2]: p.detach().clone() for name, p in store.named_parameters()}))
+    (compiled_losses, compiled_params), (eager_losses, eager_params) = runs
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    assert compiled_params.keys() == eager_params.keys() and len(compiled_params) == 8
+    for name, value in eager_params.items():
+        torch.testing.assert_close(compiled_params[name], value, rtol=1e-4, atol=1e-5)
+    pyro.clear_param_store()

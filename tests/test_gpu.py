@@ -29,11 +29,11 @@ def test_train_resume_evaluate_and_sample_on_the_gpu(tiny):
     main(["sample", str(folder), "-n", "4", "--device", "cuda", "--out", str(folder / "four.png")])
 
 
-@pytest.mark.parametrize("objective", ["trace_elbo", "mean_field"])
+@pytest.mark.parametrize("objective", ["trace_elbo", "mean_field", "trace_elbo compiled"])
 def test_the_jit_elbo_traces_and_matches_the_eager_one_on_the_gpu(tmp_path, objective):
-    trainer = Trainer(
-        load_config(None, TINY + ["train.device=cuda", f"objective.name={objective}"]), tmp_path, progress=False
-    )
+    objective, _, compiled = objective.partition(" ")
+    overrides = ["train.device=cuda", f"objective.name={objective}"] + (["objective.compile=true"] if compiled else [])
+    trainer = Trainer(load_config(None, TINY + overrides), tmp_path, progress=False)
     assert trainer.jit_elbo is not None
     assert math.isfinite(trainer.train_step(torch.arange(64, device="cuda")).item())
 

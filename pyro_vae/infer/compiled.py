@@ -58,14 +58,40 @@ class CompiledTrace_ELBO(Trace_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """The −ELBO (a 0-dim tensor) whose gradient is the surrogate loss's, from the graph compiled for
-        these arguments (built on first use: traced, then compiled, which takes seconds)."""
-        tensors = [a for a in args if a is not None]
-        key = (id(model), id(guide), graph_key(args), tuple(sorted(kwargs.items())), autocast_key(tensors))
+        these arguments (built on first use: traced, then compiled, which takes seconds). The parameters
+        are read from the param store directly, not through ``pyro.param``: what the ``nn.Module`` form
+        (``ELBOModule``) and a torch optimizer need, at no handler's cost."""
+        names, compiled = self.graph(model, guide, args, kwargs)
+        store = dict(pyro.get_param_store().named_parameters())
+        return compiled(*[store[name] for name in names], *[a for a in args if a is not None])
+
+    def loss(self, model, guide, *args, **kwargs):
+        """The −ELBO as a float, from the compiled graph without a gradient."""
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """``SVI.step``'s call: the −ELBO as a float, its gradient accumulated into the parameters, which are
+        read through ``pyro.param`` so that SVI's param capture sees them and its optimizer steps them."""
+        names, _ = self.graph(model, guide, args, kwargs)
+        for name in names:
+            pyro.param(name)
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+    def graph(self, model, guide, args, kwargs):
+        """(param names, compiled function) for this pair and these arguments, built on first use."""
+        key = (
+            function_key(model),
+            function_key(guide),
+            graph_key(args),
+            tuple(sorted(kwargs.items())),
+            autocast_key(args),
+        )
         if key not in self.graphs:
             self.graphs[key] = self.compile(model, guide, args, kwargs)
-        names, compiled = self.graphs[key]
-        store = dict(pyro.get_param_store().named_parameters())
-        return compiled(*[store[name] for name in names], *tensors)
+        return self.graphs[key]
 
     def compile(self, model, guide, args, kwargs):
         """(param names, compiled function of the unconstrained params and the tensor arguments)."""
@@ -81,10 +107,17 @@ class CompiledTrace_ELBO(Trace_ELBO):
             value, surrogate = self.loss_and_surrogate_loss(model, guide, call_args, kwargs)
             return surrogate + (value - surrogate).detach()
 
-        with pyro.validation_enabled(False), poutine.block():
+        # traced with gradients on, whatever the caller's mode: one graph serves calls with and without them
+        with torch.enable_grad(), pyro.validation_enabled(False), poutine.block():
             graph = make_fx(loss, pre_dispatch=True)(*params, *tensors)
-        with inductor_config.patch(fallback_random=True):  # torch's own draws: the eager stream
+        with torch.enable_grad(), inductor_config.patch(fallback_random=True):  # torch's own draws: the eager stream
             return names, compile_fx(graph, [*params, *tensors])
+
+
+def function_key(fn):
+    """What identifies ``fn``: a bound method by its function and its object (``vae.model`` is a new
+    method object at every access), anything else by itself."""
+    return id(getattr(fn, "__func__", fn)), id(getattr(fn, "__self__", None))
 
 
 def graph_key(args):
@@ -92,8 +125,9 @@ def graph_key(args):
     return tuple(None if a is None else (tuple(a.shape), a.dtype, a.device) for a in args)
 
 
-def autocast_key(tensors):
-    """The autocast precision in force for the device of ``tensors`` (None where autocast is off)."""
+def autocast_key(args):
+    """The autocast precision in force for the device of the tensors in ``args`` (None where autocast is off)."""
+    tensors = [a for a in args if a is not None]
     if not tensors:
         return None
     device = tensors[0].device.type
