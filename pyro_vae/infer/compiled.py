@@ -26,9 +26,11 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 
 class CompiledTrace_ELBO(Trace_ELBO):
-    """``Trace_ELBO`` whose ``differentiable_loss`` runs a compiled graph: value the ELBO's −loss,
-    gradient the surrogate loss's (the score-function terms of non-reparameterized guide sites included),
-    both averaged over ``num_particles``."""
+    """``Trace_ELBO`` whose losses run a compiled graph: its value the −ELBO, its gradient the surrogate
+    loss's (with the score-function terms of guide sites that are not reparameterized), both averaged over
+    ``num_particles``. Used as Pyro's ELBOs are: in ``SVI``, or in its ``nn.Module`` form (``elbo(model,
+    guide)``) with a torch optimizer, as the trainer uses it (``objective.compile = true``). The first call
+    for new shapes builds their graph, which takes seconds."""
 
     def __init__(self, **options):
         super().__init__(**options)
