@@ -303,13 +303,19 @@ TRAINER_SETTINGS = {  # the project's trainers of TRAINING_VARIANTS: overrides o
     "compiled_bf16": ["objective.compile=true", "train.precision=bfloat16"],
 }
 
-RATIOS = {  # ratio → (ours, the reference at the same precision)
-    "ratio_careful": ("pyro", "careful"),
-    "ratio_careful_bf16": ("pyro_bf16", "careful_bf16"),
-    "ratio_plain": ("pyro", "plain"),
-    "ratio_careful_compiled": ("compiled", "careful"),
-    "ratio_careful_bf16_compiled": ("compiled_bf16", "careful_bf16"),
+RATIOS = {  # ratio → (ours, the reference, its label in the table, its label in the verdicts: None for none)
+    "ratio_careful": ("pyro", "careful", "pyro/careful", "pyro / careful, float32"),
+    "ratio_careful_bf16": ("pyro_bf16", "careful_bf16", "bf16", "pyro / careful, bfloat16"),
+    "ratio_plain": ("pyro", "plain", "pyro/plain", None),
+    "ratio_careful_compiled": ("compiled", "careful", "compiled/careful", "compiled / careful, float32"),
+    "ratio_careful_bf16_compiled": ("compiled_bf16", "careful_bf16", "bf16", "compiled / careful, bfloat16"),
 }
+
+
+def compiles(config_name, overrides):
+    """Whether the objective of config ``config_name`` with ``overrides`` has the ``compile`` option, so that
+    the bench times its compiled trainer too."""
+    return "compile" in OBJECTIVES.options(load_config(config_name, overrides).objective.name)
 
 
 def training_throughput(config_overrides, batch_sizes, repeats, steps, device, limits, config_name=None):
@@ -319,14 +325,14 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
     precision; None: not reported, as for a convolutional network): images/s × ``step_flops`` / limit}, for
     the config ``config_name`` (None: the default) with ``config_overrides``."""
     results = {}
-    compiles = "compile" in OBJECTIVES.options(load_config(config_name, config_overrides).objective.name)
+    compiled = compiles(config_name, config_overrides)
     for batch_size in batch_sizes:
         common = config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"]
         with tempfile.TemporaryDirectory() as tmp:
             trainers = {
                 name: Trainer(load_config(config_name, common + settings), f"{tmp}/{name}", progress=False)
                 for name, settings in TRAINER_SETTINGS.items()
-                if compiles or not name.startswith("compiled")
+                if compiled or not name.startswith("compiled")
             }
             trainer = trainers["pyro"]
             variants = {name: lambda index, t=t: t.train_step(index).item() for name, t in trainers.items()}
@@ -338,9 +344,9 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
             rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
         r = results[batch_size] = {f"{name}_images_per_s": statistics.median(v) for name, v in rates.items()}
         r["pyro_uses_jit"] = trainers["pyro"].jit_elbo is not None and trainers["pyro_bf16"].jit_elbo is not None
-        if compiles:
+        if compiled:
             r["compiled_in_use"] = all(trainers[name].jit_elbo is not None for name in ("compiled", "compiled_bf16"))
-        for key, (name, reference) in RATIOS.items():
+        for key, (name, reference, *_) in RATIOS.items():
             if name not in rates:
                 continue
             ratios = [p / q for p, q in zip(rates[name], rates[reference])]
@@ -358,19 +364,20 @@ FIXED_COST_NETWORK = ["network.hidden=[8]", "model.z_dim=2", "train.batch_size=8
 
 
 def fixed_cost(config_overrides, repeats, steps, device):
-    """Seconds per step of the project's trainer (default, and compiled) and of the careful loop on a network of width 8 with a
-    batch of 8 and z of 2, where the matrix products and elementwise passes vanish and what is left is
-    each loop's fixed cost (Python, Pyro's and TorchScript's machinery, kernel launches, the optimizer's
-    call): medians of interleaved repeats."""
+    """Seconds per step of the project's trainer (default, and compiled where the objective has the option)
+    and of the careful loop on a network of width 8 with a batch of 8 and z of 2, where the matrix products
+    and elementwise passes vanish and what is left is each loop's fixed cost (Python, Pyro's and
+    TorchScript's machinery, kernel launches, the optimizer's call): medians of interleaved repeats."""
     overrides = config_overrides + FIXED_COST_NETWORK + [f"train.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(load_config(None, overrides), f"{tmp}/pyro", progress=False)
-        compiled = Trainer(load_config(None, overrides + ["objective.compile=true"]), f"{tmp}/compiled", progress=False)
-        variants = {
-            "pyro": lambda index: trainer.train_step(index).item(),
-            "compiled": lambda index: compiled.train_step(index).item(),
-            "careful": CarefulTrainer(trainer).train_step,
-        }
+        variants = {"pyro": lambda index: trainer.train_step(index).item()}
+        if compiles(None, overrides):
+            compiled = Trainer(
+                load_config(None, overrides + ["objective.compile=true"]), f"{tmp}/compiled", progress=False
+            )
+            variants["compiled"] = lambda index: compiled.train_step(index).item()
+        variants["careful"] = CarefulTrainer(trainer).train_step
         batch_size = trainer.config.train.batch_size
         rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
     return {f"{name}_seconds_per_step": batch_size / statistics.median(v) for name, v in rates.items()}
@@ -818,16 +825,9 @@ def config_throughput(config, overrides, device, quick, out):
 
 def ratios_text(r):
     """The ratios of one batch size's figures ``r``, each as "label median [quartiles]", comma-separated."""
-    labels = {
-        "ratio_careful": "pyro/careful",
-        "ratio_careful_bf16": "bf16",
-        "ratio_plain": "pyro/plain",
-        "ratio_careful_compiled": "compiled/careful",
-        "ratio_careful_bf16_compiled": "bf16",
-    }
     return ", ".join(
         f"{label} {r[key]:.3f} [{r[f'{key}_quartiles'][0]:.2f}–{r[f'{key}_quartiles'][1]:.2f}]"
-        for key, label in labels.items()
+        for key, (_, _, label, _) in RATIOS.items()
         if key in r
     )
 
@@ -835,13 +835,8 @@ def ratios_text(r):
 def print_verdicts(training):
     """One line per ratio of ``training`` ({batch size: figures}): the figure, its quartiles and its verdict."""
     for batch_size, r in training.items():
-        for label, key in (
-            ("pyro / careful, float32", "ratio_careful"),
-            ("pyro / careful, bfloat16", "ratio_careful_bf16"),
-            ("compiled / careful, float32", "ratio_careful_compiled"),
-            ("compiled / careful, bfloat16", "ratio_careful_bf16_compiled"),
-        ):
-            if key not in r:
+        for key, (*_, label) in RATIOS.items():
+            if label is None or key not in r:
                 continue
             low, high = r[f"{key}_quartiles"]
             print(f"batch {batch_size}, {label}: {r[key]:.3f} [{low:.2f}–{high:.2f}]: {verdict(r[key], (low, high))}")
@@ -986,16 +981,18 @@ def main(
     f = report["fixed_cost"]
     extra = f["pyro_seconds_per_step"] - f["careful_seconds_per_step"]
     print(
-        f"fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): pyro {f['pyro_seconds_per_step'] * 1e3:.2f} ms, "
-        f"compiled {f['compiled_seconds_per_step'] * 1e3:.2f} ms, careful {f['careful_seconds_per_step'] * 1e3:.2f} ms; "
-        f"pyro's difference, {extra * 1e3:.2f} ms, is "
+        "fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): "
+        + ", ".join(f"{name.partition('_')[0]} {seconds * 1e3:.2f} ms" for name, seconds in f.items())
+        + f"; pyro's difference, {extra * 1e3:.2f} ms, is "
         + ", ".join(f"{extra * r['careful_images_per_s'] / b:.1%}" for b, r in report["training"].items())
         + f" of a careful step at batch {', '.join(map(str, report['training']))}"
     )
-    print(
-        f"fixed cost, compiled / careful: {f['compiled_seconds_per_step'] / f['careful_seconds_per_step']:.3f} "
-        f"({'at or below' if f['compiled_seconds_per_step'] <= f['careful_seconds_per_step'] else 'above'} the careful loop's)"
-    )
+    if "compiled_seconds_per_step" in f:
+        compiled, careful = f["compiled_seconds_per_step"], f["careful_seconds_per_step"]
+        print(
+            f"fixed cost, compiled / careful: {compiled / careful:.3f} "
+            f"({'at or below' if compiled <= careful else 'above'} the careful loop's)"
+        )
     e = report["evaluation"]
     print(
         f"log p(x), K={e['num_samples']}, {e['num_examples']} examples: pyro, one example after another as evaluate "
