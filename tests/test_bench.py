@@ -33,9 +33,12 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
         "careful_seconds_per_step",
     }
     assert all(0 < seconds < 1 for seconds in report["fixed_cost"].values())
+    evaluation = report["evaluation"]
     assert {"pyro_seconds", "pyro_batched_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(
-        report["evaluation"]
+        evaluation
     )
+    assert evaluation["compiled_in_use"] is True and evaluation["compiled_build_seconds"] > 0
+    assert evaluation["pyro_compiled_seconds"] > 0 and evaluation["compiled_speed_ratio"] > 0
     printed = capsys.readouterr().out
     assert "ratio" in printed and "fixed cost per step" in printed
     assert (
@@ -43,6 +46,7 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
         and "batch 32, compiled / careful, bfloat16: " in printed
         and "fixed cost, compiled / careful: " in printed
         and "evaluator (one stream per example) / plain estimate: " in printed
+        and "evaluator --compile (one stream per example) / plain estimate: " in printed
     )
     assert report["kind"] == "throughput" and report["machine"] and report["history"] == []
     main(["bench", "--quick", "--out", str(out), "--device", "cpu"])  # a second run keeps the first beside it

@@ -388,19 +388,28 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     evaluator against ``plain_log_likelihood`` at K = ``num_samples`` on ``num_examples`` examples: "pyro" as
     ``pyro-vae evaluate`` runs it, one example after another, each from its own random stream, through one
     ``ImportanceSampler`` set up on the first; "pyro_batched", ``importance_sample`` on all of them at once from
-    one stream; "plain", the hand-written estimate on all of them at once, in the chunks ``importance_sample``
-    chooses for the batch."""
+    one stream; "pyro_compiled", ``pyro-vae evaluate --compile``'s path, the per-example one through a sampler
+    whose graphs inductor compiled (built once, before the timing: ``compiled_build_seconds``); "plain", the
+    hand-written estimate on all of them at once, in the chunks ``importance_sample`` chooses for the batch.
+    The speed ratios are plain / pyro, medians of the repeats' ratios, with their quartiles."""
     experiment = build(load_config(None, config_overrides), device)
     vae, x = experiment.vae.eval(), experiment.test_x[:num_examples]
     chunk_size = ImportanceSampler(vae.model, vae.guide, (x,), {}, num_samples).chunk_size  # the batch's chunks
 
-    def per_example():
-        sampler = ImportanceSampler(vae.model, vae.guide, (x[:1],), {}, num_samples, calls=len(x))  # as evaluate
+    def sampler(**options):  # as evaluate sets it up
+        return ImportanceSampler(vae.model, vae.guide, (x[:1],), {}, num_samples, calls=len(x), **options)
+
+    def per_example(sampler):
         estimates = []
         for i in range(len(x)):
             torch.manual_seed(example_seed(0, i))
             estimates.append(sampler.estimate(x[i : i + 1]).log_likelihood)
         return torch.cat(estimates)
+
+    started = time.perf_counter()
+    compiled = sampler(compile=True)
+    per_example(compiled)  # builds the graph of each chunk size
+    build_seconds = time.perf_counter() - started
 
     def batched():
         return importance_sample(vae.model, vae.guide, x, num_samples=num_samples).log_likelihood
@@ -408,7 +417,12 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     def plain():
         return plain_log_likelihood(vae, x, num_samples, chunk_size)
 
-    variants = {"pyro": per_example, "pyro_batched": batched, "plain": plain}
+    variants = {
+        "pyro": lambda: per_example(sampler()),
+        "pyro_batched": batched,
+        "pyro_compiled": lambda: per_example(compiled),
+        "plain": plain,
+    }
     times, memory, values = {name: [] for name in variants}, {}, {}
     for _ in range(repeats):
         for name, fn in variants.items():
@@ -422,15 +436,27 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
             fn()
         memory[name] = peak.extra
     seconds = {name: statistics.median(t) for name, t in times.items()}
+
+    ratios = {}  # plain / each: the median of the repeats' ratios, and its quartiles (None for one repeat)
+    for name in ("pyro", "pyro_batched", "pyro_compiled"):
+        each = [p / q for p, q in zip(times["plain"], times[name])]
+        ratios[name] = statistics.median(each), statistics.quantiles(each, n=4)[::2] if len(each) > 1 else None
+
     return {
         "num_samples": num_samples,
         "num_examples": num_examples,
         "chunk_size": chunk_size,
         "pyro_seconds": seconds["pyro"],
         "pyro_batched_seconds": seconds["pyro_batched"],
+        "pyro_compiled_seconds": seconds["pyro_compiled"],
+        "compiled_build_seconds": build_seconds,
+        "compiled_in_use": all(graph is not None for graph in compiled.compiled.values()),
         "plain_seconds": seconds["plain"],
-        "speed_ratio": seconds["plain"] / seconds["pyro"],
-        "batched_speed_ratio": seconds["plain"] / seconds["pyro_batched"],
+        "speed_ratio": ratios["pyro"][0],
+        "speed_ratio_quartiles": ratios["pyro"][1],
+        "batched_speed_ratio": ratios["pyro_batched"][0],
+        "compiled_speed_ratio": ratios["pyro_compiled"][0],
+        "compiled_speed_ratio_quartiles": ratios["pyro_compiled"][1],
         "flops": num_examples * (forward_flops(vae.encoder) + num_samples * forward_flops(vae.decoder)),
         "pyro_peak_extra_mb": memory["pyro"] / 2**20,
         "plain_peak_extra_mb": memory["plain"] / 2**20,
@@ -997,12 +1023,21 @@ def main(
     print(
         f"log p(x), K={e['num_samples']}, {e['num_examples']} examples: pyro, one example after another as evaluate "
         f"runs them, {e['pyro_seconds']:.2f} s ({e['share_of_limit']:.0%} of the float32 limit); pyro on all at once "
-        f"{e['pyro_batched_seconds']:.2f} s; plain on all at once, chunk {e['chunk_size']}, {e['plain_seconds']:.2f} s; "
-        f"speed ratios {e['speed_ratio']:.3f} and {e['batched_speed_ratio']:.3f}; "
+        f"{e['pyro_batched_seconds']:.2f} s; pyro compiled (evaluate --compile) {e['pyro_compiled_seconds']:.2f} s, "
+        f"after {e['compiled_build_seconds']:.1f} s of building"
+        + ("" if e["compiled_in_use"] else " (it fell back to eager)")
+        + f"; plain on all at once, chunk {e['chunk_size']}, {e['plain_seconds']:.2f} s; speed ratios (plain / pyro) "
+        f"{e['speed_ratio']:.3f}, {e['batched_speed_ratio']:.3f} and {e['compiled_speed_ratio']:.3f}; "
         f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB"
     )
     print_verdicts(report["training"])
-    print(f"evaluator (one stream per example) / plain estimate: {e['speed_ratio']:.3f}: {verdict(e['speed_ratio'])}")
+    for label, key in (("evaluator", "speed_ratio"), ("evaluator --compile", "compiled_speed_ratio")):
+        quartiles = e[f"{key}_quartiles"]
+        print(
+            f"{label} (one stream per example) / plain estimate: {e[key]:.3f}"
+            + (f" [{quartiles[0]:.2f}–{quartiles[1]:.2f}]" if quartiles else "")
+            + f": {verdict(e[key], quartiles)}"
+        )
     record(out, report, "throughput")
     print(f"wrote {out}")
     return report

@@ -34,7 +34,7 @@ class CompiledTrace_ELBO(Trace_ELBO):
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.graphs = {}  # key → (param names, compiled function)
+        self.graphs = {}  # key → its StoreCompiled loss
 
     def loss_and_surrogate_loss(self, model, guide, args, kwargs):
         """(−ELBO, −surrogate ELBO) as tensors, from Pyro's traces: what ``JitTrace_ELBO`` traces."""
@@ -63,9 +63,7 @@ class CompiledTrace_ELBO(Trace_ELBO):
         these arguments (built on first use: traced, then compiled, which takes seconds). The parameters
         are read from the param store directly, not through ``pyro.param``: what the ``nn.Module`` form
         (``ELBOModule``) and a torch optimizer need, at no handler's cost."""
-        names, compiled = self.graph(model, guide, args, kwargs)
-        store = dict(pyro.get_param_store().named_parameters())
-        return compiled(*[store[name] for name in names], *[a for a in args if a is not None])
+        return self.graph(model, guide, args, kwargs)(*[a for a in args if a is not None])
 
     def loss(self, model, guide, *args, **kwargs):
         """The −ELBO as a float, from the compiled graph without a gradient."""
@@ -75,15 +73,14 @@ class CompiledTrace_ELBO(Trace_ELBO):
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """``SVI.step``'s call: the −ELBO as a float, its gradient accumulated into the parameters, which are
         read through ``pyro.param`` so that SVI's param capture sees them and its optimizer steps them."""
-        names, _ = self.graph(model, guide, args, kwargs)
-        for name in names:
+        for name in self.graph(model, guide, args, kwargs).names:
             pyro.param(name)
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
 
     def graph(self, model, guide, args, kwargs):
-        """(param names, compiled function) for this pair and these arguments, built on first use."""
+        """The ``StoreCompiled`` loss of this pair and these arguments (the tensors among them), built on first use."""
         key = (
             function_key(model),
             function_key(guide),
@@ -92,28 +89,49 @@ class CompiledTrace_ELBO(Trace_ELBO):
             autocast_key(args),
         )
         if key not in self.graphs:
-            self.graphs[key] = self.compile(model, guide, args, kwargs)
+
+            def loss(*tensors):
+                remaining = iter(tensors)
+                call_args = [None if a is None else next(remaining) for a in args]
+                value, surrogate = self.loss_and_surrogate_loss(model, guide, call_args, kwargs)
+                return surrogate + (value - surrogate).detach()
+
+            # traced with gradients on, whatever the caller's mode: one graph serves calls with and without them
+            with torch.enable_grad(), pyro.validation_enabled(False):
+                self.graphs[key] = StoreCompiled(loss, [a for a in args if a is not None])
         return self.graphs[key]
 
-    def compile(self, model, guide, args, kwargs):
-        """(param names, compiled function of the unconstrained params and the tensor arguments)."""
+
+class StoreCompiled:
+    """``fn`` compiled by inductor for arguments of the shapes of ``args``: the param store's parameters that
+    ``fn`` reads become inputs of its graph, read from the store at every call (so it follows their updates),
+    and its random draws are torch's own (``fallback_random``): a call draws what ``fn`` draws eagerly from the
+    same stream. Built under the caller's grad mode: with gradients on, the backward is compiled too.
+    Building runs ``fn`` twice (once to find the parameters, once to record its ATen graph with ``make_fx``)
+    and takes seconds; ``names`` are the parameters' names in the store."""
+
+    def __init__(self, fn, args):
         with poutine.block(), poutine.trace(param_only=True) as capture:
-            self.loss_and_surrogate_loss(model, guide, args, kwargs)
-        names = sorted(capture.trace.nodes)
+            fn(*args)
+        self.names = sorted(capture.trace.nodes)
+        params = self.params()
+
+        def with_params(*params_and_args):  # the params arrive as the very tensors fn reads from the store
+            return fn(*params_and_args[len(params) :])
+
+        with poutine.block():
+            graph = make_fx(with_params, pre_dispatch=True)(*params, *args)
+        with inductor_config.patch(fallback_random=True):  # torch's own draws: the eager stream
+            self.compiled = compile_fx(graph, [*params, *args])
+
+    def params(self):
+        """The parameters named ``names``, as the param store holds them now (unconstrained)."""
         store = dict(pyro.get_param_store().named_parameters())
-        params, tensors = [store[name] for name in names], [a for a in args if a is not None]
+        return [store[name] for name in self.names]
 
-        def loss(*params_and_tensors):  # the params arrive as the very tensors the model reads from the store
-            remaining = iter(params_and_tensors[len(params) :])
-            call_args = [None if a is None else next(remaining) for a in args]
-            value, surrogate = self.loss_and_surrogate_loss(model, guide, call_args, kwargs)
-            return surrogate + (value - surrogate).detach()
-
-        # traced with gradients on, whatever the caller's mode: one graph serves calls with and without them
-        with torch.enable_grad(), pyro.validation_enabled(False), poutine.block():
-            graph = make_fx(loss, pre_dispatch=True)(*params, *tensors)
-        with torch.enable_grad(), inductor_config.patch(fallback_random=True):  # torch's own draws: the eager stream
-            return names, compile_fx(graph, [*params, *tensors])
+    def __call__(self, *args):
+        """``fn(*args)`` by the compiled graph."""
+        return self.compiled(*self.params(), *args)
 
 
 def function_key(fn):

@@ -55,6 +55,7 @@ from torch.utils._pytree import tree_leaves
 from ..devices import allocation_line, forked_rng, free_memory
 from ..errors import PyroVAEError
 from ..serial import PYRO_LOCK
+from .compiled import StoreCompiled
 
 PARTICLES = "_importance_particles"
 DATA = "data"
@@ -98,16 +99,27 @@ def log_likelihood(model, guide, *args, num_samples=5000, chunk_size=None, **kwa
 
 @torch.no_grad()
 def importance_sample(
-    model, guide, *args, num_samples=5000, chunk_size=None, memory=DEFAULT_MEMORY, progress=None, jit=None, **kwargs
+    model,
+    guide,
+    *args,
+    num_samples=5000,
+    chunk_size=None,
+    memory=DEFAULT_MEMORY,
+    progress=None,
+    jit=None,
+    compile=False,
+    **kwargs,
 ):
     """``ImportanceEstimate`` of log p(x) with K = ``num_samples`` draws from the guide, ``chunk_size``
     at a time (when None, as many as fit in ``memory`` bytes by a measured trial). ``progress``, if
     given, is called with the number of samples × examples after each chunk. ``jit``: compile the chunks'
-    log-weights (``ImportanceSampler``); None does so where there are ``JIT_CHUNKS`` chunks or more."""
-    sampler = ImportanceSampler(model, guide, args, kwargs, num_samples, chunk_size, memory, jit)
+    log-weights by Pyro's JIT (``ImportanceSampler``); None does so where there are ``JIT_CHUNKS`` chunks or
+    more. ``compile``: by inductor instead."""
+    sampler = ImportanceSampler(model, guide, args, kwargs, num_samples, chunk_size, memory, jit, compile=compile)
     return sampler.estimate(*args, progress=progress)
 
 
+COMPILED_TOLERANCE = {"rtol": 1e-4, "atol": 1e-3}  # inductor's log-weights against eager's: float32 rounding, not a bug
 JIT_CHUNKS = 100  # chunks from which compiling pays: tracing and its check cost 10–15 chunks, a compiled one saves 15%
 
 
@@ -123,11 +135,29 @@ class ImportanceSampler:
     arguments of each chunk size, so, as with the trainer's JIT, a model whose Python branches depend on the
     data's values (not on the draws, which the check catches) needs ``jit=False``. The arguments must all be
     tensors for the JIT (``kwargs``, fixed here, are not traced). ``jit`` None: on where the ``calls`` estimates
-    to come will run ``JIT_CHUNKS`` chunks or more in all."""
+    to come will run ``JIT_CHUNKS`` chunks or more in all.
+
+    ``compile`` True: each chunk size's log-weights are compiled by inductor instead (``StoreCompiled``: fused
+    kernels, the parameters read from the param store at every call, torch's own random draws), which takes
+    seconds per chunk size and pays on long evaluations. Its fused sums round differently from eager
+    PyTorch's, so the check asks the same draws and log-weights within ``COMPILED_TOLERANCE`` of the eager
+    ones, not bit for bit: an estimate is then reproducible run to run and process to process, but differs
+    from the eager one in float32's last digits. Where tracing fails or the check does not hold, a warning
+    says so and the chunks stay eager."""
 
     @torch.no_grad()
     def __init__(
-        self, model, guide, args, kwargs, num_samples, chunk_size=None, memory=DEFAULT_MEMORY, jit=None, calls=1
+        self,
+        model,
+        guide,
+        args,
+        kwargs,
+        num_samples,
+        chunk_size=None,
+        memory=DEFAULT_MEMORY,
+        jit=None,
+        calls=1,
+        compile=False,
     ):
         if num_samples < 1:
             raise PyroVAEError(f"the number of importance samples must be positive, got {num_samples}")
@@ -141,7 +171,11 @@ class ImportanceSampler:
         self.chunk_size = chunk_size
         if jit is None:
             jit = calls * math.ceil(num_samples / chunk_size) >= JIT_CHUNKS
-        self.jit = jit and all(isinstance(a, torch.Tensor) for a in args)
+        tensors = all(isinstance(a, torch.Tensor) for a in args)
+        if compile and not tensors:
+            warnings.warn("compile: the arguments are not all tensors; estimating without compiling", stacklevel=2)
+        self.compile = compile and tensors
+        self.jit = (jit or compile) and tensors
         self.compiled = {}  # chunk size → the checked graph, or None where it failed its check
 
     @torch.no_grad()
@@ -183,27 +217,54 @@ class ImportanceSampler:
             return log_weights(self.model, self.guide, args, self.kwargs, num_particles, self.layout)
 
     def checked(self, args, num_particles):
-        """This chunk's eager log-weights, after tracing the graph of its size on a forked stream and running it
-        from the same draws: kept where it gives the same log-weights, bit for bit, and leaves the stream where eager
-        does."""
+        """This chunk's eager log-weights, after building the graph of its size on a forked stream and running it
+        from the same draws: kept where it leaves the stream where eager does and gives the same log-weights, bit
+        for bit (the JIT) or within ``COMPILED_TOLERANCE`` (``compile``)."""
         device = next(a.device for a in args)
-        graph = jit_trace(
-            lambda *a: self.eager(a, num_particles), ignore_warnings=True, jit_options={"check_trace": False}
-        )
         try:
             with forked_rng(device), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=FutureWarning)
-                graph(*args)
-        except Exception:  # tracing fails in many ways (unsupported ops, Python values): eager it is
-            self.compiled[num_particles] = None
+                graph = self.built(args, num_particles)
+        except Exception as error:  # tracing fails in many ways (unsupported ops, Python values): eager it is
+            if isinstance(error, PyroVAEError) and error.__context__ is not None:
+                error = error.__context__  # the tracer's own error, not log_weights' reading of it as a shape's
+            first_line = str(error).partition("\n")[0]
+            self.stand_aside(num_particles, f"tracing failed ({type(error).__name__}: {first_line})")
             return self.eager(args, num_particles)
         with forked_rng(device):
             traced, traced_state = graph(*args), rng_state(device)
         log_w = self.eager(args, num_particles)
-        same = torch.equal(rng_state(device), traced_state) and torch.equal(traced.isnan(), log_w.isnan())
-        same = same and torch.equal(traced.nan_to_num(), log_w.nan_to_num())  # bit for bit
-        self.compiled[num_particles] = graph if same else None
+        if not torch.equal(rng_state(device), traced_state):
+            self.stand_aside(num_particles, "the compiled log-weights draw other numbers than the eager ones")
+        elif not (
+            torch.allclose(traced, log_w, **COMPILED_TOLERANCE, equal_nan=True)
+            if self.compile
+            else torch.equal(traced.isnan(), log_w.isnan()) and torch.equal(traced.nan_to_num(), log_w.nan_to_num())
+        ):
+            difference = (traced - log_w).abs().nan_to_num(math.inf).max().item()
+            self.stand_aside(num_particles, f"the compiled log-weights differ from the eager ones by {difference:.3g}")
+        else:
+            self.compiled[num_particles] = graph
         return log_w
+
+    def built(self, args, num_particles):
+        """The graph of ``num_particles``' log-weights, built on ``args`` (which draws, as eager does): Pyro's JIT
+        trace, or with ``compile`` inductor's ``StoreCompiled``."""
+        if self.compile:
+            return StoreCompiled(lambda *a: self.eager(a, num_particles), args)
+        graph = jit_trace(
+            lambda *a: self.eager(a, num_particles), ignore_warnings=True, jit_options={"check_trace": False}
+        )
+        graph(*args)  # traces
+        return graph
+
+    def stand_aside(self, num_particles, problem):
+        """Leave chunks of ``num_particles`` eager for good; with ``compile``, whose user asked for it, say why."""
+        self.compiled[num_particles] = None
+        if self.compile:
+            warnings.warn(
+                f"compile: {problem}; estimating without compiling", stacklevel=7
+            )  # estimate's caller (past no_grad's wrapper)
 
 
 def rng_state(device):
