@@ -27,11 +27,8 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert report["training"]["32"]["pyro_uses_jit"] is True and report["training"]["32"]["compiled_in_use"] is True
     assert report["matmul_flops_per_s"]["float32"] > 0 and 0 < report["evaluation"]["share_of_limit"]
     assert set(report["matmul_flops_per_s_after"]) == {"float32", "bfloat16"}
-    assert set(report["fixed_cost"]) == {
-        "pyro_seconds_per_step",
-        "compiled_seconds_per_step",
-        "careful_seconds_per_step",
-    }
+    loops = ("pyro", "pyro_bf16", "compiled", "compiled_bf16", "careful", "careful_bf16")
+    assert set(report["fixed_cost"]) == {f"{loop}_seconds_per_step" for loop in loops}
     assert all(0 < seconds < 1 for seconds in report["fixed_cost"].values())
     evaluation = report["evaluation"]
     assert {"pyro_seconds", "pyro_batched_seconds", "plain_seconds", "pyro_peak_extra_mb", "chunk_size"} <= set(
@@ -44,7 +41,8 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     assert (
         "batch 32, pyro / careful, float32: " in printed
         and "batch 32, compiled / careful, bfloat16: " in printed
-        and "fixed cost, compiled / careful: " in printed
+        and "fixed cost, compiled / careful: float32 " in printed
+        and ", bfloat16 " in printed
         and "evaluator (one stream per example) / plain estimate: " in printed
         and "evaluator --compile (one stream per example) / plain estimate: " in printed
     )

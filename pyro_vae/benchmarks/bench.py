@@ -329,11 +329,7 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
     for batch_size in batch_sizes:
         common = config_overrides + [f"train.batch_size={batch_size}", f"train.device={device}"]
         with tempfile.TemporaryDirectory() as tmp:
-            trainers = {
-                name: Trainer(load_config(config_name, common + settings), f"{tmp}/{name}", progress=False)
-                for name, settings in TRAINER_SETTINGS.items()
-                if compiled or not name.startswith("compiled")
-            }
+            trainers = project_trainers(config_name, common, tmp, compiled)
             trainer = trainers["pyro"]
             variants = {name: lambda index, t=t: t.train_step(index).item() for name, t in trainers.items()}
             variants.update(
@@ -363,21 +359,30 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
 FIXED_COST_NETWORK = ["network.hidden=[8]", "model.z_dim=2", "train.batch_size=8"]  # where the arithmetic vanishes
 
 
+def project_trainers(config_name, overrides, folder, compiled):
+    """{name: the project's ``Trainer`` of each of ``TRAINER_SETTINGS``} for config ``config_name`` with
+    ``overrides``, their runs in ``folder``; the compiled ones only where ``compiled``."""
+    return {
+        name: Trainer(load_config(config_name, overrides + settings), f"{folder}/{name}", progress=False)
+        for name, settings in TRAINER_SETTINGS.items()
+        if compiled or not name.startswith("compiled")
+    }
+
+
 def fixed_cost(config_overrides, repeats, steps, device):
-    """Seconds per step of the project's trainer (default, and compiled where the objective has the option)
-    and of the careful loop on a network of width 8 with a batch of 8 and z of 2, where the matrix products
-    and elementwise passes vanish and what is left is each loop's fixed cost (Python, Pyro's and
-    TorchScript's machinery, kernel launches, the optimizer's call): medians of interleaved repeats."""
+    """Seconds per step of the project's trainers (``TRAINER_SETTINGS``: default and compiled, where the
+    objective has the option, in float32 and bfloat16) and of the careful loops (float32 and bfloat16) on a
+    network of width 8 with a batch of 8 and z of 2, where the matrix products and elementwise passes vanish
+    and what is left is each loop's fixed cost (Python, Pyro's and TorchScript's machinery, kernel launches,
+    autocast's casts, the optimizer's call): medians of interleaved repeats."""
     overrides = config_overrides + FIXED_COST_NETWORK + [f"train.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(load_config(None, overrides), f"{tmp}/pyro", progress=False)
-        variants = {"pyro": lambda index: trainer.train_step(index).item()}
-        if compiles(None, overrides):
-            compiled = Trainer(
-                load_config(None, overrides + ["objective.compile=true"]), f"{tmp}/compiled", progress=False
-            )
-            variants["compiled"] = lambda index: compiled.train_step(index).item()
-        variants["careful"] = CarefulTrainer(trainer).train_step
+        trainers = project_trainers(None, overrides, tmp, compiles(None, overrides))
+        trainer = trainers["pyro"]
+        variants = {name: lambda index, t=t: t.train_step(index).item() for name, t in trainers.items()}
+        variants.update(
+            careful=CarefulTrainer(trainer).train_step, careful_bf16=CarefulTrainer(trainer, torch.bfloat16).train_step
+        )
         batch_size = trainer.config.train.batch_size
         rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
     return {f"{name}_seconds_per_step": batch_size / statistics.median(v) for name, v in rates.items()}
@@ -1008,17 +1013,17 @@ def main(
     extra = f["pyro_seconds_per_step"] - f["careful_seconds_per_step"]
     print(
         "fixed cost per step (width 8, batch 8, z of 2: no arithmetic left): "
-        + ", ".join(f"{name.partition('_')[0]} {seconds * 1e3:.2f} ms" for name, seconds in f.items())
+        + ", ".join(f"{name.removesuffix('_seconds_per_step')} {seconds * 1e3:.2f} ms" for name, seconds in f.items())
         + f"; pyro's difference, {extra * 1e3:.2f} ms, is "
         + ", ".join(f"{extra * r['careful_images_per_s'] / b:.1%}" for b, r in report["training"].items())
         + f" of a careful step at batch {', '.join(map(str, report['training']))}"
     )
     if "compiled_seconds_per_step" in f:
-        compiled, careful = f["compiled_seconds_per_step"], f["careful_seconds_per_step"]
-        print(
-            f"fixed cost, compiled / careful: {compiled / careful:.3f} "
-            f"({'at or below' if compiled <= careful else 'above'} the careful loop's)"
-        )
+        parts = []
+        for precision, suffix in (("float32", ""), ("bfloat16", "_bf16")):
+            ratio = f[f"compiled{suffix}_seconds_per_step"] / f[f"careful{suffix}_seconds_per_step"]
+            parts.append(f"{precision} {ratio:.3f} ({'at or below' if ratio <= 1 else 'above'} the careful loop's)")
+        print("fixed cost, compiled / careful: " + ", ".join(parts))
     e = report["evaluation"]
     print(
         f"log p(x), K={e['num_samples']}, {e['num_examples']} examples: pyro, one example after another as evaluate "

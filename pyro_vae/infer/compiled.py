@@ -12,6 +12,9 @@ dtype of the tensor arguments, keyword arguments and autocast precision, and it 
 models whose structure and Python numbers do not depend on tensor values. A model that reads a tensor's
 value into Python fails to trace; the trainer checks the compiled loss and gradient against the eager
 ones before it uses them (``Trainer.checked_jit``).
+
+``StoreCompiled`` is the construction itself, for any function of tensors that reads the param store: the
+ELBO here, the importance sampler's log-weights with ``compile=True`` (``importance.ImportanceSampler``).
 """
 
 import pyro

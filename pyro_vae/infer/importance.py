@@ -234,15 +234,16 @@ class ImportanceSampler:
         with forked_rng(device):
             traced, traced_state = graph(*args), rng_state(device)
         log_w = self.eager(args, num_particles)
+        same_nans = torch.equal(traced.isnan(), log_w.isnan())
+        if self.compile:
+            same = same_nans and torch.allclose(traced, log_w, **COMPILED_TOLERANCE, equal_nan=True)
+        else:  # bit for bit
+            same = same_nans and torch.equal(traced.nan_to_num(), log_w.nan_to_num())
         if not torch.equal(rng_state(device), traced_state):
             self.stand_aside(num_particles, "the compiled log-weights draw other numbers than the eager ones")
-        elif not (
-            torch.allclose(traced, log_w, **COMPILED_TOLERANCE, equal_nan=True)
-            if self.compile
-            else torch.equal(traced.isnan(), log_w.isnan()) and torch.equal(traced.nan_to_num(), log_w.nan_to_num())
-        ):
-            difference = (traced - log_w).abs().nan_to_num(math.inf).max().item()
-            self.stand_aside(num_particles, f"the compiled log-weights differ from the eager ones by {difference:.3g}")
+        elif not same:
+            gap = (traced - log_w).abs().masked_fill(traced.isnan() & log_w.isnan(), 0).nan_to_num(math.inf).max()
+            self.stand_aside(num_particles, f"the compiled log-weights differ from the eager ones by {gap.item():.3g}")
         else:
             self.compiled[num_particles] = graph
         return log_w
