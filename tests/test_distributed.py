@@ -245,12 +245,14 @@ def test_sigterm_stops_every_rank_with_a_checkpoint_and_resume_is_bit_identical(
     assert_same(parameters(tmp_path / "stopped"), reference)
 
 
-def test_sharded_evaluation_equals_one_process_example_by_example(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--compile"]])  # inductor's graph too: the same bits in every process
+def test_sharded_evaluation_equals_one_process_example_by_example(tmp_path, flags):
     from pyro_vae.cli import main
 
     main(["train", "--quiet", "--runs-root", str(tmp_path), "--name", "r", *[f for o in TINY for f in ("--set", o)]])
     folder = tmp_path / "r"
     evaluate = ["-m", "pyro_vae", "evaluate", str(folder), "-k", "60", "--limit", "7", "--quiet", "--device", "cpu"]
+    evaluate += flags
     one = subprocess.run([sys.executable, *evaluate], capture_output=True, text=True, env=ENV)
     assert one.returncode == 0, one.stderr
     single = (folder / "eval_examples.csv").read_text()

@@ -693,23 +693,32 @@ def test_the_inductor_compiled_sampler_draws_what_eager_draws_within_rounding_or
 
     pair = TinyPair(python_scale)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+
+    def sampler(**options):
+        return ImportanceSampler(pair.model, pair.guide, (x[:1],), {}, num_samples=70, chunk_size=16, **options)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compiled = ImportanceSampler(pair.model, pair.guide, (x[:1],), {}, num_samples=70, chunk_size=16, compile=True)
-        eager = ImportanceSampler(pair.model, pair.guide, (x[:1],), {}, num_samples=70, chunk_size=16, jit=False)
+        compiled, eager, estimates = sampler(compile=True), sampler(jit=False), []
         for i in range(len(x)):
             results = []
-            for sampler in (compiled, eager):
+            for each in (compiled, eager):
                 torch.manual_seed(i)
-                results.append(sampler.estimate(x[i : i + 1]))
+                results.append(each.estimate(x[i : i + 1]))
                 results.append(torch.rand(()))  # where each leaves the stream
             for name in ("log_likelihood", "elbo", "ess"):
                 assert torch.allclose(getattr(results[0], name), getattr(results[2], name), rtol=1e-5, atol=1e-5)
             assert torch.equal(results[1], results[3])
+            estimates.append(results[0].log_likelihood)
+        # a sampler that starts at example 1 (a second rank's share) checks its graphs there: the same estimates
+        later = sampler(compile=True)
+        for i in range(1, len(x)):
+            torch.manual_seed(i)
+            assert torch.equal(later.estimate(x[i : i + 1]).log_likelihood, estimates[i])
     assert sorted(compiled.compiled) == [6, 16]
     assert all((graph is None) == python_scale for graph in compiled.compiled.values())
     messages = [str(w.message) for w in caught if str(w.message).startswith("compile:")]
-    if python_scale:  # a σ read from the draws into Python cannot be traced: the reason, once per chunk size
-        assert len(messages) == 2 and all(m.startswith("compile: tracing failed (") for m in messages)
+    if python_scale:  # a σ read from the draws into Python cannot be traced: the reason, per sampler and chunk size
+        assert len(messages) == 4 and all(m.startswith("compile: tracing failed (") for m in messages)
     else:
         assert messages == []

@@ -217,9 +217,11 @@ class ImportanceSampler:
             return log_weights(self.model, self.guide, args, self.kwargs, num_particles, self.layout)
 
     def checked(self, args, num_particles):
-        """This chunk's eager log-weights, after building the graph of its size on a forked stream and running it
-        from the same draws: kept where it leaves the stream where eager does and gives the same log-weights, bit
-        for bit (the JIT) or within ``COMPILED_TOLERANCE`` (``compile``)."""
+        """This chunk's log-weights, after building the graph of its size on a forked stream and running it and
+        the eager log-weights from the same draws: the graph is kept where it leaves the stream where eager does
+        and gives the same log-weights, bit for bit (the JIT) or within ``COMPILED_TOLERANCE`` (``compile``), and
+        its log-weights are then this chunk's too, so that an example's estimate does not depend on whether its
+        chunk was the one checked (under ``torchrun``, each rank checks on its own first example)."""
         device = next(a.device for a in args)
         try:
             with forked_rng(device), warnings.catch_warnings():
@@ -246,6 +248,7 @@ class ImportanceSampler:
             self.stand_aside(num_particles, f"the compiled log-weights differ from the eager ones by {gap.item():.3g}")
         else:
             self.compiled[num_particles] = graph
+            return traced
         return log_w
 
     def built(self, args, num_particles):
