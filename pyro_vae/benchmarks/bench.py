@@ -981,7 +981,7 @@ def main(
         "matmul_flops_per_s": limits,
         "training": training_throughput(tiny, batch_sizes, 2 if quick else 11, 3 if quick else 30, device, limits),
         "fixed_cost": fixed_cost(list(overrides), 2 if quick else 11, 3 if quick else 100, device),
-        "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 5, device),
+        "evaluation": evaluator_speed(tiny, 20 if quick else 5000, 4 if quick else 100, 1 if quick else 9, device),
     }
     again = report["matmul_flops_per_s_after"] = read_limits()  # a second reading far from the first: a noisy machine
     report["evaluation"]["share_of_limit"] = (
