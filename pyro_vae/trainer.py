@@ -36,7 +36,7 @@ from . import distributed
 from .devices import allocation_line, forked_rng, free_memory, resolve_device
 from .distributed import World
 from .errors import Interrupted, PyroVAEError
-from .infer.compiled import CompiledTrace_ELBO
+from .infer.compiled import CompiledTrace_ELBO, tracing_failed
 from .infer.objectives import OBJECTIVES, SemiSupervisedLoss, VAELoss
 from .infer.optim import adam, load_adam_state
 from .infer.schedules import SCHEDULES
@@ -308,8 +308,7 @@ class Trainer:
                             )
                         )
             except Exception as error:  # tracing fails in many ways: unsupported ops, Python values, new params
-                first_line = str(error).partition("\n")[0]  # Pyro appends whole trace-shape tables
-                problem = f"tracing failed ({type(error).__name__}: {first_line})"
+                problem = tracing_failed(error)
             finally:
                 self.loss.elbo = self.eager_elbo
         # the gradients agree to 10⁻³ of their norm, or to one rounding of the step's precision where that is coarser

@@ -401,7 +401,7 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
     vae, x = experiment.vae.eval(), experiment.test_x[:num_examples]
     chunk_size = ImportanceSampler(vae.model, vae.guide, (x,), {}, num_samples).chunk_size  # the batch's chunks
 
-    def sampler(**options):  # as evaluate sets it up
+    def new_sampler(**options):  # as evaluate sets it up
         return ImportanceSampler(vae.model, vae.guide, (x[:1],), {}, num_samples, calls=len(x), **options)
 
     def per_example(sampler):
@@ -412,7 +412,7 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
         return torch.cat(estimates)
 
     started = time.perf_counter()
-    compiled = sampler(compile=True)
+    compiled = new_sampler(compile=True)
     per_example(compiled)  # builds the graph of each chunk size
     build_seconds = time.perf_counter() - started
 
@@ -423,7 +423,7 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
         return plain_log_likelihood(vae, x, num_samples, chunk_size)
 
     variants = {
-        "pyro": lambda: per_example(sampler()),
+        "pyro": lambda: per_example(new_sampler()),
         "pyro_batched": batched,
         "pyro_compiled": lambda: per_example(compiled),
         "plain": plain,
@@ -869,8 +869,13 @@ def print_verdicts(training):
         for key, (*_, label) in RATIOS.items():
             if label is None or key not in r:
                 continue
-            low, high = r[f"{key}_quartiles"]
-            print(f"batch {batch_size}, {label}: {r[key]:.3f} [{low:.2f}–{high:.2f}]: {verdict(r[key], (low, high))}")
+            print(verdict_line(f"batch {batch_size}, {label}", r[key], r[f"{key}_quartiles"]))
+
+
+def verdict_line(label, ratio, quartiles):
+    """ "label: ratio [quartiles]: verdict" (without the brackets where there are no quartiles)."""
+    spread = f" [{quartiles[0]:.2f}–{quartiles[1]:.2f}]" if quartiles else ""
+    return f"{label}: {ratio:.3f}{spread}: {verdict(ratio, quartiles)}"
 
 
 def check_arguments(parity_epochs, compare, num_samples, nproc, config, keep, classifier, semi=False):
@@ -1037,12 +1042,7 @@ def main(
     )
     print_verdicts(report["training"])
     for label, key in (("evaluator", "speed_ratio"), ("evaluator --compile", "compiled_speed_ratio")):
-        quartiles = e[f"{key}_quartiles"]
-        print(
-            f"{label} (one stream per example) / plain estimate: {e[key]:.3f}"
-            + (f" [{quartiles[0]:.2f}–{quartiles[1]:.2f}]" if quartiles else "")
-            + f": {verdict(e[key], quartiles)}"
-        )
+        print(verdict_line(f"{label} (one stream per example) / plain estimate", e[key], e[f"{key}_quartiles"]))
     record(out, report, "throughput")
     print(f"wrote {out}")
     return report

@@ -137,6 +137,13 @@ class StoreCompiled:
         return self.compiled(*self.params(), *args)
 
 
+def tracing_failed(error):
+    """One line for a graph that could not be built: "tracing failed (its type: the first line of its message)"
+    (Pyro appends whole trace-shape tables to its messages)."""
+    first_line = str(error).partition("\n")[0]
+    return f"tracing failed ({type(error).__name__}: {first_line})"
+
+
 def function_key(fn):
     """What identifies ``fn``: a bound method by its function and its object (``vae.model`` is a new
     method object at every access), anything else by itself."""

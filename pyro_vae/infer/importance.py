@@ -55,7 +55,7 @@ from torch.utils._pytree import tree_leaves
 from ..devices import allocation_line, forked_rng, free_memory
 from ..errors import PyroVAEError
 from ..serial import PYRO_LOCK
-from .compiled import StoreCompiled
+from .compiled import StoreCompiled, tracing_failed
 
 PARTICLES = "_importance_particles"
 DATA = "data"
@@ -230,8 +230,7 @@ class ImportanceSampler:
         except Exception as error:  # tracing fails in many ways (unsupported ops, Python values): eager it is
             if isinstance(error, PyroVAEError) and error.__context__ is not None:
                 error = error.__context__  # the tracer's own error, not log_weights' reading of it as a shape's
-            first_line = str(error).partition("\n")[0]
-            self.stand_aside(num_particles, f"tracing failed ({type(error).__name__}: {first_line})")
+            self.stand_aside(num_particles, tracing_failed(error))
             return self.eager(args, num_particles)
         with forked_rng(device):
             traced, traced_state = graph(*args), rng_state(device)
@@ -265,10 +264,8 @@ class ImportanceSampler:
     def stand_aside(self, num_particles, problem):
         """Leave chunks of ``num_particles`` eager for good; with ``compile``, whose user asked for it, say why."""
         self.compiled[num_particles] = None
-        if self.compile:
-            warnings.warn(
-                f"compile: {problem}; estimating without compiling", stacklevel=7
-            )  # estimate's caller (past no_grad's wrapper)
+        if self.compile:  # stacklevel: estimate's caller, past no_grad's wrapper
+            warnings.warn(f"compile: {problem}; estimating without compiling", stacklevel=7)
 
 
 def rng_state(device):
