@@ -136,16 +136,38 @@ def keyword_options(function):
     }
 
 
+def is_of_type(value, tp):
+    """Whether ``check_type`` takes ``value`` as a ``tp`` as it is (a member of a union)."""
+    try:
+        return check_type("", value, tp) is value
+    except PyroVAEError:
+        return False
+
+
 def type_name(tp):
+    """How an option's type reads in an error: ``int``, ``list``, ``true, false or "auto"``."""
     if typing.get_origin(tp) is Annotated:
         tp = typing.get_args(tp)[0]
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+    origin = typing.get_origin(tp)
+    if origin not in (typing.Union, typing.Literal):
+        return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+    members = []
+    for member in typing.get_args(tp):
+        members += typing.get_args(member) if typing.get_origin(member) is typing.Literal else [member]
+    names = ["true, false" if m is bool else f'"{m}"' if isinstance(m, str) else type_name(m) for m in members]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def check_type(what, value, tp):
     """``value`` converted to type ``tp`` (int→float allowed, list items checked, the ``Range`` of an
-    ``Annotated`` type enforced) or a clear error."""
+    ``Annotated`` type enforced, one of a ``Literal``'s values or of a union's members: ``bool |
+    Literal["auto"]``) or a clear error."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, typing.Literal):
+        for member in typing.get_args(tp):
+            if value == member if origin is typing.Literal else is_of_type(value, member):
+                return value
+        raise PyroVAEError(f"{what} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
     if origin is Annotated:
         base, *extras = typing.get_args(tp)
         value = check_type(what, value, base)

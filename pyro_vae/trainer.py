@@ -14,7 +14,8 @@ The latent noise differs between ranks (rank r's stream is seeded from ``train.s
 
 Where ``objective.jit`` is on (the default) steps run Pyro's JIT-compiled ELBO once it has been
 traced and checked against the eager one, and eager steps cover a β warm-up; ``objective.compile`` runs
-the ELBO compiled by inductor instead, on full batches. After every epoch the
+the ELBO compiled by inductor instead, on full batches: by default (``"auto"``) in runs of at least
+``COMPILE_FROM_STEPS`` full batches, where its seconds of building pay. After every epoch the
 test ELBO per example is logged and rank 0 writes a checkpoint atomically; SIGINT/SIGTERM on any
 rank stop every rank after the same step, with a checkpoint; ``--resume`` continues bit-identically
 on the CPU with the same number of processes. Pictures are drawn by ``train`` after training.
@@ -64,6 +65,8 @@ from .runs.folders import (
 )
 from .serial import PYRO_LOCK
 
+COMPILE_FROM_STEPS = 10_000  # objective.compile = "auto": full-batch steps from which inductor's building pays
+
 
 class Trainer:
     """Trains the VAE of ``config`` into ``run_dir``, or resumes the run saved there, as this process's
@@ -96,11 +99,7 @@ class Trainer:
         else:
             self.loss = VAELoss(self.vae, self.eager_elbo)
         self.check_step_memory()
-        self.jit_elbo = (
-            self.checked_jit(OBJECTIVES.build(config.objective.name, options))
-            if options.get("jit") or options.get("compile")
-            else None
-        )
+        self.jit_elbo = self.traced_elbo(dict(options))
         self.optimizer = adam(self.vae, config.train.lr, config.train.adam_eps)
         self.schedule = SCHEDULES.build(config.schedule.name, config.schedule.options)
         self.board = Board(config, self.run_dir) if config.train.tensorboard and self.world.main else None
@@ -274,14 +273,40 @@ class Trainer:
                 "network sizes"
             )
 
-    def checked_jit(self, elbo):
+    def full_batches(self):
+        """The full-batch steps the whole run takes: ``train.epochs`` × ⌊N / ``train.batch_size``⌋ (at least one
+        an epoch: a batch larger than the N training examples is all of them)."""
+        return self.config.train.epochs * max(1, len(self.train_x) // self.config.train.batch_size)
+
+    def traced_elbo(self, options):
+        """The objective that steps run once it is checked (``checked_jit``), for the objective's ``options``:
+        compiled by inductor where ``compile`` is true, or ``"auto"`` and the run takes at least
+        ``COMPILE_FROM_STEPS`` full batches (``full_batches``); otherwise, or where the compiled one fails its
+        check, Pyro's JIT where ``jit`` is on; None (eager steps) where neither is on or both fail."""
+        name, steps = self.config.objective.name, self.full_batches()
+        if options.get("compile") == "auto":
+            options["compile"] = options["jit"] and steps >= COMPILE_FROM_STEPS
+            if options["compile"] and self.progress:
+                say(
+                    f"objective.compile = auto: {steps:,} full batches, so the step is compiled by inductor "
+                    "(seconds of building, once; objective.compile = false skips it)"
+                )
+        if options.get("compile"):
+            elbo = self.checked_jit(OBJECTIVES.build(name, options), "Pyro's JIT instead" if options["jit"] else None)
+            if elbo is not None:
+                return elbo
+            options["compile"] = False
+        return self.checked_jit(OBJECTIVES.build(name, options)) if options.get("jit") else None
+
+    def checked_jit(self, elbo, fallback=None):
         """``elbo``, the JIT or compiled objective, traced here at the final β on the first training batch,
         then checked on a batch of other examples, of another size for the JIT (whose one graph serves every
         size) and of the same size for the compiled objective (a graph per shape): from the same random draws,
-        the traced and the eager objective must give the same loss and the same gradient. None, with a warning, where tracing fails or the losses
-        differ (say, a component whose Python control flow or Python numbers depend on tensor values),
-        and training stays eager. Runs under a forked RNG and leaves no gradients behind, so a resumed
-        run stays bit-identical to an uninterrupted one."""
+        the traced and the eager objective must give the same loss and the same gradient. None, with a
+        warning, where tracing fails or the losses differ (say, a component whose Python control flow or Python
+        numbers depend on tensor values): training goes on with ``fallback`` (the warning names it; None:
+        eager). Runs under a forked RNG and leaves no gradients behind, so a resumed run stays bit-identical
+        to an uninterrupted one."""
         n = len(self.train_x)
         size = min(self.config.train.batch_size, n)
         generator = torch.Generator(self.device).manual_seed(TEST_SEED)
@@ -323,9 +348,9 @@ class Trainer:
         if problem is not None:
             if self.world.main:
                 option = "compile" if isinstance(elbo, CompiledTrace_ELBO) else "jit"
+                instead = f"with {fallback}" if fallback else f"without {option.upper()}"
                 warnings.warn(
-                    f"objective.{option}: {problem}; training without {option.upper()} "
-                    f"(objective.{option}=false skips this attempt)",
+                    f"objective.{option}: {problem}; training {instead} (objective.{option}=false skips this attempt)",
                     stacklevel=3,
                 )
             return None

@@ -1,6 +1,7 @@
 """The ELBO compiled by inductor (``objective.compile``): Pyro's loss and gradient from the same draws, one
 graph per batch shape, a clear fall-back where a component cannot be traced, exact resume."""
 
+import re
 from pathlib import Path
 
 import pyro
@@ -9,8 +10,14 @@ import torch
 from conftest import cli_args
 from test_model import tiny_trainer, untraceable  # noqa: F401 (a fixture)
 
+import pyro_vae.trainer as trainer_module
 from pyro_vae.cli import main
 from pyro_vae.infer.compiled import CompiledTrace_ELBO
+from pyro_vae.infer.objectives import OneGradientJitTrace_ELBO
+from pyro_vae.runs.config import load_config
+from pyro_vae.trainer import Trainer
+
+TINY = ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "train.batch_size=64", "train.device=cpu"]
 
 
 def loss_and_gradient(trainer, elbo, args, seed):
@@ -67,10 +74,40 @@ def test_building_the_compiled_elbo_leaves_the_random_stream_and_the_gradients_a
 
 
 def test_a_component_that_reads_a_tensor_into_python_trains_eagerly_with_a_warning(tmp_path, untraceable):  # noqa: F811
-    with pytest.warns(UserWarning, match=r"objective.compile: tracing failed \(.*\); training without COMPILE"):
+    with pytest.warns(UserWarning) as warned:
         trainer = tiny_trainer(tmp_path, "objective.compile=true", "likelihood.name=python_number_bernoulli")
+    messages = [str(w.message) for w in warned]
+    assert re.fullmatch(r"objective.compile: tracing failed \(.*\); training with Pyro's JIT instead .*", messages[0])
+    assert re.fullmatch(r"objective.jit: .*; training without JIT .*", messages[1])  # which fails its check too
     assert trainer.jit_elbo is None
     assert torch.isfinite(trainer.train_step(torch.arange(64)))
+
+
+def test_where_the_compiled_elbo_fails_its_check_the_jit_steps(tmp_path, monkeypatch):
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("no C++ compiler\nthe rest of a long message")
+
+    monkeypatch.setattr(CompiledTrace_ELBO, "differentiable_loss", fails)
+    with pytest.warns(UserWarning, match=r"^objective.compile: tracing failed \(RuntimeError: no C\+\+ compiler\); "):
+        trainer = tiny_trainer(tmp_path, "objective.compile=true")
+    assert isinstance(trainer.jit_elbo, OneGradientJitTrace_ELBO)
+
+
+@pytest.mark.parametrize(
+    "epochs, jit, used",
+    [(2, "true", CompiledTrace_ELBO), (1, "true", OneGradientJitTrace_ELBO), (2, "false", type(None))],
+    ids=["long_run", "short_run", "no_jit"],
+)
+def test_auto_compiles_runs_long_enough_to_pay_for_the_building(tmp_path, monkeypatch, capsys, epochs, jit, used):
+    """400 synthetic examples in batches of 64: 6 full batches an epoch, against a threshold of 12."""
+    monkeypatch.setattr(trainer_module, "COMPILE_FROM_STEPS", 12)
+    config = load_config(None, [*TINY, f"train.epochs={epochs}", f"objective.jit={jit}"])
+    assert config.objective.options["compile"] == "auto"  # the default
+    trainer = Trainer(config, tmp_path / "run", progress=True)
+    assert type(trainer.jit_elbo) is used
+    said = capsys.readouterr()
+    compiling = "objective.compile = auto: 12 full batches, so the step is compiled by inductor"
+    assert (compiling in said.out + said.err) == (used is CompiledTrace_ELBO)
 
 
 def test_a_compiled_run_resumed_ends_bit_identical_to_one_trained_at_once(tiny):

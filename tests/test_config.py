@@ -60,6 +60,8 @@ def test_overrides_are_typed_and_renaming_keeps_valid_options():
         (["train.warmup_epochs=-1"], "train.warmup_epochs must be zero or more"),
         (["train.device=tpu"], "train.device must be one of auto, cpu, cuda"),
         (["train.lr"], "must look like section.key=value"),
+        (["objective.compile=yes"], "option 'compile' must be true, false or \"auto\", got 'yes' \\(str\\)"),
+        (["objective.compile=1"], "option 'compile' must be true, false or \"auto\", got 1 \\(int\\)"),
     ],
 )
 def test_bad_config_gives_a_one_line_error(overrides, message):

@@ -286,10 +286,10 @@ def interleaved_rates(variants, trainer, repeats, steps, batch_size):
 BATCH_SIZES = (128, 256, 1024)  # the training step's batch sizes; the matrix-product limit is the best over them
 
 TRAINING_VARIANTS = {  # name → what it is, for the printed table
-    "pyro": "the project's trainer, default (float32, JIT)",
-    "pyro_bf16": "the project's trainer, train.precision = bfloat16",
-    "compiled": "the project's trainer, objective.compile = true (inductor)",
-    "compiled_bf16": "the project's trainer, objective.compile = true, train.precision = bfloat16",
+    "pyro": "the project's trainer on a short run (float32, Pyro's JIT)",
+    "pyro_bf16": "the project's trainer on a short run, train.precision = bfloat16",
+    "compiled": "the project's trainer on a long run (objective.compile = auto from 10,000 steps: inductor)",
+    "compiled_bf16": "the project's trainer on a long run, train.precision = bfloat16",
     "plain": "naive plain loop: the project's modules, torch.bernoulli, default Adam",
     "careful": "careful plain loop: plain modules (an MLP flattened), our data path, fused Adam, float32",
     "careful_bf16": "the careful loop under torch.autocast(bfloat16)",
@@ -297,8 +297,8 @@ TRAINING_VARIANTS = {  # name → what it is, for the printed table
 
 
 TRAINER_SETTINGS = {  # the project's trainers of TRAINING_VARIANTS: overrides of the config
-    "pyro": [],
-    "pyro_bf16": ["train.precision=bfloat16"],
+    "pyro": ["objective.compile=false"],
+    "pyro_bf16": ["objective.compile=false", "train.precision=bfloat16"],
     "compiled": ["objective.compile=true"],
     "compiled_bf16": ["objective.compile=true", "train.precision=bfloat16"],
 }
@@ -361,12 +361,16 @@ FIXED_COST_NETWORK = ["network.hidden=[8]", "model.z_dim=2", "train.batch_size=8
 
 def project_trainers(config_name, overrides, folder, compiled):
     """{name: the project's ``Trainer`` of each of ``TRAINER_SETTINGS``} for config ``config_name`` with
-    ``overrides``, their runs in ``folder``; the compiled ones only where ``compiled``."""
-    return {
-        name: Trainer(load_config(config_name, overrides + settings), f"{folder}/{name}", progress=False)
-        for name, settings in TRAINER_SETTINGS.items()
-        if compiled or not name.startswith("compiled")
-    }
+    ``overrides``, their runs in ``folder``; where not ``compiled`` (an objective without the option), the
+    short run's trainers alone, as the config has them."""
+    trainers = {}
+    for name, settings in TRAINER_SETTINGS.items():
+        if not compiled:
+            if name.startswith("compiled"):
+                continue
+            settings = [s for s in settings if not s.startswith("objective.compile")]
+        trainers[name] = Trainer(load_config(config_name, overrides + settings), f"{folder}/{name}", progress=False)
+    return trainers
 
 
 def fixed_cost(config_overrides, repeats, steps, device):

@@ -11,6 +11,7 @@ one, loss and gradient, before it uses it (``Trainer.checked_jit``).
 
 import math
 import warnings
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
@@ -61,11 +62,13 @@ class OneGradientJitTrace_ELBO(JitTrace_ELBO):
 
 
 @OBJECTIVES.register("trace_elbo")
-def trace_elbo(*, num_particles: Particles = 1, jit: bool = True, compile: bool = False):
+def trace_elbo(*, num_particles: Particles = 1, jit: bool = True, compile: bool | Literal["auto"] = "auto"):
     """E_q[log p(x, z) − log q(z|x)], a Monte Carlo estimate with reparameterized z ~ q(z|x). ``compile``:
     instead of Pyro's TorchScript JIT, the loss compiled by PyTorch's inductor (``CompiledTrace_ELBO``), a
-    graph per batch shape built in seconds, whose steps cost less fixed time."""
-    if compile:
+    graph per batch shape built in seconds, whose steps cost less fixed time. ``"auto"`` leaves the choice
+    to the trainer, which compiles for runs long enough to pay for the building (``Trainer``); built
+    outside it, ``"auto"`` is the JIT."""
+    if compile is True:
         return build_elbo(CompiledTrace_ELBO, num_particles)
     return build_elbo(OneGradientJitTrace_ELBO if jit else Trace_ELBO, num_particles, jit)
 
