@@ -14,10 +14,6 @@ import pyro_vae.trainer as trainer_module
 from pyro_vae.cli import main
 from pyro_vae.infer.compiled import CompiledTrace_ELBO
 from pyro_vae.infer.objectives import OneGradientJitTrace_ELBO
-from pyro_vae.runs.config import load_config
-from pyro_vae.trainer import Trainer
-
-TINY = ["data.name=synthetic", "network.hidden=[16]", "model.z_dim=2", "train.batch_size=64", "train.device=cpu"]
 
 
 def loss_and_gradient(trainer, elbo, args, seed):
@@ -101,9 +97,8 @@ def test_where_the_compiled_elbo_fails_its_check_the_jit_steps(tmp_path, monkeyp
 def test_auto_compiles_runs_long_enough_to_pay_for_the_building(tmp_path, monkeypatch, capsys, epochs, jit, used):
     """400 synthetic examples in batches of 64: 6 full batches an epoch, against a threshold of 12."""
     monkeypatch.setattr(trainer_module, "COMPILE_FROM_STEPS", 12)
-    config = load_config(None, [*TINY, f"train.epochs={epochs}", f"objective.jit={jit}"])
-    assert config.objective.options["compile"] == "auto"  # the default
-    trainer = Trainer(config, tmp_path / "run", progress=True)
+    trainer = tiny_trainer(tmp_path / "run", f"train.epochs={epochs}", f"objective.jit={jit}", progress=True)
+    assert trainer.config.objective.options["compile"] == "auto"  # the default
     assert type(trainer.jit_elbo) is used
     said = capsys.readouterr()
     compiling = "objective.compile = auto: 12 full batches, so the step is compiled by inductor"

@@ -196,7 +196,7 @@ def test_pyro_jit_mean_field_retraces_without_the_workaround():
     assert elbo._differentiable_loss is not first
 
 
-def tiny_trainer(tmp_path, *overrides):
+def tiny_trainer(tmp_path, *overrides, progress=False):
     from pyro_vae.trainer import Trainer
 
     config = load_config(
@@ -210,7 +210,7 @@ def tiny_trainer(tmp_path, *overrides):
             *overrides,
         ],
     )
-    return Trainer(config, tmp_path, progress=False)
+    return Trainer(config, tmp_path, progress=progress)
 
 
 @pytest.mark.parametrize("objective", ["trace_elbo", "mean_field", "trace_elbo@3"])
