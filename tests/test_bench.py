@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pyro_vae.benchmarks.bench import CarefulTrainer, PlainTrainer, plain_log_likelihood
+from pyro_vae.benchmarks.bench import CarefulTrainer, PlainTrainer, interleaved_rates, plain_log_likelihood
 from pyro_vae.cli import main
 from pyro_vae.infer.importance import importance_sample
 
@@ -55,6 +55,27 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["bench", "--quick", "--out", str(tmp_path / "notes.json"), "--device", "cpu"])
     assert exit.value.code == 2 and (tmp_path / "notes.json").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_interleaved_rates_take_turns_on_the_same_batches(turn):
+    """After 5 warm-up steps each, every repeat gives each variant `steps` steps in rounds of `turn`, the variants in
+    turn and in reverse order every other round, each round's batches the same for all of them."""
+    calls = []
+    variants = {name: lambda index, name=name: calls.append((name, index)) for name in ("a", "b", "c")}
+    trainer = type("Trainer", (), {"train_x": torch.zeros(50, 3), "device": torch.device("cpu")})()
+    rates = interleaved_rates(variants, trainer, repeats=2, steps=4, batch_size=6, turn=turn)
+    assert {name: len(r) for name, r in rates.items()} == {"a": 2, "b": 2, "c": 2}
+    assert all(rate > 0 for r in rates.values() for rate in r)
+    timed = calls[15:]  # 5 warm-up rounds of one step
+    assert len(timed) == 2 * 4 * 3
+    rounds = [timed[i : i + 3 * turn] for i in range(0, len(timed), 3 * turn)]
+    for number, round_ in enumerate(rounds):
+        names = [name for name, _ in round_][::turn]
+        assert names == (["a", "b", "c"] if number % 2 == 0 else ["c", "b", "a"])
+        batches = [[index for _, index in round_[i : i + turn]] for i in range(0, 3 * turn, turn)]
+        assert all(len(index) == 6 for batch in batches for index in batch)
+        assert all(all(torch.equal(p, q) for p, q in zip(batch, batches[0])) for batch in batches)
 
 
 def test_plain_reference_estimates_the_same_log_likelihood(tmp_path):

@@ -259,27 +259,33 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def images_per_second(step, trainer, steps, batch_size):
-    n = len(trainer.train_x)
-    indices = [torch.randint(0, n, (batch_size,), device=trainer.device) for _ in range(steps)]
-    synchronize(trainer.device)
-    started = time.perf_counter()
-    for index in indices:
-        step(index)
-    synchronize(trainer.device)
-    return steps * batch_size / (time.perf_counter() - started)
-
-
-def interleaved_rates(variants, trainer, repeats, steps, batch_size):
-    """{name: [images/s of each repeat]} of the training steps ``variants`` (name → step(index)), each
-    warmed up by 5 steps, then ``repeats`` rounds of ``steps`` steps of each in turn, so that the
-    machine's noise hits every variant alike."""
-    for step in variants.values():
-        images_per_second(step, trainer, 5, batch_size)
-    rates = {name: [] for name in variants}
+def interleaved_rates(variants, trainer, repeats, steps, batch_size, turn=1):
+    """{name: [images/s of each repeat]} of the training steps ``variants`` (name → step(index)), each warmed
+    up by 5 steps, then ``repeats`` repeats of ``steps`` steps each, taken in rounds: in a round every variant
+    takes ``turn`` steps on the same batches, one variant after another (in reverse order every other round),
+    each turn timed on its own. The machine's speed drifts over seconds: turns milliseconds apart meet the
+    same machine, so the drift cancels in the ratios of one repeat's totals (blocks of all of one variant's
+    steps, seconds apart, left it there). A turn of one step costs each variant the caches the others took,
+    which is small beside a step's arithmetic but not beside its fixed cost: ``fixed_cost`` takes turns of 10."""
+    n, order, turn = len(trainer.train_x), list(variants), min(turn, steps)
+    for _ in range(5):
+        index = torch.randint(0, n, (batch_size,), device=trainer.device)
+        for step in variants.values():
+            step(index)
+    rates = {name: [] for name in order}
     for _ in range(repeats):
-        for name, step in variants.items():
-            rates[name].append(images_per_second(step, trainer, steps, batch_size))
+        seconds = dict.fromkeys(order, 0.0)
+        for round_ in range(steps // turn):
+            indices = [torch.randint(0, n, (batch_size,), device=trainer.device) for _ in range(turn)]
+            for name in order if round_ % 2 == 0 else reversed(order):
+                synchronize(trainer.device)
+                started = time.perf_counter()
+                for index in indices:
+                    variants[name](index)
+                synchronize(trainer.device)
+                seconds[name] += time.perf_counter() - started
+        for name in order:
+            rates[name].append(steps // turn * turn * batch_size / seconds[name])
     return rates
 
 
@@ -337,7 +343,10 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
                 careful=CarefulTrainer(trainer).train_step,
                 careful_bf16=CarefulTrainer(trainer, torch.bfloat16).train_step,
             )
-            rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
+            by_precision = sorted(variants, key=lambda name: name.endswith("bf16"))  # each ratio's two side by side
+            rates = interleaved_rates(
+                {name: variants[name] for name in by_precision}, trainer, repeats, steps, batch_size
+            )
         r = results[batch_size] = {f"{name}_images_per_s": statistics.median(v) for name, v in rates.items()}
         r["pyro_uses_jit"] = trainers["pyro"].jit_elbo is not None and trainers["pyro_bf16"].jit_elbo is not None
         if compiled:
@@ -356,6 +365,7 @@ def training_throughput(config_overrides, batch_sizes, repeats, steps, device, l
     return results
 
 
+FIXED_COST_TURN = 10  # steps a variant takes in turn at the fixed-cost size: its loop runs hot, as in training
 FIXED_COST_NETWORK = ["network.hidden=[8]", "model.z_dim=2", "train.batch_size=8"]  # where the arithmetic vanishes
 
 
@@ -378,7 +388,7 @@ def fixed_cost(config_overrides, repeats, steps, device):
     objective has the option, in float32 and bfloat16) and of the careful loops (float32 and bfloat16) on a
     network of width 8 with a batch of 8 and z of 2, where the matrix products and elementwise passes vanish
     and what is left is each loop's fixed cost (Python, Pyro's and TorchScript's machinery, kernel launches,
-    autocast's casts, the optimizer's call): medians of interleaved repeats."""
+    autocast's casts, the optimizer's call): medians of interleaved repeats, in turns of ``FIXED_COST_TURN`` steps."""
     overrides = config_overrides + FIXED_COST_NETWORK + [f"train.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
         trainers = project_trainers(None, overrides, tmp, compiles(None, overrides))
@@ -388,7 +398,7 @@ def fixed_cost(config_overrides, repeats, steps, device):
             careful=CarefulTrainer(trainer).train_step, careful_bf16=CarefulTrainer(trainer, torch.bfloat16).train_step
         )
         batch_size = trainer.config.train.batch_size
-        rates = interleaved_rates(variants, trainer, repeats, steps, batch_size)
+        rates = interleaved_rates(variants, trainer, repeats, steps, batch_size, turn=FIXED_COST_TURN)
     return {f"{name}_seconds_per_step": batch_size / statistics.median(v) for name, v in rates.items()}
 
 
@@ -433,8 +443,8 @@ def evaluator_speed(config_overrides, num_samples, num_examples, repeats, device
         "plain": plain,
     }
     times, memory, values = {name: [] for name in variants}, {}, {}
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    for repeat in range(repeats):  # in turn, in reverse order every other repeat: the machine's drift hits all alike
+        for name, fn in variants.items() if repeat % 2 == 0 else reversed(variants.items()):
             synchronize(vae.device)
             started = time.perf_counter()
             values[name] = fn()
