@@ -179,23 +179,28 @@ def flat_mlp(linears, activation):
 
 
 def matmul_limit(device, dtype, batch_sizes, size=(784, 400), seconds=0.5):
-    """FLOP/s of the products [B × 784] · [784 × 400] in ``dtype`` on ``device``, B in ``batch_sizes``: the best
-    of timed runs over ``seconds`` for each B, the arithmetic limit of the MLP's steps on this machine."""
+    """FLOP/s of the products [B × 784] · [784 × 400] in ``dtype`` on ``device``, B in ``batch_sizes``, the second
+    factor stored both ways (row-major, and as ``nn.Linear`` stores its weight, [400 × 784] transposed: some
+    machines' kernels run one layout ten times slower than the other): the best of timed runs over ``seconds`` for
+    each B and layout, the arithmetic limit of the MLP's steps on this machine."""
     best = 0.0
     for batch_size in batch_sizes:
         a = torch.randn(batch_size, size[0], device=device, dtype=dtype)
-        b = torch.randn(size[0], size[1], device=device, dtype=dtype)
         flops, repeats = 2 * batch_size * size[0] * size[1], max(2, 5120 // batch_size)
-        for _ in range(10):
-            a @ b
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            synchronize(torch.device(device))
-            t = time.perf_counter()
-            for _ in range(repeats):
+        for b in (
+            torch.randn(size[0], size[1], device=device, dtype=dtype),
+            torch.randn(size[1], size[0], device=device, dtype=dtype).T,
+        ):
+            for _ in range(10):
                 a @ b
-            synchronize(torch.device(device))
-            best = max(best, repeats * flops / (time.perf_counter() - t))
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                synchronize(torch.device(device))
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    a @ b
+                synchronize(torch.device(device))
+                best = max(best, repeats * flops / (time.perf_counter() - t))
     return best
 
 
@@ -1008,7 +1013,7 @@ def main(
     )
     print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
     print(
-        f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}): float32 "
+        f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}, either layout): float32 "
         f"{limits['float32'] / 1e12:.3f} TFLOP/s, bfloat16 {limits['bfloat16'] / 1e12:.3f} TFLOP/s (measured at start; "
         f"{again['float32'] / 1e12:.3f} and {again['bfloat16'] / 1e12:.3f} at the end)"
     )
