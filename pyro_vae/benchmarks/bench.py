@@ -180,9 +180,9 @@ def flat_mlp(linears, activation):
 
 def matmul_limit(device, dtype, batch_sizes, size=(784, 400), seconds=0.5):
     """FLOP/s of the products [B × 784] · [784 × 400] in ``dtype`` on ``device``, B in ``batch_sizes``, the second
-    factor stored both ways (row-major, and as ``nn.Linear`` stores its weight, [400 × 784] transposed: some
-    machines' kernels run one layout ten times slower than the other): the best of timed runs over ``seconds`` for
-    each B and layout, the arithmetic limit of the MLP's steps on this machine."""
+    factor stored both ways (row-major, and transposed as ``nn.Linear`` stores its weight: a machine's kernels may
+    favour one): the best of timed runs over ``seconds`` for each B and layout, the arithmetic limit of the MLP's
+    steps on this machine."""
     best = 0.0
     for batch_size in batch_sizes:
         a = torch.randn(batch_size, size[0], device=device, dtype=dtype)
@@ -269,9 +269,9 @@ def interleaved_rates(variants, trainer, repeats, steps, batch_size, turn=1):
     up by 5 steps, then ``repeats`` repeats of ``steps`` steps each, taken in rounds: in a round every variant
     takes ``turn`` steps on the same batches, one variant after another (in reverse order every other round),
     each turn timed on its own. The machine's speed drifts over seconds: turns milliseconds apart meet the
-    same machine, so the drift cancels in the ratios of one repeat's totals (blocks of all of one variant's
-    steps, seconds apart, left it there). A turn of one step costs each variant the caches the others took,
-    which is small beside a step's arithmetic but not beside its fixed cost: ``fixed_cost`` takes turns of 10."""
+    same machine, so the drift cancels in the ratios of one repeat's totals. A turn of one step costs each
+    variant the caches the others took, which is small beside a step's arithmetic but not beside its fixed
+    cost: ``fixed_cost`` takes longer turns."""
     n, order, turn = len(trainer.train_x), list(variants), min(turn, steps)
     for _ in range(5):
         index = torch.randint(0, n, (batch_size,), device=trainer.device)
