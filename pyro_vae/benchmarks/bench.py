@@ -36,7 +36,7 @@ from ..runs.datasets import load_data
 from ..runs.experiment import build, expand
 from ..runs.files import atomic_write, make_folder
 from ..runs.folders import holds_run, open_run_dir, save_checkpoint, write_metrics
-from ..trainer import Trainer, test_elbo
+from ..trainer import COMPILE_FROM_STEPS, Trainer, test_elbo
 
 
 def plain_loss(vae, x):
@@ -273,6 +273,7 @@ def interleaved_rates(variants, trainer, repeats, steps, batch_size, turn=1):
     variant the caches the others took, which is small beside a step's arithmetic but not beside its fixed
     cost: ``fixed_cost`` takes longer turns."""
     n, order, turn = len(trainer.train_x), list(variants), min(turn, steps)
+    rounds = steps // turn
     for _ in range(5):
         index = torch.randint(0, n, (batch_size,), device=trainer.device)
         for step in variants.values():
@@ -280,7 +281,7 @@ def interleaved_rates(variants, trainer, repeats, steps, batch_size, turn=1):
     rates = {name: [] for name in order}
     for _ in range(repeats):
         seconds = dict.fromkeys(order, 0.0)
-        for round_ in range(steps // turn):
+        for round_ in range(rounds):
             indices = [torch.randint(0, n, (batch_size,), device=trainer.device) for _ in range(turn)]
             for name in order if round_ % 2 == 0 else reversed(order):
                 synchronize(trainer.device)
@@ -290,7 +291,7 @@ def interleaved_rates(variants, trainer, repeats, steps, batch_size, turn=1):
                 synchronize(trainer.device)
                 seconds[name] += time.perf_counter() - started
         for name in order:
-            rates[name].append(steps // turn * turn * batch_size / seconds[name])
+            rates[name].append(rounds * turn * batch_size / seconds[name])
     return rates
 
 
@@ -299,7 +300,8 @@ BATCH_SIZES = (128, 256, 1024)  # the training step's batch sizes; the matrix-pr
 TRAINING_VARIANTS = {  # name → what it is, for the printed table
     "pyro": "the project's trainer on a short run (float32, Pyro's JIT)",
     "pyro_bf16": "the project's trainer on a short run, train.precision = bfloat16",
-    "compiled": "the project's trainer on a long run (objective.compile = auto from 10,000 steps: inductor)",
+    "compiled": "the project's trainer on a long run "
+    f"(objective.compile = auto from {COMPILE_FROM_STEPS:,} steps: inductor)",
     "compiled_bf16": "the project's trainer on a long run, train.precision = bfloat16",
     "plain": "naive plain loop: the project's modules, torch.bernoulli, default Adam",
     "careful": "careful plain loop: plain modules (an MLP flattened), our data path, fused Adam, float32",
@@ -1013,7 +1015,8 @@ def main(
     )
     print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
     print(
-        f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}, either layout): float32 "
+        f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}, either layout): "
+        "float32 "
         f"{limits['float32'] / 1e12:.3f} TFLOP/s, bfloat16 {limits['bfloat16'] / 1e12:.3f} TFLOP/s (measured at start; "
         f"{again['float32'] / 1e12:.3f} and {again['bfloat16'] / 1e12:.3f} at the end)"
     )
