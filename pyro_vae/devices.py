@@ -19,6 +19,17 @@ def resolve_device(name):
     return torch.device(name)
 
 
+def bfloat16_in_hardware(device):
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a GPU whose CUDA does so natively, a CPU with
+    AVX-512 BF16 or AMX instructions. Elsewhere torch emulates bfloat16, and a matrix product in it runs several
+    times slower than in float32. True where this torch cannot tell."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None) or all(probe is None for probe in probes)
+
+
 def forked_rng(device):
     """``torch.random.fork_rng`` over the CPU's random stream and, on a GPU, ``device``'s: the caller's
     streams are as they were once the block ends."""

@@ -34,7 +34,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .devices import allocation_line, forked_rng, free_memory, resolve_device
+from .devices import allocation_line, bfloat16_in_hardware, forked_rng, free_memory, resolve_device
 from .distributed import World
 from .errors import Interrupted, PyroVAEError
 from .infer.compiled import CompiledTrace_ELBO, tracing_failed
@@ -89,6 +89,13 @@ class Trainer:
             )
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)  # data order and binarization
         self.precision = PRECISIONS[config.train.precision]  # the steps' networks only: test figures stay float32
+        if self.precision == torch.bfloat16 and not bfloat16_in_hardware(self.device) and self.world.main:
+            hardware = "this GPU" if self.device.type == "cuda" else "this CPU (it has no AVX-512 BF16 or AMX)"
+            warnings.warn(
+                f"train.precision = bfloat16: {hardware} multiplies bfloat16 matrices in emulation, several times "
+                "slower than float32 (train.precision = float32 avoids it)",
+                stacklevel=2,
+            )
         options = config.objective.options
         compiling = {key: False for key in ("jit", "compile") if key in options}
         self.eager_elbo = OBJECTIVES.build(config.objective.name, {**options, **compiling})

@@ -7,6 +7,7 @@ import torch
 
 from pyro_vae.benchmarks.bench import CarefulTrainer, PlainTrainer, interleaved_rates, plain_log_likelihood
 from pyro_vae.cli import main
+from pyro_vae.devices import bfloat16_in_hardware
 from pyro_vae.infer.importance import importance_sample
 
 
@@ -46,6 +47,13 @@ def test_bench_quick_writes_its_report(tmp_path, capsys):
         and "evaluator (one stream per example) / plain estimate: " in printed
         and "evaluator --compile (one stream per example) / plain estimate: " in printed
     )
+    emulated = not bfloat16_in_hardware("cpu")  # the bfloat16 verdicts say so where this machine emulates it
+    bfloat16_lines = [line for line in printed.splitlines() if line.startswith("batch ") and "bfloat16: " in line]
+    assert report["bfloat16_in_hardware"] is not emulated and len(bfloat16_lines) == 2
+    assert all(
+        line.endswith("(bfloat16 emulated: says nothing of bfloat16 hardware)") == emulated for line in bfloat16_lines
+    )
+    assert ("bfloat16 emulated (no bfloat16 hardware)" in printed) == emulated
     assert report["kind"] == "throughput" and report["machine"] and report["history"] == []
     main(["bench", "--quick", "--out", str(out), "--device", "cpu"])  # a second run keeps the first beside it
     again = json.loads(out.read_text())

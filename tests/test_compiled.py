@@ -33,7 +33,9 @@ def loss_and_gradient(trainer, elbo, args, seed):
         ["model.reparameterize=false"],  # score-function terms, under the no-grad draws Pyro makes
         ["objective.num_particles=3"],  # vectorized particles
         ["condition.name=label", "prior.name=conditional_gaussian"],  # a second argument, the label
-        ["train.precision=bfloat16"],  # the graph holds autocast's casts
+        pytest.param(  # the graph holds autocast's casts
+            ["train.precision=bfloat16"], marks=pytest.mark.filterwarnings("ignore:train.precision = bfloat16")
+        ),
     ],
     ids=["reparameterized", "score_function", "particles", "conditional", "bfloat16"],
 )

@@ -1,6 +1,7 @@
 """The VAE's model/guide contract, its checks, and training by SVI."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pyro
@@ -404,6 +405,7 @@ def test_bfloat16_runs_the_networks_in_bfloat16_and_every_log_density_in_float32
     assert traces[torch.bfloat16].item() == pytest.approx(traces[None].item(), rel=0.02)
 
 
+@pytest.mark.filterwarnings("ignore:train.precision = bfloat16")  # emulated on a CPU without AVX-512 BF16 or AMX
 def test_a_bfloat16_trainer_steps_in_bfloat16_and_scores_the_test_set_in_float32(tmp_path):
     from pyro_vae.trainer import test_elbo
 
@@ -421,3 +423,40 @@ def test_a_bfloat16_trainer_steps_in_bfloat16_and_scores_the_test_set_in_float32
     assert set(seen) == {torch.float32}
     with pytest.raises(PyroVAEError, match="train.precision must be one of float32, bfloat16"):
         load_config(None, ["train.precision=float8"])
+
+
+@pytest.mark.parametrize(
+    "precision, in_hardware, warned", [("bfloat16", False, True), ("bfloat16", True, False), ("float32", False, False)]
+)
+def test_a_bfloat16_trainer_warns_where_the_hardware_emulates_bfloat16(
+    tmp_path, monkeypatch, precision, in_hardware, warned
+):
+    monkeypatch.setattr("pyro_vae.trainer.bfloat16_in_hardware", lambda device: in_hardware)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_trainer(tmp_path, f"train.precision={precision}", "objective.jit=false")
+    emulated = [str(w.message) for w in caught if "in emulation" in str(w.message)]
+    assert emulated == (
+        [
+            "train.precision = bfloat16: this CPU (it has no AVX-512 BF16 or AMX) multiplies bfloat16 matrices in "
+            "emulation, several times slower than float32 (train.precision = float32 avoids it)"
+        ]
+        if warned
+        else []
+    )
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False), (None, None, True)]
+)
+def test_bfloat16_in_hardware_reads_the_cpu_s_instructions(monkeypatch, avx512_bf16, amx, expected):
+    """A CPU multiplies bfloat16 in hardware with AVX-512 BF16 or AMX; where torch has neither probe, it cannot
+    tell and says yes (no warning it cannot back)."""
+    from pyro_vae.devices import bfloat16_in_hardware
+
+    for name, value in (("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
+    assert bfloat16_in_hardware("cpu") is expected

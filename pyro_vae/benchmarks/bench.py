@@ -19,13 +19,14 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pyro
 import torch
 import torch.nn.functional as F
 
-from ..devices import resolve_device
+from ..devices import bfloat16_in_hardware, resolve_device
 from ..errors import PyroVAEError
 from ..infer.importance import ImportanceSampler, importance_sample
 from ..infer.objectives import OBJECTIVES
@@ -386,7 +387,9 @@ def project_trainers(config_name, overrides, folder, compiled):
             if name.startswith("compiled"):
                 continue
             settings = [s for s in settings if not s.startswith("objective.compile")]
-        trainers[name] = Trainer(load_config(config_name, overrides + settings), f"{folder}/{name}", progress=False)
+        with warnings.catch_warnings():  # the bench says once whether bfloat16 is emulated (``bench``)
+            warnings.filterwarnings("ignore", message="train.precision = bfloat16", category=UserWarning)
+            trainers[name] = Trainer(load_config(config_name, overrides + settings), f"{folder}/{name}", progress=False)
     return trainers
 
 
@@ -857,19 +860,21 @@ def config_throughput(config, overrides, device, quick, out):
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "pyro": pyro.__version__,
+        "bfloat16_in_hardware": bfloat16_in_hardware(device),
         "training": training_throughput(
             overrides, [batch_size], 2 if quick else 7, 2 if quick else 5, device, None, config
         ),
     }
     r = report["training"][batch_size]
     print(
-        f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}; config {config}, batch {batch_size}"
+        f"device: {report['device']}, {bfloat16_text(report)}, torch {report['torch']}, pyro {report['pyro']}; "
+        f"config {config}, batch {batch_size}"
     )
     for name, what in TRAINING_VARIANTS.items():
         if f"{name}_images_per_s" in r:
             print(f"  {name:>13}: {what:<75} {r[f'{name}_images_per_s']:>8.1f} img/s")
     print(ratios_text(r) + " (median [quartiles] of the repeats' ratios)")
-    print_verdicts(report["training"])
+    print_verdicts(report["training"], report["bfloat16_in_hardware"])
     record(out, report, "config")
     print(f"wrote {out}")
     return report
@@ -884,13 +889,21 @@ def ratios_text(r):
     )
 
 
-def print_verdicts(training):
-    """One line per ratio of ``training`` ({batch size: figures}): the figure, its quartiles and its verdict."""
+def print_verdicts(training, bfloat16_in_hardware):
+    """One line per ratio of ``training`` ({batch size: figures}): the figure, its quartiles and its verdict, the
+    bfloat16 ones marked as emulated where the machine has no bfloat16 hardware (``bfloat16_in_hardware``)."""
     for batch_size, r in training.items():
         for key, (*_, label) in RATIOS.items():
             if label is None or key not in r:
                 continue
-            print(verdict_line(f"batch {batch_size}, {label}", r[key], r[f"{key}_quartiles"]))
+            line = verdict_line(f"batch {batch_size}, {label}", r[key], r[f"{key}_quartiles"])
+            emulated = "bf16" in key and not bfloat16_in_hardware
+            print(line + " (bfloat16 emulated: says nothing of bfloat16 hardware)" if emulated else line)
+
+
+def bfloat16_text(report):
+    """How the bench's machine multiplies bfloat16 (``devices.bfloat16_in_hardware``), for its device line."""
+    return "bfloat16 in hardware" if report["bfloat16_in_hardware"] else "bfloat16 emulated (no bfloat16 hardware)"
 
 
 def verdict_line(label, ratio, quartiles):
@@ -1004,6 +1017,7 @@ def main(
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "pyro": pyro.__version__,
+        "bfloat16_in_hardware": bfloat16_in_hardware(device),
         "matmul_flops_per_s": limits,
         "training": training_throughput(tiny, batch_sizes, 2 if quick else 11, 3 if quick else 30, device, limits),
         "fixed_cost": fixed_cost(list(overrides), 2 if quick else 11, 3 if quick else 100, device),
@@ -1013,7 +1027,7 @@ def main(
     report["evaluation"]["share_of_limit"] = (
         report["evaluation"]["flops"] / report["evaluation"]["pyro_seconds"] / limits["float32"]
     )
-    print(f"device: {report['device']}, torch {report['torch']}, pyro {report['pyro']}")
+    print(f"device: {report['device']}, {bfloat16_text(report)}, torch {report['torch']}, pyro {report['pyro']}")
     print(
         f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}, either layout): "
         "float32 "
@@ -1062,7 +1076,7 @@ def main(
         f"{e['speed_ratio']:.3f}, {e['batched_speed_ratio']:.3f} and {e['compiled_speed_ratio']:.3f}; "
         f"peak extra memory pyro {e['pyro_peak_extra_mb']:.0f} MB, plain {e['plain_peak_extra_mb']:.0f} MB"
     )
-    print_verdicts(report["training"])
+    print_verdicts(report["training"], report["bfloat16_in_hardware"])
     for label, key in (("evaluator", "speed_ratio"), ("evaluator --compile", "compiled_speed_ratio")):
         print(verdict_line(f"{label} (one stream per example) / plain estimate", e[key], e[f"{key}_quartiles"]))
     record(out, report, "throughput")
