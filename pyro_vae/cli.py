@@ -114,9 +114,11 @@ def parser():
     )
     evaluate.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="with --method is: compile the log-weights by inductor instead of Pyro's JIT: faster on long evaluations "
-        "after seconds of building; estimates differ from the JIT's in float32's last digits",
+        "after seconds of building; estimates differ from the JIT's in float32's last digits. By default on "
+        "evaluations long enough to repay the building (a line says so); --no-compile never",
     )
     evaluate.add_argument(
         "--distributions", type=int, default=1000, metavar="T", help="with --method ais: intermediate distributions"

@@ -72,6 +72,25 @@ def test_evaluate_compiles_only_what_reproduces_the_eager_estimates_and_no_jit_t
         assert exit.value.code == 2 and len(err) == 1 and "--compile compiles" in err[0] and clash in err[0]
 
 
+def test_evaluate_compiles_by_itself_from_enough_importance_weights(tiny, capsys, monkeypatch):
+    """30 examples at K = 50 draw 1,500 weights; with the threshold there, the default compiles as --compile does,
+    and tells; one example fewer, --no-compile or --no-jit do not."""
+    monkeypatch.setattr("pyro_vae.report.evaluation.COMPILE_FROM_WEIGHTS", 1500)
+    main(cli_args("train", tiny, "--name", "auto"))
+    folder = run_dir(tiny, "auto")
+    capsys.readouterr()
+    tables, compiled, said = [], [], []
+    for flags in (["--compile"], [], ["--limit", "29"], ["--no-compile"], ["--no-jit"]):
+        main(["evaluate", str(folder), "-k", "50", "--limit", "30", "--chunk-size", "5", *flags])
+        tables.append(read_examples(folder / "eval_examples.csv"))
+        compiled.append(json.loads((folder / "eval.json").read_text())["compiled"])
+        out = capsys.readouterr().out
+        said.append("compile = auto: 1,500 importance weights, so the log-weights are compiled by inductor" in out)
+    assert compiled == [True, True, False, False, False] and said == [False, True, False, False, False]
+    assert torch.equal(tables[1], tables[0])  # the same graphs, the same estimates
+    assert torch.equal(tables[3][:29], tables[2]) and not torch.equal(tables[3], tables[0])  # the JIT's, bit for bit
+
+
 def read_examples(path):
     """eval_examples.csv's numeric columns as a float64 tensor [examples, columns]."""
     rows = [line.split(",") for line in path.read_text().splitlines()[1:]]

@@ -1,6 +1,7 @@
 """The importance-sampled log p(x) against the closed form of a linear-Gaussian model."""
 
 import math
+import re
 import warnings
 
 import pyro
@@ -717,8 +718,41 @@ def test_the_inductor_compiled_sampler_draws_what_eager_draws_within_rounding_or
             assert torch.equal(later.estimate(x[i : i + 1]).log_likelihood, estimates[i])
     assert sorted(compiled.compiled) == [6, 16]
     assert all((graph is None) == python_scale for graph in compiled.compiled.values())
+    assert compiled.compile is not python_scale
     messages = [str(w.message) for w in caught if str(w.message).startswith("compile:")]
-    if python_scale:  # a σ read from the draws into Python cannot be traced: the reason, per sampler and chunk size
-        assert len(messages) == 4 and all(m.startswith("compile: tracing failed (") for m in messages)
+    if python_scale:  # a σ read from the draws into Python cannot be traced: the reason, once per sampler; the JIT,
+        # tried next, is turned away by its own check for each chunk size, silently
+        assert len(messages) == 2 and all(
+            re.fullmatch(r"compile: tracing failed \(.*\); estimating with Pyro's JIT instead \(--no-compile .*", m)
+            for m in messages
+        )
     else:
         assert messages == []
+
+
+def test_where_inductor_fails_the_sampler_goes_on_with_the_jit_and_the_eager_estimate(monkeypatch):
+    from pyro_vae.infer import importance
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nthe rest of a long message")
+
+    monkeypatch.setattr(importance, "StoreCompiled", fails)
+    pair = TinyPair()
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(1))
+    samplers = [
+        importance.ImportanceSampler(pair.model, pair.guide, (x[:1],), {}, num_samples=70, chunk_size=16, **options)
+        for options in ({"compile": True}, {"jit": False})
+    ]
+    with pytest.warns(UserWarning) as caught:
+        for i in range(len(x)):
+            estimates = []
+            for sampler in samplers:
+                torch.manual_seed(i)
+                estimates.append(sampler.estimate(x[i : i + 1]).log_likelihood)
+            assert torch.equal(*estimates)  # the JIT's weights are the eager ones, bit for bit
+    assert [str(w.message) for w in caught] == [
+        "compile: tracing failed (RuntimeError: no C++ compiler); estimating with Pyro's JIT instead (--no-compile "
+        "skips it)"
+    ]
+    assert samplers[0].compile is False and sorted(samplers[0].compiled) == [6, 16]
+    assert all(graph is not None for graph in samplers[0].compiled.values())  # Pyro's JIT graphs, checked

@@ -143,7 +143,7 @@ class ImportanceSampler:
     PyTorch's, so the check asks the same draws and log-weights within ``COMPILED_TOLERANCE`` of the eager
     ones, not bit for bit: an estimate is then reproducible run to run and process to process, but differs
     from the eager one in float32's last digits. Where tracing fails or the check does not hold, a warning
-    says so and the chunks stay eager."""
+    says so and the sampler goes on with Pyro's JIT (eager where ``jit`` is False)."""
 
     @torch.no_grad()
     def __init__(
@@ -169,6 +169,7 @@ class ImportanceSampler:
         if chunk_size < 1:
             raise PyroVAEError(f"chunk_size must be positive, got {chunk_size}")
         self.chunk_size = chunk_size
+        jit_fallback = jit is not False  # where compiling fails: Pyro's JIT, unless the caller ruled it out
         if jit is None:
             jit = calls * math.ceil(num_samples / chunk_size) >= JIT_CHUNKS
         tensors = all(isinstance(a, torch.Tensor) for a in args)
@@ -176,6 +177,7 @@ class ImportanceSampler:
             warnings.warn("compile: the arguments are not all tensors; estimating without compiling", stacklevel=2)
         self.compile = compile and tensors
         self.jit = (jit or compile) and tensors
+        self.jit_fallback = jit_fallback and tensors
         self.compiled = {}  # chunk size → the checked graph, or None where it failed its check
 
     @torch.no_grad()
@@ -231,7 +233,7 @@ class ImportanceSampler:
             if isinstance(error, PyroVAEError) and error.__context__ is not None:
                 error = error.__context__  # the tracer's own error, not log_weights' reading of it as a shape's
             self.stand_aside(num_particles, tracing_failed(error))
-            return self.eager(args, num_particles)
+            return self.log_weights(args, num_particles)  # the stream untouched: the JIT's check, or eager
         with forked_rng(device):
             traced, traced_state = graph(*args), rng_state(device)
         log_w = self.eager(args, num_particles)
@@ -262,10 +264,16 @@ class ImportanceSampler:
         return graph
 
     def stand_aside(self, num_particles, problem):
-        """Leave chunks of ``num_particles`` eager for good; with ``compile``, whose user asked for it, say why."""
-        self.compiled[num_particles] = None
+        """The graph of ``num_particles`` failed: with ``compile``, say why and go on with Pyro's JIT (eager where
+        ``jit`` was False), each chunk size's graph traced and checked anew (the failed chunk's own log-weights, where the check drew them, are
+        the eager ones, which the JIT's equal bit for bit); with the JIT, leave chunks of that size eager for good."""
         if self.compile:  # stacklevel: estimate's caller, past no_grad's wrapper
-            warnings.warn(f"compile: {problem}; estimating without compiling", stacklevel=7)
+            instead = "with Pyro's JIT" if self.jit_fallback else "without compiling"
+            warnings.warn(f"compile: {problem}; estimating {instead} instead (--no-compile skips it)", stacklevel=7)
+            self.compile, self.jit = False, self.jit_fallback
+            self.compiled.clear()
+        else:
+            self.compiled[num_particles] = None
 
 
 def rng_state(device):

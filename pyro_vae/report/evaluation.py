@@ -29,6 +29,7 @@ from ..infer.importance import (
 from ..infer.local import LocalPosterior
 from ..model.conditions import CONDITIONS
 from ..progress import bar as progress_bar
+from ..progress import say
 from ..runs.datasets import observed_split
 from ..runs.experiment import build, dataset_component
 from ..runs.files import atomic_write, check_writable, os_error, read_json
@@ -40,6 +41,7 @@ CURVE_EXAMPLES = 100
 BLOCK = 100  # examples refined, or annealed, together: example i lies in block i // BLOCK
 BLOCK_STREAMS = 2**31  # block b's random stream is example_seed(seed, BLOCK_STREAMS + b), apart from every example's
 METHODS = ("is", "ais")
+COMPILE_FROM_WEIGHTS = 5_000_000  # compile = None (auto): importance weights in all from which inductor's building pays
 
 
 def run_examples(run_dir, split="test", limit=None, device="auto", dataset=None, data_root=None):
@@ -145,7 +147,7 @@ def evaluate_run(
     num_distributions=1000,
     leapfrog_steps=10,
     jit=True,
-    compile=False,
+    compile=None,
 ):
     """Estimate log p(x) of every example of ``split`` (of the run's data, or of ``dataset``); writes
     <stem>.json, <stem>_examples.csv and <stem>_vs_k.png into the run folder (stem ``eval`` for the
@@ -159,7 +161,9 @@ def evaluate_run(
     distributions and HMC transitions of ``leapfrog_steps`` leapfrog steps. ``jit`` False: the importance
     sampler's chunks are never compiled (``ImportanceSampler``; by default they are where that pays); ``compile``
     True: they are compiled by inductor (fused kernels: faster on long evaluations, after seconds of building;
-    the estimates differ from the eager ones in float32's last digits).
+    the estimates differ from the eager ones in float32's last digits); None (auto): where the evaluation draws
+    ``COMPILE_FROM_WEIGHTS`` importance weights or more in all (examples × K, × the classes for M2), counted
+    over every process's examples so that each process decides alike; False: never.
 
     Example i's K samples come from a random stream seeded by (``seed``, i), so its estimate is the same
     whichever process scores it; where examples are refined or annealed together, in blocks of
@@ -242,6 +246,14 @@ def _evaluate_run(
         begin, end = first * BLOCK, min(last * BLOCK, len(x))
     else:
         begin, end = world.shard(0, len(x))
+    weights = num_samples * (vae.spec.num_classes if latent_label else 1)  # importance weights per example
+    if compile is None:
+        compile = method == "is" and jit and not refine and len(x) * weights >= COMPILE_FROM_WEIGHTS
+        if compile and progress and world.main:
+            say(
+                f"compile = auto: {len(x) * weights:,} importance weights, so the log-weights are compiled by inductor "
+                "(seconds of building, once; --no-compile skips it)"
+            )
     if method == "is":  # set up once, on example 0, for this rank's examples (compiled where that pays and checks out)
         sampler = ImportanceSampler(
             vae.model,
@@ -260,7 +272,6 @@ def _evaluate_run(
             vae.posterior_params(*args(0))  # refuses a model without one latent to fit
     started = time.perf_counter()
     results, chains, acceptance = [], [], []
-    weights = num_samples * (vae.spec.num_classes if latent_label else 1)  # importance weights per example
     if method == "ais":
         bar = progress_bar(
             total=math.ceil((end - begin) / BLOCK) * num_distributions,
