@@ -9,6 +9,8 @@ a step no longer runs Pyro's Python machinery. The trainer checks the traced los
 one, loss and gradient, before it uses it (``Trainer.checked_jit``).
 """
 
+import contextlib
+import functools
 import math
 import warnings
 from typing import Literal
@@ -48,6 +50,24 @@ def build_elbo(cls, num_particles, jit=False, **options):
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, **options)
 
 
+def interpreted(method):
+    """``method(model, guide, *args)`` of a JIT ELBO, its tensors ``args`` on the CPU, with TorchScript's
+    graph-executor optimizations off (``torch.jit.optimized_execution(False)``): the traced graph runs as
+    traced, and autograd differentiates each of its operations by that operation's own backward, where the
+    optimizing executor would replace them with TorchScript's symbolic derivatives (softplus's backward, say,
+    as six elementwise passes over the activations instead of one kernel). The values and the gradient are the
+    same; a training step takes less time (docs/speed.md). In force from the first call, which is when the
+    executor plans the graph's execution. On a GPU the optimizing executor stays, with its fusers (unmeasured)."""
+
+    @functools.wraps(method)
+    def run(self, model, guide, *args, **kwargs):
+        on_cpu = all(a.device.type == "cpu" for a in args if isinstance(a, torch.Tensor))
+        with torch.jit.optimized_execution(False) if on_cpu else contextlib.nullcontext():
+            return method(self, model, guide, *args, **kwargs)
+
+    return run
+
+
 class OneGradientJitTrace_ELBO(JitTrace_ELBO):
     """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient. In Pyro 1.9 it returns
     loss + (surrogate − surrogate.detach()), as ``Trace_ELBO`` does; but there the loss is a Python
@@ -59,6 +79,11 @@ class OneGradientJitTrace_ELBO(JitTrace_ELBO):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
         warn_if_nan(loss.detach(), "loss")  # the loss itself gets no gradient, which Pyro's hook on it would report
         return surrogate_loss + (loss - surrogate_loss).detach()
+
+    @interpreted
+    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
+        """(−ELBO, −surrogate ELBO) by the traced graph, run ``interpreted``: what every other method calls."""
+        return super().loss_and_surrogate_loss(model, guide, *args, **kwargs)
 
 
 @OBJECTIVES.register("trace_elbo")
@@ -74,10 +99,12 @@ def trace_elbo(*, num_particles: Particles = 1, jit: bool = True, compile: bool 
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
-    """``JitTraceMeanField_ELBO`` compiled once. In Pyro 1.9 its ``differentiable_loss`` looks for the
-    compiled loss under ``_loss_and_surrogate_loss`` but stores it as ``_differentiable_loss``, so it
-    builds and traces a new one at every step; pointing the first name at the second keeps the first."""
+    """``JitTraceMeanField_ELBO`` compiled once, its graph run ``interpreted``. In Pyro 1.9 its
+    ``differentiable_loss`` looks for the compiled loss under ``_loss_and_surrogate_loss`` but stores it as
+    ``_differentiable_loss``, so it builds and traces a new one at every step; pointing the first name at the
+    second keeps the first."""
 
+    @interpreted
     def differentiable_loss(self, model, guide, *args, **kwargs):
         self._loss_and_surrogate_loss = getattr(self, "_differentiable_loss", None)
         return super().differentiable_loss(model, guide, *args, **kwargs)
