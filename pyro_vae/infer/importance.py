@@ -264,9 +264,10 @@ class ImportanceSampler:
         return graph
 
     def stand_aside(self, num_particles, problem):
-        """The graph of ``num_particles`` failed: with ``compile``, say why and go on with Pyro's JIT (eager where
-        ``jit`` was False), each chunk size's graph traced and checked anew (the failed chunk's own log-weights, where the check drew them, are
-        the eager ones, which the JIT's equal bit for bit); with the JIT, leave chunks of that size eager for good."""
+        """The graph of ``num_particles`` failed. With ``compile``: say why and go on with Pyro's JIT (eager where
+        ``jit`` was False), each chunk size's graph traced and checked anew; the failed chunk's own log-weights,
+        where the check drew them, are the eager ones, which the JIT's equal bit for bit. With the JIT: leave
+        chunks of that size eager for good."""
         if self.compile:  # stacklevel: estimate's caller, past no_grad's wrapper
             instead = "with Pyro's JIT" if self.jit_fallback else "without compiling"
             warnings.warn(f"compile: {problem}; estimating {instead} instead (--no-compile skips it)", stacklevel=7)
