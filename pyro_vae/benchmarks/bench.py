@@ -857,19 +857,13 @@ def config_throughput(config, overrides, device, quick, out):
     batch_size = load_config(config, overrides).train.batch_size
     report = {
         "config": config,
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "bfloat16_in_hardware": bfloat16_in_hardware(device),
+        **machine_fields(device),
         "training": training_throughput(
             overrides, [batch_size], 2 if quick else 7, 2 if quick else 5, device, None, config
         ),
     }
     r = report["training"][batch_size]
-    print(
-        f"device: {report['device']}, {bfloat16_text(report)}, torch {report['torch']}, pyro {report['pyro']}; "
-        f"config {config}, batch {batch_size}"
-    )
+    print(f"{device_line(report)}; config {config}, batch {batch_size}")
     for name, what in TRAINING_VARIANTS.items():
         if f"{name}_images_per_s" in r:
             print(f"  {name:>13}: {what:<75} {r[f'{name}_images_per_s']:>8.1f} img/s")
@@ -889,21 +883,33 @@ def ratios_text(r):
     )
 
 
-def print_verdicts(training, bfloat16_in_hardware):
+def print_verdicts(training, native_bfloat16):
     """One line per ratio of ``training`` ({batch size: figures}): the figure, its quartiles and its verdict, the
-    bfloat16 ones marked as emulated where the machine has no bfloat16 hardware (``bfloat16_in_hardware``)."""
+    bfloat16 ones marked as emulated where the machine has no bfloat16 hardware (``native_bfloat16`` False)."""
     for batch_size, r in training.items():
         for key, (*_, label) in RATIOS.items():
             if label is None or key not in r:
                 continue
             line = verdict_line(f"batch {batch_size}, {label}", r[key], r[f"{key}_quartiles"])
-            emulated = "bf16" in key and not bfloat16_in_hardware
+            emulated = "bf16" in key and not native_bfloat16
             print(line + " (bfloat16 emulated: says nothing of bfloat16 hardware)" if emulated else line)
 
 
-def bfloat16_text(report):
-    """How the bench's machine multiplies bfloat16 (``devices.bfloat16_in_hardware``), for its device line."""
-    return "bfloat16 in hardware" if report["bfloat16_in_hardware"] else "bfloat16 emulated (no bfloat16 hardware)"
+def machine_fields(device):
+    """What a report says of the machine it ran on: the device, whether it multiplies bfloat16 in hardware
+    (``devices.bfloat16_in_hardware``), the versions of torch and Pyro."""
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "bfloat16_in_hardware": bfloat16_in_hardware(device),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+    }
+
+
+def device_line(report):
+    """The printed line of ``machine_fields`` in ``report``."""
+    bfloat16 = "bfloat16 in hardware" if report["bfloat16_in_hardware"] else "bfloat16 emulated (no bfloat16 hardware)"
+    return f"device: {report['device']}, {bfloat16}, torch {report['torch']}, pyro {report['pyro']}"
 
 
 def verdict_line(label, ratio, quartiles):
@@ -1014,10 +1020,7 @@ def main(
 
     limits = read_limits()
     report = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "bfloat16_in_hardware": bfloat16_in_hardware(device),
+        **machine_fields(device),
         "matmul_flops_per_s": limits,
         "training": training_throughput(tiny, batch_sizes, 2 if quick else 11, 3 if quick else 30, device, limits),
         "fixed_cost": fixed_cost(list(overrides), 2 if quick else 11, 3 if quick else 100, device),
@@ -1027,7 +1030,7 @@ def main(
     report["evaluation"]["share_of_limit"] = (
         report["evaluation"]["flops"] / report["evaluation"]["pyro_seconds"] / limits["float32"]
     )
-    print(f"device: {report['device']}, {bfloat16_text(report)}, torch {report['torch']}, pyro {report['pyro']}")
+    print(device_line(report))
     print(
         f"matrix-product limit (best [B × 784] · [784 × 400], B = {', '.join(map(str, batch_sizes))}, either layout): "
         "float32 "

@@ -169,15 +169,14 @@ class ImportanceSampler:
         if chunk_size < 1:
             raise PyroVAEError(f"chunk_size must be positive, got {chunk_size}")
         self.chunk_size = chunk_size
-        jit_fallback = jit is not False  # where compiling fails: Pyro's JIT, unless the caller ruled it out
+        tensors = all(isinstance(a, torch.Tensor) for a in args)
+        self.jit_fallback = jit is not False and tensors  # where compiling fails: Pyro's JIT, unless ruled out
         if jit is None:
             jit = calls * math.ceil(num_samples / chunk_size) >= JIT_CHUNKS
-        tensors = all(isinstance(a, torch.Tensor) for a in args)
         if compile and not tensors:
             warnings.warn("compile: the arguments are not all tensors; estimating without compiling", stacklevel=2)
         self.compile = compile and tensors
         self.jit = (jit or compile) and tensors
-        self.jit_fallback = jit_fallback and tensors
         self.compiled = {}  # chunk size → the checked graph, or None where it failed its check
 
     @torch.no_grad()
